@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny, architecture-faithful HF checkpoints built once per test session.
+
+Each fixture builds its model with :mod:`vlnb.models.tiny` (real model classes, shrunken configs,
+``save_pretrained`` + tokenizer/processor files) into a session temp folder, so tests load them through
+exactly the ``from_pretrained`` path the full profile uses for hub checkpoints.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from vlnb.paths import shared_data_dir
+
+CLIP_SHARED = shared_data_dir() / "clip-vit-base-patch32"
+
+
+@pytest.fixture(scope="session")
+def tiny_models_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("tiny_models")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tiny_models_root):
+    if not (CLIP_SHARED / "tokenizer.json").is_file():
+        pytest.skip("shared clip-vit-base-patch32 tokenizer/config files not available")
+    from vlnb.models.tiny import make_tiny_clip
+
+    return make_tiny_clip(tiny_models_root / "clip")
+
+
+@pytest.fixture(scope="session")
+def tiny_blip_dir(tiny_models_root):
+    from vlnb.models.tiny import make_tiny_blip
+
+    return make_tiny_blip(tiny_models_root / "blip")
+
+
+@pytest.fixture(scope="session")
+def tiny_blip2_dir(tiny_models_root):
+    from vlnb.models.tiny import make_tiny_blip2
+
+    return make_tiny_blip2(tiny_models_root / "blip2")
+
+
+@pytest.fixture(scope="session")
+def tiny_vilt_dir(tiny_models_root):
+    from vlnb.models.tiny import make_tiny_vilt
+
+    return make_tiny_vilt(tiny_models_root / "vilt")

@@ -1,0 +1,95 @@
+"""End to end: the CLI, a papermill run of chapter 1, and a book build (tracked notebooks stay clean)."""
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from vlnb.cli import main
+from vlnb.data import load_manifest
+from vlnb.paths import REPO_ROOT, shared_data_dir
+from vlnb.runs import build_book, list_notebooks, run_notebook
+
+SMALL = {"world_n_train": 60, "world_n_test": 30, "n_grid": 6}
+
+
+def _digest(paths):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+
+
+def test_notebooks_are_clean_and_have_kernel_metadata():
+    import nbformat
+
+    for nb_path in list_notebooks():
+        nb = nbformat.read(nb_path, as_version=4)
+        assert nb.metadata["kernelspec"]["language"] == "python"
+        assert any("parameters" in c.metadata.get("tags", []) for c in nb.cells), f"{nb_path.name}: no parameters cell"
+        for c in nb.cells:
+            if c.cell_type == "code":
+                assert not c.outputs and c.execution_count is None, f"{nb_path.name}: committed with outputs"
+        assert "colab-badge" in nb.cells[0].source
+
+
+def test_prepare_cli_writes_manifest_and_report(tmp_path, capsys):
+    out = tmp_path / "coco.parquet"
+    rc = main(["prepare", "coco", "--root", str(shared_data_dir(required=True) / "coco-mini"), "--split", "val2017",
+               "--out", str(out)])
+    assert rc == 0
+    df = load_manifest(out)
+    assert len(df) == 79 and all(len(c) >= 5 for c in df["captions"])
+    assert "79" in capsys.readouterr().out
+
+
+def test_prepare_cli_nothing_usable_is_an_error(tmp_path):
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    (root / "val2017").mkdir()
+    caps = {"images": [{"id": 1, "file_name": "a.jpg", "width": 10, "height": 10, "license": 1}],
+            "annotations": [{"id": 1, "image_id": 1, "caption": "a thing"}]}  # like COCO: no categories
+    inst = {**caps, "annotations": [], "categories": [{"id": 1, "name": "thing", "supercategory": "x"}]}
+    (root / "annotations" / "captions_val2017.json").write_text(json.dumps(caps))
+    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(inst))
+    (root / "val2017" / "a.jpg").write_bytes(b"")  # zero-byte: the only image is bad
+    rc = main(["prepare", "coco", "--root", str(root), "--split", "val2017", "--out", str(tmp_path / "m.parquet")])
+    assert rc != 0
+    assert (tmp_path / "m.bad_images.csv").read_text().count("empty file") == 1
+
+
+def test_run_rejects_unknown_parameter_before_running(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "vlnb", "run", str(list_notebooks()[0]), "-p", "world_n_trian", "5", "--out", str(tmp_path / "r")],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2 and "world_n_trian" in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_chapter1_papermill_run(tmp_path):
+    nb = REPO_ROOT / "notebooks" / "01_data_prep.ipynb"
+    executed = run_notebook(nb, SMALL, out_dir=tmp_path / "run", progress=False)
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["status"] == "ok" and record["parameters"]["world_n_train"] == 60
+    world = load_manifest(tmp_path / "run" / "manifests" / "world.parquet")
+    assert (world["split"] == "train").sum() == 60
+    assert (tmp_path / "run" / "results" / "manifest_overview.csv").exists()
+    assert (tmp_path / "run" / "figures" / "world_grid.png").stat().st_size > 1000
+    assert executed.exists()
+
+
+@pytest.mark.slow
+def test_book_build_keeps_tracked_notebooks_clean(tmp_path):
+    tracked = list_notebooks()
+    before = _digest(tracked)
+    index = build_book(build_dir=tmp_path / "build", parameters={nb.stem: SMALL for nb in tracked[:1]}, progress=False)
+    assert index.exists() and index.name == "index.html"
+    assert _digest(tracked) == before
+    html = (index.parent / "notebooks" / "01_data_prep.html").read_text()
+    text = re.sub(r"<[^>]+>", "", html)
+    # glued numbers are rendered into the prose (not left as {glue:text} roles)
+    m = re.search(r"This run built (\d+) manifests with (\d+) images", text)
+    assert m and int(m.group(1)) == 3 and int(m.group(2)) >= 60 + 30
+    assert "glue:text" not in text

