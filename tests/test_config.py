@@ -37,7 +37,7 @@ def test_every_notebook_has_a_config():
     from vlnb.runs import list_notebooks
 
     for nb in list_notebooks():
-        assert nb.stem in config.REGISTRY, f"{nb.name} has no registered parameter config"
+        assert config.params_class(nb.stem).__name__, f"{nb.name} has no registered parameter config"
 
 
 @pytest.mark.parametrize("text,value", [("3", 3), ("0.5", 0.5), ("true", True), ("null", None), ("abc", "abc"), ("[1, 2]", [1, 2])])

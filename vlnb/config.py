@@ -95,6 +95,8 @@ class DataPrepParams(NotebookParams):
 def params_class(stem: str) -> type[NotebookParams]:
     stem = Path(stem).stem
     if stem not in REGISTRY:
+        import vlnb.params  # noqa: F401  (registers the configs of chapters 2 onwards)
+    if stem not in REGISTRY:
         raise ParameterError(f"no parameter config is registered for notebook '{stem}'; known: {sorted(REGISTRY)}")
     return REGISTRY[stem]
 

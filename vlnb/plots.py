@@ -81,3 +81,74 @@ def label_frequency_plot(df: pd.DataFrame, column: str = "labels", top: int = 20
         ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def recall_bars(df: pd.DataFrame, published: pd.DataFrame | None = None, title: str | None = None):
+    """Grouped bars of Recall@K: one panel per (dataset, direction), bars per model/protocol, hue = k.
+
+    ``df``: a tidy retrieval table (``model, dataset, protocol, direction, k, recall`` [+ ``chance``]);
+    chance levels are drawn as short black ticks; ``published`` rows (same columns) as hollow markers.
+    """
+    if df.empty:
+        raise ValueError("recall_bars: empty table")
+    df = df.assign(entry=df["model"] + "\n" + df["protocol"].str.wrap(28))
+    panels = df[["dataset", "direction"]].drop_duplicates().values.tolist()
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(4.5, 2.2 * df["entry"].nunique()) * len(panels) / 1.6, 4.2),
+                             squeeze=False, sharey=True)
+    for ax, (ds, d) in zip(axes[0], panels):
+        part = df[(df["dataset"] == ds) & (df["direction"] == d)]
+        sns.barplot(data=part, x="entry", y="recall", hue="k", ax=ax, palette="crest")
+        entries = list(dict.fromkeys(part["entry"]))
+        ks = sorted(part["k"].unique())
+        width = 0.8 / len(ks)
+        if "chance" in part:
+            for _, r in part.iterrows():
+                x = entries.index(r["entry"]) - 0.4 + width * (ks.index(r["k"]) + 0.5)
+                ax.plot([x - width / 2, x + width / 2], [r["chance"]] * 2, color="black", lw=1.5)
+        if published is not None and len(published):
+            pub = published[(published["dataset"] == ds) & (published["direction"] == d)]
+            for _, r in pub.iterrows():
+                hits = [e for e in entries if e.startswith(r["model"] + "\n")]
+                for e in hits:
+                    x = entries.index(e) - 0.4 + width * (ks.index(r["k"]) + 0.5) if r["k"] in ks else None
+                    if x is not None:
+                        ax.plot(x, r["recall"], marker="D", mfc="none", mec="crimson", ms=7)
+        ax.set_title(f"{ds} · {'image→text' if d == 'i2t' else 'text→image'}")
+        ax.set_xlabel("")
+        ax.set_ylabel("Recall@K (%)")
+        ax.set_ylim(0, 100)
+        ax.tick_params(axis="x", labelsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def retrieval_gallery(run, manifest: pd.DataFrame, n_queries: int = 4, k: int = 5, seed: int = 0,
+                      title: str | None = None):
+    """Text→image examples of a :class:`vlnb.eval.compare.RetrievalRun`: each row is a caption and its
+    top-``k`` images, the correct image framed in green (wrong ones in grey)."""
+    rng = np.random.default_rng(seed)
+    queries = rng.choice(len(run.texts), size=min(n_queries, len(run.texts)), replace=False)
+    src = dict(zip(manifest["image_id"], manifest["image"]))
+    fig, axes = plt.subplots(len(queries), k, figsize=(2.0 * k, 2.35 * len(queries)), squeeze=False)
+    for row, q in zip(axes, queries):
+        top = run.top_images(int(q), k)
+        for j, ax in enumerate(row):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(top):
+                ax.axis("off")
+                continue
+            im, _ = try_open_rgb(src[run.image_ids[top[j]]])
+            if im is not None:
+                ax.imshow(im, interpolation="nearest" if max(im.size) <= 96 else "antialiased")
+            ok = top[j] == int(run.text_to_image[q])
+            for s in ax.spines.values():
+                s.set_edgecolor("tab:green" if ok else "0.75")
+                s.set_linewidth(4 if ok else 1)
+        row[0].set_ylabel("\n".join(textwrap.wrap(run.texts[q], 22)[:4]), fontsize=8, rotation=0, ha="right",
+                          va="center")
+    fig.suptitle(title or f"{run.model} on {run.dataset}: top-{k} images per caption (green = correct)")
+    fig.tight_layout()
+    return fig

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import platform
 import shutil
@@ -117,6 +118,17 @@ def run_notebook(
     return executed
 
 
+def _prune_toc(toc: Path, stems: set[str]) -> None:
+    """Drop chapters that were not executed in this build (a partial build must still be a valid book)."""
+    keep = []
+    for line in toc.read_text().splitlines():
+        m = re.match(r"\s*- file: notebooks/(\S+)\s*$", line)
+        if m and m.group(1) not in stems:
+            continue
+        keep.append(line)
+    toc.write_text("\n".join(keep) + "\n")
+
+
 def build_book(
     profile: str = "offline",
     build_dir: str | os.PathLike | None = None,
@@ -152,6 +164,7 @@ def build_book(
         shutil.copy2(executed, src / "notebooks" / nb.name)
         timings[nb.stem] = round(time.time() - t0, 1)
         print(f"[vlnb book] {nb.name}: {timings[nb.stem]} s", flush=True)
+    _prune_toc(src / "_toc.yml", {nb.stem for nb in notebooks or list_notebooks()})
     html = build / "html"
     if html.exists():
         shutil.rmtree(html)

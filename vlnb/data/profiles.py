@@ -61,3 +61,41 @@ def overview(manifests: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.concat([summary(df).assign(dataset=name) for name, df in manifests.items()], ignore_index=True)[
         ["dataset", "split", "images", "captions", "captions_per_image", "labelled_images"]
     ]
+
+
+def evaluation_manifest(name: str, cfg=None, max_images: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The test manifest a chapter evaluates on, by name, and its bad-image report.
+
+    offline names: ``world`` (the test split of the world the scratch reference model was trained on),
+    ``coco-mini`` (the real val2017 subset), ``cifar100`` (916 real test images). full names: ``coco``
+    (``cfg.coco_root`` with the Karpathy 5k test split of ``cfg.coco_karpathy_split``; val2017 without it),
+    ``flickr30k`` (1k test of ``cfg.flickr30k_source``), ``cifar100`` (``cfg.cifar100_source`` test split),
+    ``pokemon`` (``cfg.pokemon_source``). ``max_images`` keeps the first that many rows.
+    """
+    get = lambda key: getattr(cfg, key, None) if cfg is not None else None  # noqa: E731
+    if name == "world":
+        from ..zoo import reference_data
+
+        df, report = reference_data("scratch-world")["test"], pd.DataFrame(columns=REPORT_COLUMNS)
+    elif name == "coco-mini":
+        df, report = build_manifest("coco", split="val2017")
+    elif name == "coco":
+        kw = {"karpathy_split": _resolve(get("coco_karpathy_split"))} if get("coco_karpathy_split") else {}
+        df, report = build_manifest("coco", root=_resolve(get("coco_root")),
+                                    split=("train2017", "val2017") if kw else "val2017", **kw)
+    elif name == "cifar100":
+        src = get("cifar100_source")
+        df, report = build_manifest("cifar100", root=_resolve(src) if src and Path(str(src)).suffix else src)
+    elif name in ("flickr30k", "pokemon"):
+        src = get(f"{name}_source")
+        if not src:
+            raise ValueError(f"data set {name!r} needs the parameter {name}_source (a hub id or local copy)")
+        df, report = build_manifest(name, root=src, **({"split": "test"} if name == "flickr30k" else {}))
+    else:
+        raise ValueError(f"unknown evaluation data set {name!r}: offline world | coco-mini | cifar100; "
+                         "full coco | flickr30k | cifar100 | pokemon")
+    if max_images is not None and len(df) > max_images:
+        attrs = dict(df.attrs)
+        df = df.iloc[:max_images].reset_index(drop=True)
+        df.attrs = attrs
+    return df, report

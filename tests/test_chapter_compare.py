@@ -1,0 +1,31 @@
+"""Chapter 4 end to end: the offline book run, and the full profile with tiny checkpoints for the hub names."""
+
+import pandas as pd
+import pytest
+
+from vlnb.paths import REPO_ROOT, shared_data_dir
+from vlnb.runs import run_notebook
+
+NB = REPO_ROOT / "notebooks" / "04_compare.ipynb"
+
+
+@pytest.mark.slow
+def test_full_profile_with_tiny_checkpoints(tmp_path, tiny_clip_dir, tiny_blip_dir, tiny_blip2_dir, tiny_vilt_dir,
+                                            monkeypatch):
+    monkeypatch.setenv("VLNB_CACHE", str(tmp_path / "cache"))
+    models = {"CLIP ViT-B/32": str(tiny_clip_dir), "BLIP ITM (COCO)": str(tiny_blip_dir),
+              "BLIP-2 ITM (ViT-g)": str(tiny_blip2_dir), "ViLT (COCO)": str(tiny_vilt_dir)}
+    params = {"models": models, "datasets": ["coco", "cifar100"], "max_images": 10, "rerank_k": 3,
+              "coco_root": str(shared_data_dir() / "coco-mini"), "coco_karpathy_split": "",  # "" = no Karpathy file: val2017
+              "cifar100_source": str(shared_data_dir() / "cifar100-test-partial" / "cifar100_test_first916.npz"),
+              "batch_size": 8, "n_gallery": 2}
+    run_notebook(NB, params, profile="full", out_dir=tmp_path / "run", progress=False)
+    ret = pd.read_csv(tmp_path / "run" / "results" / "retrieval.csv")
+    protocols = set(zip(ret["model"], ret["protocol"]))
+    assert ("CLIP ViT-B/32", "ITC") in protocols
+    assert ("BLIP-2 ITM (ViT-g)", "ITC top-3 → own ITM rerank") in protocols
+    assert ("ViLT (COCO)", "CLIP ViT-B/32 ITC top-3 → ITM rerank") in protocols
+    assert set(ret["dataset"]) == {"coco"} and ret["recall"].between(0, 100).all()
+    zs = pd.read_csv(tmp_path / "run" / "results" / "zeroshot.csv")
+    assert set(zs["dataset"]) == {"coco", "cifar100"} and zs["top1"].between(0, 1).all()
+    assert "ViLT (COCO)" not in set(zs["model"])  # a cross encoder has no zero-shot classifier

@@ -1,0 +1,75 @@
+"""The comparison evaluation: retrieval rows with protocols and chance, re-ranking rows, zero-shot tasks."""
+
+import numpy as np
+import pytest
+import torch
+
+from vlnb.data import build_manifest
+from vlnb.eval.compare import (
+    captions_table,
+    evaluate_retrieval,
+    evaluate_zeroshot,
+    retrieval_chance,
+    tidy_retrieval,
+    zeroshot_task,
+)
+from vlnb.eval.published import published_for, published_retrieval
+from vlnb.models import load_model
+
+
+@pytest.fixture(scope="module")
+def world():
+    df, _ = build_manifest("world", n_train=0, n_test=12, image_size=32, seed=3)
+    return df
+
+
+def test_captions_table_follows_image_order(world):
+    ids = list(world["image_id"])[::-1]
+    texts, owner = captions_table(world, ids)
+    assert len(texts) == sum(len(c) for c in world["captions"])
+    first = world.set_index("image_id").loc[ids[0], "captions"]
+    assert texts[: len(first)] == list(first) and (owner[: len(first)] == 0).all()
+
+
+def test_retrieval_rows_and_rerank(world, tiny_clip_dir, tiny_blip_dir, tmp_path):
+    clip = load_model(str(tiny_clip_dir))
+    run = evaluate_retrieval(clip, world, "world", protocol="zero-shot, ITC", cache_dir=tmp_path, progress=False)
+    assert run.similarity.shape == (12, 60) and len(run.results) == 1
+    blip = load_model(str(tiny_blip_dir))
+    run2 = evaluate_retrieval(blip, world, "world", cross_encoder=blip.cross_encoder(), rerank_k=4,
+                              cache_dir=tmp_path, progress=False)
+    assert [r["protocol"] for r in run2.results] == ["ITC", f"ITC top-4 → {blip.name} ITM rerank"]
+    assert 0 < run2.results[1]["n_pairs"] <= 12 * 4 + 60 * 4
+    df = tidy_retrieval([run, run2])
+    assert len(df) == 3 * 2 * 3 and {"chance", "protocol", "n_images"} <= set(df.columns)
+    assert df["recall"].between(0, 100).all()
+
+
+def test_retrieval_chance_matches_simulation():
+    rng = np.random.default_rng(0)
+    n, per, k = 20, 5, 5
+    owner = np.repeat(np.arange(n), per)
+    from vlnb.eval.retrieval import recall_at_k
+
+    sims = [recall_at_k(torch.from_numpy(rng.random((n, n * per))), owner, (k,)) for _ in range(300)]
+    ch = retrieval_chance(n, n * per, k)
+    assert abs(np.mean([s[f"i2t_R@{k}"] for s in sims]) - ch["i2t"]) < 3
+    assert abs(np.mean([s[f"t2i_R@{k}"] for s in sims]) - ch["t2i"]) < 3
+
+
+def test_zeroshot_tasks(world, tiny_clip_dir, tmp_path):
+    task = zeroshot_task("world", world)
+    assert set(task.targets) == {"any object", "primary"} and task.targets["any object"].shape[0] == 12
+    coco, _ = build_manifest("coco")
+    ctask = zeroshot_task("coco-mini", coco)
+    assert len(ctask.class_names) == 80 and "person" in ctask.class_names
+    rows = evaluate_zeroshot(load_model(str(tiny_clip_dir)), world, "world", cache_dir=tmp_path, progress=False)
+    assert {r["variant"] for r in rows} == {"any object", "primary"}
+    assert all(0 <= r["top1"] <= 1 and 0 < r["chance_top1"] < 1 for r in rows)
+
+
+def test_published_numbers_carry_protocol():
+    df = published_retrieval()
+    row = published_for("openai/clip-vit-base-patch32", "coco")
+    assert len(row) == 6 and row.set_index(["direction", "k"]).loc[("i2t", 1), "recall"] == 50.1
+    assert df["protocol"].str.len().gt(0).all()

@@ -1,0 +1,54 @@
+"""Reference models: trained once, saved, loaded back identically; a changed recipe is never loaded stale."""
+
+import json
+
+import pytest
+import torch
+
+from vlnb import zoo
+
+
+@pytest.fixture()
+def tiny_recipe(monkeypatch, tmp_path):
+    monkeypatch.setenv("VLNB_ARTIFACTS", str(tmp_path / "art"))
+    r = zoo.Recipe(name="tiny-world", kind="scratch", data="world", model={"config": "tiny", "seed": 0},
+                   train={"epochs": 1, "batch_size": 16, "lr": 1e-3, "warmup_steps": 1, "seed": 0},
+                   data_kwargs={"n_train": 32, "n_test": 16, "image_size": 32, "seed": 0})
+    monkeypatch.setitem(zoo.RECIPES, "tiny-world", r)
+    return r
+
+
+def test_train_save_load_roundtrip(tiny_recipe):
+    assert not zoo.is_trained("tiny-world")
+    with pytest.raises(FileNotFoundError, match="not trained"):
+        zoo.reference_model("tiny-world", train_if_missing=False)
+    model, history = zoo.train_reference("tiny-world", progress=False)
+    assert zoo.is_trained("tiny-world")
+    loaded = zoo.reference_model("tiny-world", progress=False)
+    assert loaded.fingerprint() == model.fingerprint()
+    x = torch.rand(2, 3, 64, 64)  # the tiny preset reads 64 px (its preprocess resizes)
+    torch.testing.assert_close(loaded.encode_image(x), model.eval().encode_image(x))
+    h = zoo.reference_history("tiny-world")
+    assert h.epochs_df["epoch"].tolist() == [1] and "t2i_R@1" in h.epochs_df and len(h.steps_df) == 2
+    saved = json.loads((zoo.artifacts_dir() / "tiny-world" / "recipe.json").read_text())
+    assert saved == tiny_recipe.key()
+
+
+def test_changed_recipe_is_stale(tiny_recipe, monkeypatch):
+    zoo.train_reference("tiny-world", progress=False)
+    changed = zoo.Recipe(**{**tiny_recipe.key(), "train": {**tiny_recipe.train, "lr": 2e-3}})
+    monkeypatch.setitem(zoo.RECIPES, "tiny-world", changed)
+    assert not zoo.is_trained("tiny-world")
+
+
+def test_reference_data_splits(tiny_recipe):
+    data = zoo.reference_data("tiny-world")
+    assert len(data["train"]) == 32 and len(data["test"]) == 16
+    assert set(data["test"]["split"]) == {"test"} and data["test"].attrs.get("vlnb")
+
+
+def test_unknown_names():
+    with pytest.raises(KeyError, match="unknown reference model"):
+        zoo.reference_model("nope")
+    with pytest.raises(ValueError, match="unknown profile"):
+        zoo.profile_models("cloud")

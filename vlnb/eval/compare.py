@@ -1,0 +1,326 @@
+"""Evaluate any model of :mod:`vlnb.models` on any manifest: retrieval and zero-shot, one tidy table.
+
+The comparison chapter (and the later ones) call :func:`evaluate_retrieval` and :func:`evaluate_zeroshot`
+per (model, data set) and concatenate the rows. Every row carries its protocol, so numbers measured
+under different protocols (ITC only vs ITC→ITM re-ranking, zero-shot vs trained on the data) are never
+mistaken for one another.
+
+Retrieval uses *all* captions of every image (image→text is a hit when any of them is in the top-k).
+Cross encoders (ViLT, BLIP/BLIP-2 ITM heads) re-rank the top-``k`` of a dual encoder's similarities.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .features import image_features, text_features
+from .rerank import rerank_similarity, reranked_recall
+from .retrieval import recall_at_k, retrieval_ranks
+from .templates import CIFAR100_CLASSNAMES, get_templates
+from .zeroshot import classification_metrics, multilabel_targets, zeroshot_classifier, zeroshot_scores
+
+#: Prompts for the offline world: its captions' own vocabulary (a word-level tokenizer knows no "photo").
+WORLD_TEMPLATES = ("a {}", "a large {}", "a small {}", "one {}", "a {} on a background")
+
+
+@dataclass
+class RetrievalRun:
+    """What one dual encoder's retrieval evaluation produced (kept for galleries and re-ranking)."""
+
+    model: str
+    dataset: str
+    similarity: torch.Tensor  #: (n_images, n_texts) ITC similarities
+    image_ids: list
+    texts: list[str]
+    text_to_image: np.ndarray
+    results: list[dict] = field(default_factory=list)  #: recall dicts with model/dataset/protocol
+    skipped: pd.DataFrame | None = None
+
+    def ranks(self) -> dict[str, np.ndarray]:
+        """1-based rank of the first correct item per query (``i2t`` per image, ``t2i`` per text)."""
+        return retrieval_ranks(self.similarity, self.text_to_image)
+
+    def top_images(self, text_index: int, k: int = 5) -> list[int]:
+        """Row indices (into :attr:`image_ids`) of the ``k`` best images for text ``text_index``."""
+        return self.similarity[:, text_index].topk(min(k, len(self.image_ids))).indices.tolist()
+
+
+def captions_table(manifest: pd.DataFrame, image_ids: Sequence) -> tuple[list[str], np.ndarray]:
+    """All captions of the images in ``image_ids`` (in that order) and each caption's image row."""
+    caps = dict(zip(manifest["image_id"], manifest["captions"]))
+    texts, owner = [], []
+    for row, iid in enumerate(image_ids):
+        for c in caps[iid]:
+            texts.append(str(c))
+            owner.append(row)
+    return texts, np.asarray(owner, dtype=np.int64)
+
+
+def evaluate_retrieval(
+    model,
+    manifest: pd.DataFrame,
+    dataset: str,
+    model_name: str | None = None,
+    protocol: str = "ITC",
+    cross_encoder=None,
+    rerank_k: int = 128,
+    rerank_protocol: str | None = None,
+    ks: Sequence[int] = (1, 5, 10),
+    batch_size: int = 64,
+    cache_dir=None,
+    progress: bool = True,
+) -> RetrievalRun:
+    """Recall@K both ways of dual encoder ``model`` on ``manifest`` (+ a re-ranked row with ``cross_encoder``).
+
+    Images that cannot be decoded are skipped (reported in ``.skipped``) together with their captions.
+    With ``cross_encoder`` the top-``rerank_k`` candidates of each query are re-scored by it (score =
+    ITM logit + ITC similarity, as LAVIS does) and a second result row is added whose protocol says so
+    and which records the number of pairs scored.
+    """
+    name = model_name or getattr(model, "name", type(model).__name__)
+    feats = image_features(model, manifest, batch_size=batch_size, cache_dir=cache_dir, progress=progress)
+    if len(feats.image_ids) == 0:
+        raise ValueError(f"{dataset}: no image of the manifest could be decoded ({len(feats.skipped)} skipped)")
+    texts, owner = captions_table(manifest, feats.image_ids)
+    if not texts:
+        raise ValueError(f"{dataset}: the images have no captions, retrieval needs them")
+    txt = text_features(model, texts, cache_dir=cache_dir, progress=progress)
+    with torch.inference_mode():
+        sim = model.similarity(feats.embeddings, txt).float().cpu()
+    meta = {"model": name, "dataset": dataset, "n_images": len(feats.image_ids), "n_texts": len(texts)}
+    run = RetrievalRun(name, dataset, sim, list(feats.image_ids), texts, owner, skipped=feats.skipped)
+    run.results.append({**meta, "protocol": protocol, **recall_at_k(sim, owner, ks)})
+    if cross_encoder is not None:
+        pixels = _pixels_for(cross_encoder, manifest, feats.image_ids)
+        reranked, n_pairs = rerank_similarity(sim, cross_encoder, pixels, texts, k=rerank_k, progress=progress)
+        proto = rerank_protocol or f"{protocol} top-{rerank_k} → {getattr(cross_encoder, 'name', 'ITM')} ITM rerank"
+        run.results.append({**meta, "protocol": proto, "n_pairs": n_pairs, **reranked_recall(reranked, owner, ks)})
+    return run
+
+
+def _pixels_for(cross_encoder, manifest: pd.DataFrame, image_ids: Sequence):
+    """A loader of the cross encoder's own preprocessed pixels for rows of ``image_ids``."""
+    from ..data.images import open_rgb
+
+    src = dict(zip(manifest["image_id"], manifest["image"]))
+    order = [src[i] for i in image_ids]
+
+    def load(rows: list[int]) -> torch.Tensor:
+        return cross_encoder.preprocess([open_rgb(order[r]) for r in rows])
+
+    return load
+
+
+# ---------------------------------------------------------------------------------------------- zero-shot
+@dataclass
+class ZeroShotTask:
+    """Class names, prompt templates and targets of one data set's zero-shot classification."""
+
+    dataset: str
+    class_names: list[str]
+    templates: tuple[str, ...]
+    targets: dict[str, object]  #: variant name -> targets accepted by classification_metrics
+
+
+def zeroshot_task(dataset: str, manifest: pd.DataFrame, templates: str | Sequence[str] | None = None) -> ZeroShotTask:
+    """The zero-shot task of a manifest, chosen by its provenance (world / coco / cifar100).
+
+    world: classify the shapes (``any object`` = any shape in the scene counts; ``primary`` = the
+    largest object's shape). coco: the 80 categories (``any label`` = any of the image's categories
+    counts, as several are present; ``primary`` = largest-area category). cifar100: the 100 classes.
+    """
+    kind = str(manifest.attrs.get("vlnb", {}).get("source", dataset)).lower()
+    tpl = lambda default: tuple(get_templates(templates) if isinstance(templates, str) else templates or default)  # noqa: E731
+    if "world" in kind or "primary_shape" in manifest.columns:
+        from ..data.world import WORLD_SHAPES
+
+        names = list(WORLD_SHAPES)
+        return ZeroShotTask(dataset, names, tpl(WORLD_TEMPLATES), {
+            "any object": multilabel_targets(manifest["shapes"], names),
+            "primary": _index(manifest["primary_shape"], names),
+        })
+    if "primary_category" in manifest.columns:
+        names = coco_category_names(manifest)
+        return ZeroShotTask(dataset, names, tpl(get_templates("openai_imagenet")), {
+            "any label": multilabel_targets(manifest["labels"], names),
+            "primary": _index(manifest["primary_category"], names),
+        })
+    if "cifar" in kind or dataset.startswith("cifar"):
+        names = list(CIFAR100_CLASSNAMES)
+        return ZeroShotTask(dataset, names, tpl(get_templates("cifar")), {
+            "label": _index([labs[0] if len(labs) else "" for labs in manifest["labels"]], names),
+        })
+    raise ValueError(f"no zero-shot task is defined for data set {dataset!r} (source {kind!r})")
+
+
+def coco_category_names(manifest: pd.DataFrame) -> list[str]:
+    """The 80 COCO category names when the instances file is reachable, else those present in ``labels``."""
+    spec = manifest.attrs.get("vlnb", {}).get("annotations") or {}
+    files = spec.get("instances") or []
+    files = [files] if isinstance(files, str) else files
+    names: set[str] = set()
+    for f in files:
+        try:
+            import json
+
+            names |= {c["name"] for c in json.loads(open(f).read()).get("categories", [])}
+        except OSError:
+            pass
+    if not names:
+        names = {lab for labs in manifest["labels"] for lab in labs}
+    return sorted(names)
+
+
+def _index(values, names: list[str]) -> np.ndarray:
+    pos = {n: i for i, n in enumerate(names)}
+    return np.asarray([pos.get(v, -1) for v in values], dtype=np.int64)
+
+
+def evaluate_zeroshot(
+    model,
+    manifest: pd.DataFrame,
+    dataset: str,
+    model_name: str | None = None,
+    task: ZeroShotTask | None = None,
+    batch_size: int = 64,
+    cache_dir=None,
+    progress: bool = True,
+) -> list[dict]:
+    """Zero-shot top-1/top-5 accuracy and mean per-class recall (proportions) for every target variant."""
+    name = model_name or getattr(model, "name", type(model).__name__)
+    task = task or zeroshot_task(dataset, manifest)
+    feats = image_features(model, manifest, batch_size=batch_size, cache_dir=cache_dir, progress=progress)
+    keep = _rows(manifest, feats.image_ids)
+    clf = zeroshot_classifier(model, task.class_names, task.templates, progress=progress)
+    scores = zeroshot_scores(model, feats.embeddings, clf)
+    rows = []
+    for variant, targets in task.targets.items():
+        t = targets[keep]
+        ks = tuple(k for k in (1, 5) if k <= len(task.class_names))
+        m = classification_metrics(scores, t, ks=ks)
+        rows.append({"model": name, "dataset": dataset, "protocol": "zero-shot", "variant": variant,
+                     "n_classes": len(task.class_names), "n_templates": len(task.templates),
+                     "chance_top1": _chance(t, len(task.class_names)), **m})
+    return rows
+
+
+def _rows(manifest: pd.DataFrame, image_ids: Sequence) -> np.ndarray:
+    pos = {iid: i for i, iid in enumerate(manifest["image_id"])}
+    return np.asarray([pos[i] for i in image_ids], dtype=np.int64)
+
+
+def _chance(targets, n_classes: int) -> float:
+    """Expected top-1 of a uniformly random guess: mean share of an image's classes among all classes."""
+    t = np.asarray(targets)
+    if t.dtype == bool:
+        has = t.any(axis=1)
+        return float(t[has].sum(axis=1).mean() / n_classes) if has.any() else float("nan")
+    return 1.0 / n_classes
+
+
+def retrieval_chance(n_images: int, n_texts: int, k: int) -> dict[str, float]:
+    """Recall@k (percent) of a random ranking: i2t with ~n_texts/n_images captions per image, t2i one image."""
+    per = n_texts / max(n_images, 1)
+    i2t = 1 - np.prod([(n_texts - per - j) / (n_texts - j) for j in range(min(k, n_texts))]) if n_texts else 0
+    return {"i2t": float(100 * i2t), "t2i": float(100 * min(k, n_images) / max(n_images, 1))}
+
+
+def tidy_retrieval(runs: Sequence[RetrievalRun]) -> pd.DataFrame:
+    """One row per (model, dataset, protocol, direction, k) with the chance level beside the recall."""
+    from .retrieval import retrieval_table
+
+    df = retrieval_table([r for run in runs for r in run.results])
+    if len(df):
+        df["chance"] = [retrieval_chance(n, m, k)[d] for n, m, k, d in zip(df["n_images"], df["n_texts"], df["k"],
+                                                                          df["direction"])]
+    return df
+
+
+# ---------------------------------------------------------------------------------------------- the chapter loop
+def unknown_word_rate(model, texts: Sequence[str]) -> float:
+    """Share of words a word-level tokenizer maps to ``<unk>`` (0 for subword tokenizers, which read anything)."""
+    tok = getattr(model, "tokenizer", None)
+    if tok is None or not hasattr(tok, "split") or not hasattr(tok, "get_vocab"):
+        return 0.0
+    vocab = tok.get_vocab()
+    words = [w for t in texts for w in tok.split(t)]
+    return float(np.mean([w not in vocab for w in words])) if words else 0.0
+
+
+def run_comparison(
+    models: dict,
+    manifests: dict[str, pd.DataFrame],
+    first_stage: str | None = None,
+    rerank_k: int = 128,
+    templates: str | None = None,
+    max_unknown_words: float = 0.5,
+    batch_size: int = 64,
+    cache_dir=None,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict, pd.DataFrame]:
+    """Evaluate every model on every data set it can read; returns
+    ``(retrieval table, zero-shot table, {(model, dataset): RetrievalRun}, coverage table)``.
+
+    Dual encoders: retrieval (data sets with captions) and zero-shot (data sets with a task), plus an
+    ITC→ITM re-ranked row when the model has its own ITM head (BLIP, BLIP-2). Cross encoders (ViLT)
+    re-rank the ITC top-``rerank_k`` of dual encoder ``first_stage``. A model with a word-level tokenizer
+    is not evaluated on data whose captions are mostly unknown words to it (> ``max_unknown_words``): the
+    coverage table records every (model, data set) pair, evaluated or not, and why.
+    """
+    from ..models import CrossEncoder
+
+    runs: dict = {}
+    ret, zs, cover = [], [], []
+    duals = {n: m for n, m in models.items() if not isinstance(m, CrossEncoder)}
+    crosses = {n: m for n, m in models.items() if isinstance(m, CrossEncoder)}
+    for ds, df in manifests.items():
+        has_caps = bool(df["captions"].map(len).sum())
+        probe = [c for caps in df["captions"] for c in caps][:2000] or [
+            t.format(c) for t in WORLD_TEMPLATES[:1] for c in _task_names(ds, df)]
+        for name, model in duals.items():
+            unk = unknown_word_rate(model, probe)
+            if unk > max_unknown_words:
+                cover.append({"model": name, "dataset": ds, "evaluated": False,
+                              "why": f"{unk:.0%} of the words are unknown to its tokenizer"})
+                continue
+            cover.append({"model": name, "dataset": ds, "evaluated": True, "why": ""})
+            kw = {"batch_size": batch_size, "cache_dir": cache_dir, "progress": progress}
+            if has_caps:
+                cross = model.cross_encoder() if hasattr(model, "cross_encoder") else None
+                run = evaluate_retrieval(model, df, ds, name, protocol="ITC", cross_encoder=cross, rerank_k=rerank_k,
+                                         rerank_protocol=f"ITC top-{rerank_k} → own ITM rerank" if cross else None,
+                                         **kw)
+                runs[(name, ds)] = run
+            try:
+                task = zeroshot_task(ds, df, templates)
+            except ValueError:
+                task = None
+            if task is not None:
+                zs += evaluate_zeroshot(model, df, ds, name, task, **kw)
+        for name, cross in crosses.items():
+            base = runs.get((first_stage, ds))
+            if base is None:
+                cover.append({"model": name, "dataset": ds, "evaluated": False,
+                              "why": f"needs a first-stage dual encoder run ({first_stage!r}) with captions"})
+                continue
+            pixels = _pixels_for(cross, df, base.image_ids)
+            reranked, n_pairs = rerank_similarity(base.similarity, cross, pixels, base.texts, k=rerank_k,
+                                                  progress=progress)
+            meta = {"model": name, "dataset": ds, "n_images": len(base.image_ids), "n_texts": len(base.texts)}
+            base.results.append({**meta, "protocol": f"{first_stage} ITC top-{rerank_k} → ITM rerank",
+                                 "n_pairs": n_pairs, **reranked_recall(reranked, base.text_to_image)})
+            cover.append({"model": name, "dataset": ds, "evaluated": True, "why": ""})
+    ret_df = tidy_retrieval(list(runs.values()))
+    return ret_df, pd.DataFrame(zs), runs, pd.DataFrame(cover)
+
+
+def _task_names(ds: str, df: pd.DataFrame) -> list[str]:
+    try:
+        return zeroshot_task(ds, df).class_names
+    except ValueError:
+        return []
