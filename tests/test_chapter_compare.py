@@ -18,7 +18,7 @@ def test_full_profile_with_tiny_checkpoints(tmp_path, tiny_clip_dir, tiny_blip_d
     params = {"models": models, "datasets": ["coco", "cifar100"], "max_images": 10, "rerank_k": 3,
               "coco_root": str(shared_data_dir() / "coco-mini"), "coco_karpathy_split": "",  # "" = no Karpathy file: val2017
               "cifar100_source": str(shared_data_dir() / "cifar100-test-partial" / "cifar100_test_first916.npz"),
-              "batch_size": 8, "n_gallery": 2}
+              "batch_size": 8, "n_gallery": 2, "t2i_dataset": "coco-mini", "baseline_epochs": 1}
     run_notebook(NB, params, profile="full", out_dir=tmp_path / "run", progress=False)
     ret = pd.read_csv(tmp_path / "run" / "results" / "retrieval.csv")
     protocols = set(zip(ret["model"], ret["protocol"]))
@@ -29,3 +29,6 @@ def test_full_profile_with_tiny_checkpoints(tmp_path, tiny_clip_dir, tiny_blip_d
     zs = pd.read_csv(tmp_path / "run" / "results" / "zeroshot.csv")
     assert set(zs["dataset"]) == {"coco", "cifar100"} and zs["top1"].between(0, 1).all()
     assert "ViLT (COCO)" not in set(zs["model"])  # a cross encoder has no zero-shot classifier
+    t2i = pd.read_csv(tmp_path / "run" / "results" / "text_to_image.csv")
+    assert set(t2i["direction"]) == {"t2i"} and t2i["model"].str.contains("BERT\\+CNN").any()
+    assert {"CLIP ViT-B/32", "BLIP-2 ITM (ViT-g)"} <= set(t2i["model"])

@@ -91,8 +91,11 @@ def run_notebook(
         "versions": _versions(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    env_before = os.environ.get("VLNB_RUN_DIR")
-    os.environ["VLNB_RUN_DIR"] = str(out)
+    # the kernel inherits these: its run folder, and no tqdm bars (thousands of lines of stderr in an
+    # executed notebook / the rendered book); export TQDM_DISABLE=0 to keep them
+    env = {"VLNB_RUN_DIR": str(out), "TQDM_DISABLE": os.environ.get("TQDM_DISABLE", "1")}
+    env_before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
         pm.execute_notebook(
             str(nb),
@@ -109,10 +112,11 @@ def run_notebook(
         record["status"] = f"failed: {type(e).__name__}"
         raise RunError(f"notebook {nb.name} failed (executed copy with the error: {executed}):\n{e}") from None
     finally:
-        if env_before is None:
-            os.environ.pop("VLNB_RUN_DIR", None)
-        else:
-            os.environ["VLNB_RUN_DIR"] = env_before
+        for k, v in env_before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         record["seconds"] = round(time.time() - t0, 1)
         (out / "run.json").write_text(json.dumps(record, indent=2, default=str))
     return executed

@@ -76,6 +76,7 @@ paired_cifar = None          # the paired CIFAR-100 experiment with a frozen tex
 paired_n_train = None
 paired_n_test = None
 paired_epochs = None
+paired_classify = None       # classify pairs among all 9,900 class-pair prompts (slow on CPU)
 """),
     ("code", r"""
 cfg = run.params(globals())
@@ -189,10 +190,11 @@ held-out pairs made of images never seen in training.
     ("code", r"""
 if cfg.paired_cifar:
     from vlnb.data.paired_cifar import build_paired_cifar
-    from vlnb.train.variants import train_paired_cifar
+    from vlnb.train.paired import train_paired_cifar
 
     paired = build_paired_cifar(n_train=cfg.paired_n_train, n_test=cfg.paired_n_test, seed=cfg.seed)
-    paired_result, paired_history = train_paired_cifar(paired, epochs=cfg.paired_epochs, seed=cfg.seed)
+    paired_result, paired_history = train_paired_cifar(paired, epochs=cfg.paired_epochs, seed=cfg.seed,
+                                                         classify=cfg.paired_classify)
     run.save_table(paired_result, "paired_cifar")
     display(paired_result.round(2))
     run.savefig(plot_history(paired_history), "curves_paired_cifar")

@@ -54,6 +54,7 @@ coco_root = None              # COCO folder (None: the shared coco-mini val2017)
 coco_split = None             # COCO split folder
 min_area = None               # COCO objects must cover at least this share of the image
 n_overlays = None             # examples per data set in the overlay figures
+overlay_methods = None        # methods shown in the overlays (None: all)
 n_entropy = None              # images per model for the attention entropies
 upsample = None               # grid to pixels: bilinear, nearest or bicubic
 tolerance = None              # pointing-game tolerance in pixels
@@ -117,7 +118,9 @@ For a transformer with layers $l = 1..L$ and head-wise attention $A^{(l)}_h$ (ro
 
 - **CLS attention**: the readout token's row of the last layer, mean over heads,
   $\\bar A^{(L)}_{\\text{cls}, \\cdot}$. The readout is the token the score is computed from: CLS for CLIP,
-  BLIP and the scratch ViT, the text `[CLS]` of ViLT's joint sequence.
+  BLIP and the scratch ViT, the text `[CLS]` of ViLT's joint sequence. (BLIP-2's contrastive score is
+  read from the Q-Former's queries, not from its ViT's CLS; for BLIP-2 the CLS and rollout maps show the
+  ViT's own CLS, the Q-Former methods below what the score reads.)
 - **Rollout** {cite}`abnar2020quantifying`: residual connections pass half of each token's signal
   through unchanged, so each layer is $\\hat A^{(l)} = \\operatorname{rownorm}(\\operatorname{fuse}_h A^{(l)}_h + I)$
   (exactly $\\tfrac12 A + \\tfrac12 I$ for the mean) and $R = \\hat A^{(L)} \\cdots \\hat A^{(1)}$; we fuse heads by mean and by max.
@@ -151,7 +154,8 @@ $E$ that falls inside the named object's mask.
     ('code', """\
 for dataset, by_model in result["examples"].items():
     if any(by_model.values()):
-        fig = iplots.overlay_figure(by_model, n=cfg.n_overlays, title=f"{dataset}: maps for the named object")
+        fig = iplots.overlay_figure(by_model, n=cfg.n_overlays, methods=cfg.overlay_methods,
+                                    title=f"{dataset}: maps for the named object")
         run.savefig(fig, f"overlays_{dataset}")
 """),
     ('md', """\
@@ -199,7 +203,7 @@ summary[[c for c in cols if c in summary]].round(3)
 """),
     ('code', """\
 run.savefig(iplots.pointing_figure(summary), "pointing_game")
-h = headlines(summary)
+h = headlines(summary, families={name: m.family for name, m in models.items()})
 run.glue("pointing_best", h["best"])
 run.glue("agnostic_gap", h["agnostic_gap"])
 print(h["per_row"].replace("; ", "\\n"))
@@ -208,13 +212,14 @@ print(h["per_row"].replace("; ", "\\n"))
 The largest excess over the uniform baseline in this run: {glue:text}`pointing_best`.
 
 Two things to read off the table. On the world every image is used in both directions, so a map that
-does not depend on the text — CLS attention, rollout, the Q-Former's raw cross-attention — gives the
-target and the distractor the same energy on average: the largest such gap here is
-{glue:text}`agnostic_gap`, zero up to floating-point noise. Such maps can point at *objects*, but
-never at *the object the caption names*; only a text-conditioned method (Chefer's relevancy, Grad-CAM of
-the similarity, and ViLT, whose attention sees the text) can. On COCO the named object is often the
-larger one, which is why the area columns matter: an energy share is only as good as its excess over
-the area it covers.
+does not depend on the text — CLS attention and rollout of a dual encoder — gives the target and the
+distractor the same energy on average: the largest such gap in this run is {glue:text}`agnostic_gap`
+(zero up to floating-point noise). Such maps can point at *objects* (compare their energy with the
+area baseline), but never at *the object the caption names*; only a text-conditioned method can:
+Chefer's relevancy and Grad-CAM of the image–text similarity, BLIP-2's Q-Former maps through the choice
+of query, and every map of ViLT, whose attention sees the text. On COCO the two objects of a pair
+differ in size (the area columns), which is why the excess matters: an energy share is only as good as
+what it adds to the area it covers.
 
 ## Caveats
 

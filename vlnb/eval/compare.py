@@ -127,7 +127,7 @@ class ZeroShotTask:
     targets: dict[str, object]  #: variant name -> targets accepted by classification_metrics
 
 
-def zeroshot_task(dataset: str, manifest: pd.DataFrame, templates: str | Sequence[str] | None = None) -> ZeroShotTask:
+def zeroshot_task(dataset: str, manifest: pd.DataFrame, coco_templates: str | Sequence[str] = "openai_imagenet") -> ZeroShotTask:
     """The zero-shot task of a manifest, chosen by its provenance (world / coco / cifar100).
 
     world: classify the shapes (``any object`` = any shape in the scene counts; ``primary`` = the
@@ -135,24 +135,24 @@ def zeroshot_task(dataset: str, manifest: pd.DataFrame, templates: str | Sequenc
     counts, as several are present; ``primary`` = largest-area category). cifar100: the 100 classes.
     """
     kind = str(manifest.attrs.get("vlnb", {}).get("source", dataset)).lower()
-    tpl = lambda default: tuple(get_templates(templates) if isinstance(templates, str) else templates or default)  # noqa: E731
     if "world" in kind or "primary_shape" in manifest.columns:
         from ..data.world import WORLD_SHAPES
 
         names = list(WORLD_SHAPES)
-        return ZeroShotTask(dataset, names, tpl(WORLD_TEMPLATES), {
+        return ZeroShotTask(dataset, names, WORLD_TEMPLATES, {
             "any object": multilabel_targets(manifest["shapes"], names),
             "primary": _index(manifest["primary_shape"], names),
         })
     if "primary_category" in manifest.columns:
         names = coco_category_names(manifest)
-        return ZeroShotTask(dataset, names, tpl(get_templates("openai_imagenet")), {
+        tpl = get_templates(coco_templates) if isinstance(coco_templates, str) else tuple(coco_templates)
+        return ZeroShotTask(dataset, names, tpl, {
             "any label": multilabel_targets(manifest["labels"], names),
             "primary": _index(manifest["primary_category"], names),
         })
     if "cifar" in kind or dataset.startswith("cifar"):
         names = list(CIFAR100_CLASSNAMES)
-        return ZeroShotTask(dataset, names, tpl(get_templates("cifar")), {
+        return ZeroShotTask(dataset, names, get_templates("cifar"), {
             "label": _index([labs[0] if len(labs) else "" for labs in manifest["labels"]], names),
         })
     raise ValueError(f"no zero-shot task is defined for data set {dataset!r} (source {kind!r})")
@@ -257,7 +257,7 @@ def run_comparison(
     manifests: dict[str, pd.DataFrame],
     first_stage: str | None = None,
     rerank_k: int = 128,
-    templates: str | None = None,
+    coco_templates: str = "openai_imagenet",
     max_unknown_words: float = 0.5,
     batch_size: int = 64,
     cache_dir=None,
@@ -297,7 +297,7 @@ def run_comparison(
                                          **kw)
                 runs[(name, ds)] = run
             try:
-                task = zeroshot_task(ds, df, templates)
+                task = zeroshot_task(ds, df, coco_templates)
             except ValueError:
                 task = None
             if task is not None:
@@ -324,3 +324,60 @@ def _task_names(ds: str, df: pd.DataFrame) -> list[str]:
         return zeroshot_task(ds, df).class_names
     except ValueError:
         return []
+
+
+# ---------------------------------------------------------------------------------------------- text→image top-K
+def split_manifest(manifest: pd.DataFrame, test_fraction: float = 0.2, seed: int = 0):
+    """A deterministic image-level ``(train, test)`` split of a manifest (attrs kept)."""
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    order = np.random.default_rng(seed).permutation(len(manifest))
+    n_test = max(1, int(round(test_fraction * len(manifest))))
+    parts = []
+    for rows in (np.sort(order[n_test:]), np.sort(order[:n_test])):
+        part = manifest.iloc[rows].reset_index(drop=True)
+        part.attrs = dict(manifest.attrs)
+        parts.append(part)
+    return parts[0], parts[1]
+
+
+def text_to_image_experiment(
+    models: dict,
+    manifest: pd.DataFrame,
+    dataset: str = "pokemon",
+    baseline_epochs: int = 10,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    ks: Sequence[int] = (1, 5, 10),
+    batch_size: int = 64,
+    cache_dir=None,
+    progress: bool = True,
+):
+    """Caption → image top-K on a held-out split: every dual encoder zero-shot, against a trained baseline.
+
+    The baseline is the seed projects' "BERT + CNN": a frozen BERT-family sentence encoder
+    (all-MiniLM-L6-v2) and a frozen ImageNet CNN (EfficientNet-Lite0) with MLP heads trained
+    contrastively on the *train* split. Returns ``(tidy table, baseline History)``; the table has
+    ``model, dataset, protocol, direction="t2i", k, recall, chance``.
+    """
+    from ..models import CrossEncoder
+    from ..models.towers import TowersDualEncoder
+    from ..train import TrainConfig, train_contrastive
+    from ..train.trainer import PairDataset
+
+    train, test = split_manifest(manifest, test_fraction, seed)
+    baseline = TowersDualEncoder(embed_dim=256, head="mlp", name="BERT+CNN baseline (MiniLM + EfficientNet-Lite0)")
+    cfg = TrainConfig(epochs=baseline_epochs, batch_size=min(64, len(train)), lr=1e-3, warmup_steps=5, seed=seed,
+                      eval_every=max(1, baseline_epochs))
+    pairs = PairDataset(train, baseline.preprocess, cfg.caption_sampling, cfg.seed, cache=True)
+    history = train_contrastive(baseline, pairs, val_data=test, config=cfg, progress=progress)
+    baseline.eval()
+    entries = [(n, m, "zero-shot, ITC") for n, m in models.items() if not isinstance(m, CrossEncoder)]
+    entries.append((baseline.name, baseline, f"trained on the {dataset} train split ({len(train)} images)"))
+    rows = []
+    for name, model, proto in entries:
+        r = evaluate_retrieval(model, test, dataset, name, protocol=proto, ks=ks, batch_size=batch_size,
+                               cache_dir=cache_dir, progress=progress)
+        rows += r.results
+    df = tidy_retrieval([RetrievalRun("", dataset, torch.empty(0, 0), [], [], np.empty(0), rows)])
+    return df[df["direction"] == "t2i"].reset_index(drop=True), history

@@ -120,6 +120,18 @@ CIFAR_TEMPLATES: tuple[str, ...] = (
 
 SIMPLE_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
 
+#: The 7-prompt subset of the 80 that OpenAI's prompt-engineering notebook selected for ImageNet (close to
+#: the full ensemble's accuracy at a tenth of the text-encoding cost).
+OPENAI_IMAGENET_7_TEMPLATES: tuple[str, ...] = (
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+)
+
 CIFAR100_CLASSNAMES: tuple[str, ...] = (
     "apple", "aquarium fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
     "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
@@ -137,6 +149,7 @@ TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     "openai_imagenet": OPENAI_IMAGENET_TEMPLATES,
     "cifar": CIFAR_TEMPLATES,
     "simple": SIMPLE_TEMPLATES,
+    "openai_imagenet_7": OPENAI_IMAGENET_7_TEMPLATES,
 }
 
 

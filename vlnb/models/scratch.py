@@ -257,7 +257,11 @@ def clip_tokenizer(path: str | Path | None = None):
 # ---------------------------------------------------------------------------------------------- layers
 class Attention(nn.Module):
     """Multi-head attention; ``context`` gives keys/values (cross-attention), ``mask`` is boolean
-    ``(B or 1, 1, L, S)`` with True where a query may attend."""
+    ``(B or 1, 1, L, S)`` with True where a query may attend.
+
+    ``keep_weights = True`` (off by default; :mod:`vlnb.interpret` sets it) computes the same attention
+    explicitly (softmax of the scaled scores, masked keys at -inf) and keeps the ``(B, heads, L, S)``
+    weights, still in the autograd graph, in ``weights`` for attention maps and gradient-based relevancy."""
 
     def __init__(self, width: int, heads: int):
         super().__init__()
@@ -265,13 +269,22 @@ class Attention(nn.Module):
         self.q = nn.Linear(width, width)
         self.kv = nn.Linear(width, 2 * width)
         self.out = nn.Linear(width, width)
+        self.keep_weights = False
+        self.weights: torch.Tensor | None = None
 
     def forward(self, x, context=None, mask=None):
         b, n, w = x.shape
         context = x if context is None else context
         q = self.q(x).view(b, n, self.heads, -1).transpose(1, 2)
         k, v = self.kv(context).view(b, context.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if self.keep_weights:
+            scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            self.weights = scores.softmax(dim=-1)
+            o = self.weights @ v
+        else:
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(o.transpose(1, 2).reshape(b, n, w))
 
 

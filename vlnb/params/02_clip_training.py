@@ -19,15 +19,17 @@ class ClipTrainingParams(NotebookParams):
     live_plot: bool = True
     #: Text-encoder attention variants compared on a small world (empty list: skip the comparison).
     attention_variants: list[str] = ["self", "cross", "local"]
-    variant_n_train: int = 800
+    variant_n_train: int = 600
     variant_n_test: int = 200
     variant_image_size: int = 32
-    variant_epochs: int = 6
+    variant_epochs: int = 5
     #: Paired CIFAR-100 (two real CIFAR images side by side, caption naming both) with the text tower frozen.
     paired_cifar: bool = True
     paired_n_train: int = 600
     paired_n_test: int = 200
     paired_epochs: int = 6
+    #: Also classify each test pair among all 9,900 ordered class-pair prompts (slow on a CPU).
+    paired_classify: bool = False
 
     PROFILE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
         "full": {
@@ -39,5 +41,6 @@ class ClipTrainingParams(NotebookParams):
             "paired_n_train": 5000,
             "paired_n_test": 1000,
             "paired_epochs": 20,
+            "paired_classify": True,
         }
     }
