@@ -1,0 +1,208 @@
+"""A bias planted on purpose: retrain on the offline world with one group made rare, measure its gap.
+
+On real data the cause of a subgroup gap is never known. In the offline world it can be *set*: the
+world's rare-group knob (``rare_attribute=("colour", "purple"), rare_fraction=f``) keeps a training scene
+that shows the value with probability ``f`` and re-colours it otherwise, so the group is ``f`` times as
+frequent in training as it would be, while the **test split is untouched** (the same images at every
+``f``). :func:`rarity_experiment` trains one small from-scratch CLIP per (``f``, seed) with exactly the
+same recipe and measures, on the same test images,
+
+- zero-shot classification of the largest object's value of the attribute (colour names, prompts "a
+  {colour} circle", "a {colour} square" ... averaged), per group of that value, with Wilson intervals;
+- the **contrast** ``rest - rare``: how much worse the rare group does than all others pooled, with a
+  stratified bootstrap interval and a permutation p-value (:func:`vlnb.fairness.group_contrast`);
+- the max - min gap over all groups (:func:`vlnb.fairness.gap_table`).
+
+``f = 1`` is the no-gap control: the same recipe without any planted rarity, so any difference between
+groups there is how different the values are to learn, not a bias of the training data.
+
+The default recipe (:data:`RARITY_MODEL`, :data:`RARITY_TRAIN`: 32-pixel world, 1000 training images, the
+``tiny`` preset narrowed to width 64 and 2 layers, 15 epochs, always the first caption, which names every
+object's colour) takes ~10 s per model on one CPU core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from ..data.world import WorldConfig, build_world_manifest
+from .metrics import Outcomes, evaluate_outcomes, gap_table, group_contrast, group_table
+
+#: Architecture overrides of the ``tiny`` ScratchConfig preset for the experiment's models.
+RARITY_MODEL: dict = {"config": "tiny", "width": 64, "layers": 2, "text_width": 64, "text_layers": 2,
+                      "embed_dim": 64}
+#: TrainConfig of the experiment's models (the seed is the run's).
+RARITY_TRAIN: dict = {"epochs": 15, "batch_size": 64, "lr": 2e-3, "warmup_steps": 10, "weight_decay": 0.2,
+                      "caption_sampling": "first"}
+#: The world column holding the largest object's value of each attribute.
+_PRIMARY = {"colour": "primary_colour", "shape": "primary_shape"}
+
+
+def world_attribute_task(manifest: pd.DataFrame, attribute: str = "colour"):
+    """Zero-shot task "which colour (shape) is the largest object?" on a world manifest.
+
+    Colour prompts name the colour with every shape ("a {} circle", "a {} square", ...: the world's captions
+    always say both) and are averaged; shape prompts are :data:`vlnb.eval.compare.WORLD_TEMPLATES`.
+    """
+    from ..eval.compare import WORLD_TEMPLATES, ZeroShotTask, _index
+
+    attribute = "colour" if attribute == "color" else attribute
+    if attribute not in _PRIMARY:
+        raise ValueError(f"zero-shot world tasks exist for 'colour' and 'shape', not {attribute!r}")
+    spec = manifest.attrs.get("vlnb", {}).get("config")
+    cfg = WorldConfig.from_dict(spec) if spec else WorldConfig()
+    names = list(cfg.values(attribute))
+    templates = tuple(f"a {{}} {s}" for s in cfg.shapes) if attribute == "colour" else tuple(WORLD_TEMPLATES)
+    return ZeroShotTask("world", names, templates, {"primary": _index(manifest[_PRIMARY[attribute]], names)})
+
+
+def train_world_model(train: pd.DataFrame, seed: int = 0, model: dict | None = None, train_cfg: dict | None = None,
+                      image_size: int | None = None, progress: bool = False):
+    """A fresh from-scratch CLIP (``RARITY_MODEL`` + ``model``) trained on ``train`` with ``RARITY_TRAIN``.
+
+    Returns ``(model, history)``. The preprocessed images are kept in memory across epochs.
+    """
+    from ..models.scratch import ScratchDualEncoder
+    from ..train import TrainConfig, train_contrastive
+    from ..train.trainer import PairDataset
+
+    kw = {**RARITY_MODEL, **(model or {})}
+    preset = kw.pop("config", "tiny")
+    if image_size is not None:
+        kw["image_size"] = image_size
+    captions = [c for caps in train["captions"] for c in caps]
+    net = ScratchDualEncoder.create(preset, captions=captions, seed=seed, name=f"scratch-rare-s{seed}", **kw)
+    cfg = TrainConfig(**{**RARITY_TRAIN, **(train_cfg or {}), "seed": seed})
+    pairs = PairDataset(train, net.preprocess, cfg.caption_sampling, cfg.seed, cache=True)
+    history = train_contrastive(net, pairs, config=cfg, progress=progress)
+    return net.eval(), history
+
+
+@dataclass
+class RarityResult:
+    """Tables of :func:`rarity_experiment` (one row per fraction x seed [x group])."""
+
+    groups: pd.DataFrame  #: group_table rows + fraction, seed
+    contrasts: pd.DataFrame  #: group_contrast rows (rare group vs rest) + fraction, seed
+    gaps: pd.DataFrame  #: gap_table rows (max - min over all groups) + fraction, seed
+    training: pd.DataFrame  #: per fraction x seed: rare-group training images, final loss, seconds
+    outcomes: dict = field(default_factory=dict)  #: (fraction, seed) -> Outcomes
+    level: float = 0.95
+
+    def summary(self, metric: str | None = None) -> pd.DataFrame:
+        """Per fraction: mean and spread over seeds of the rare-vs-rest gap and of the rare group's value,
+        and in how many seeds the permutation test detects the gap (``p < 1 - level``)."""
+        c = self.contrasts if metric is None else self.contrasts[self.contrasts["metric"] == metric]
+        alpha = 1 - self.level
+        c = c.merge(self.training[["fraction", "seed", "train_share_rare"]], on=["fraction", "seed"])
+        agg = c.groupby(["metric", "fraction"]).agg(
+            train_share_rare=("train_share_rare", "mean"), seeds=("seed", "nunique"), gap_mean=("gap", "mean"),
+            gap_min=("gap", "min"), gap_max=("gap", "max"), rare_value=("target_value", "mean"),
+            rest_value=("rest_value", "mean"), detected=("p_value", lambda p: int((p < alpha).sum())))
+        return agg.reset_index().sort_values(["metric", "fraction"], ascending=[True, False]).reset_index(drop=True)
+
+    def headline(self, metric: str) -> dict[str, str]:
+        """Strings for the prose: the control (largest fraction) and the rarest fraction of ``metric``."""
+        s = self.summary(metric)
+        if s.empty:
+            raise ValueError(f"no contrast rows for metric {metric!r}")
+        out = {"rare_n_seeds": str(int(s["seeds"].max()))}
+        for tag, row in (("control", s.iloc[0]), ("rarest", s.iloc[-1])):
+            fmt = lambda x: f"{round(float(x), 2) + 0.0:+.2f}"  # no "-0.00"
+            spread = f" (seeds {fmt(row['gap_min'])} to {fmt(row['gap_max'])})" if row["seeds"] > 1 else ""
+            out[f"rare_gap_{tag}"] = f"{fmt(row['gap_mean'])}{spread}"
+            out[f"rare_share_{tag}"] = f"{row['train_share_rare']:.1%}"
+            out[f"rare_value_{tag}"] = f"{row['rare_value']:.2f}"
+            out[f"rare_rest_{tag}"] = f"{row['rest_value']:.2f}"
+            out[f"rare_detected_{tag}"] = f"{int(row['detected'])} of {int(row['seeds'])}"
+        return out
+
+
+def rarity_experiment(
+    fractions: Sequence[float] = (1.0, 0.3, 0.1, 0.03),
+    seeds: Sequence[int] = (0, 1),
+    rare: tuple[str, str] = ("colour", "purple"),
+    n_train: int = 1000,
+    n_test: int = 400,
+    image_size: int = 32,
+    world_seed: int = 0,
+    model: dict | None = None,
+    train: dict | None = None,
+    ks: Sequence[int] = (5,),
+    min_size: int = 10,
+    level: float = 0.95,
+    n_boot: int = 1000,
+    n_perm: int = 1000,
+    cache_dir=None,
+    progress: bool = True,
+) -> RarityResult:
+    """Train one model per (rare fraction, seed) and measure the rare group's gap (module docstring).
+
+    ``rare``: ``(attribute, value)`` made rare in training; ``attribute`` is ``"colour"`` or ``"shape"``
+    (groups and the zero-shot task are that attribute of the largest object).
+    """
+    import time
+
+    attribute, value = rare
+    attribute = "colour" if attribute == "color" else attribute
+    if attribute not in _PRIMARY:
+        raise ValueError(f"rarity_experiment makes a colour or a shape rare, not {attribute!r}")
+    fractions = [float(f) for f in fractions]
+    if not fractions or not seeds:
+        raise ValueError("give at least one fraction and one seed")
+    if any(not 0 < f <= 1 for f in fractions):
+        raise ValueError(f"fractions must be in (0, 1], got {fractions}")
+    runs = [(f, s) for f in fractions for s in seeds]
+    bar = runs
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(runs, desc="rarity experiment")
+    groups, contrasts, gaps, training, outs = [], [], [], [], {}
+    worlds: dict[float, pd.DataFrame] = {}
+    for f, s in bar:
+        if f not in worlds:
+            worlds[f], _ = build_world_manifest(n_train=n_train, n_test=n_test, image_size=image_size,
+                                                seed=world_seed, rare_attribute=(attribute, value), rare_fraction=f)
+        df = worlds[f]
+        tr = df[df["split"] == "train"].reset_index(drop=True)
+        te = df[df["split"] == "test"].reset_index(drop=True)
+        te.attrs = dict(df.attrs)
+        t0 = time.perf_counter()
+        net, hist = train_world_model(tr, seed=s, model=model, train_cfg=train, image_size=image_size)
+        seconds = time.perf_counter() - t0
+        task = world_attribute_task(te, attribute)
+        metric = f"zero-shot {attribute}"
+        out = evaluate_outcomes(net, te, "world", model_name=f"f={f:g} seed={s}", zeroshot={metric: (task, "primary")},
+                                ks=ks, cache_dir=cache_dir, progress=False)
+        outs[f, s] = out
+        g = te.set_index("image_id")[_PRIMARY[attribute]]
+        tag = {"fraction": f, "seed": s}
+        groups.append(group_table(out, g, attribute, min_size=min_size, level=level, n_boot=n_boot, seed=s)
+                      .assign(**tag))
+        contrasts.append(group_contrast(out, g, value, level=level, n_boot=n_boot, n_perm=n_perm, seed=s)
+                         .assign(**tag))
+        gaps.append(gap_table(out, g, attribute, min_size=min_size, level=level, n_boot=n_boot, n_perm=n_perm,
+                              seed=s).assign(**tag))
+        vocab = net.tokenizer.get_vocab() if hasattr(net.tokenizer, "get_vocab") else {}
+        training.append({**tag, "train_images": len(tr), "train_with_rare": int(tr["contains_rare"].sum()),
+                         "train_share_rare": float(tr["contains_rare"].mean()),
+                         "test_share_rare": float(te["contains_rare"].mean()),
+                         "rare_word_in_vocab": value in vocab if vocab else None,
+                         "final_loss": float(hist.epochs_df["train_loss"].iloc[-1]), "train_seconds": seconds})
+    cat = lambda parts: pd.concat(parts, ignore_index=True)
+    return RarityResult(cat(groups), cat(contrasts), cat(gaps), pd.DataFrame(training), outs, level)
+
+
+__all__ = [
+    "RARITY_MODEL",
+    "RARITY_TRAIN",
+    "Outcomes",
+    "RarityResult",
+    "rarity_experiment",
+    "train_world_model",
+    "world_attribute_task",
+]
