@@ -73,3 +73,9 @@ def test_published_numbers_carry_protocol():
     row = published_for("openai/clip-vit-base-patch32", "coco")
     assert len(row) == 6 and row.set_index(["direction", "k"]).loc[("i2t", 1), "recall"] == 50.1
     assert df["protocol"].str.len().gt(0).all()
+
+
+def test_cifar_labels_all_map_to_prompt_names():
+    cifar, _ = build_manifest("cifar100")
+    task = zeroshot_task("cifar100", cifar)
+    assert (task.targets["label"] >= 0).all()  # underscores in CIFAR's names must not drop images

@@ -151,10 +151,9 @@ def zeroshot_task(dataset: str, manifest: pd.DataFrame, coco_templates: str | Se
             "primary": _index(manifest["primary_category"], names),
         })
     if "cifar" in kind or dataset.startswith("cifar"):
-        names = list(CIFAR100_CLASSNAMES)
-        return ZeroShotTask(dataset, names, get_templates("cifar"), {
-            "label": _index([labs[0] if len(labs) else "" for labs in manifest["labels"]], names),
-        })
+        names = list(CIFAR100_CLASSNAMES)  # OpenAI's prompt names ("aquarium fish" for the label "aquarium_fish")
+        labels = [str(labs[0]).replace("_", " ") if len(labs) else "" for labs in manifest["labels"]]
+        return ZeroShotTask(dataset, names, get_templates("cifar"), {"label": _index(labels, names)})
     raise ValueError(f"no zero-shot task is defined for data set {dataset!r} (source {kind!r})")
 
 
