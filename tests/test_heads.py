@@ -1,0 +1,407 @@
+"""Chapter 3: projection heads on frozen features, bootstrap intervals, alignment/uniformity, the notebook."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from vlnb.data.manifest import make_manifest
+from vlnb.eval.bootstrap import (
+    bootstrap_ci,
+    bootstrap_indices,
+    bootstrap_recall,
+    bootstrap_weights,
+    percentile_interval,
+    recall_difference,
+)
+from vlnb.eval.retrieval import recall_at_k
+from vlnb.heads import (
+    FeaturePairs,
+    FrozenFeatureExtractor,
+    FrozenFeatures,
+    HeadsDualEncoder,
+    alignment,
+    chance_recall,
+    extract_frozen_features,
+    geometry,
+    head_embeddings,
+    paired_embeddings,
+    pretrained_embeddings,
+    run_heads,
+    similarity,
+    train_head,
+    uniformity,
+)
+from vlnb.paths import REPO_ROOT
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ----------------------------------------------------------------------------- a synthetic aligned problem
+def synthetic(n_images: int, seed: int, caps: int = 3, latent: int = 8, di: int = 32, dt: int = 24,
+              world_seed: int = 123) -> FrozenFeatures:
+    """Images and captions generated from one latent per image through two fixed random maps (+ noise):
+    a problem a linear head can solve, and an untrained head cannot."""
+    g = torch.Generator().manual_seed(world_seed)
+    a, b = torch.randn(latent, di, generator=g), torch.randn(latent, dt, generator=g)
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n_images, latent, generator=g)
+    image = z @ a + 0.3 * torch.randn(n_images, di, generator=g)
+    texts, t2i, rows = [], [], []
+    for i in range(n_images):
+        for c in range(caps):
+            texts.append(f"image {seed}-{i} caption {c}")
+            t2i.append(i)
+            rows.append(z[i] @ b + 0.3 * torch.randn(dt, generator=g))
+    man = pd.DataFrame({"image_id": [f"{seed}-{i}" for i in range(n_images)],
+                        "captions": [[texts[i * caps + c] for c in range(caps)] for i in range(n_images)]})
+    return FrozenFeatures(image, torch.stack(rows), man, texts, np.asarray(t2i))
+
+
+FAST = {"epochs": 12, "batch_size": 32, "lr": 3e-3, "warmup_steps": 2, "weight_decay": 0.0}
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return synthetic(160, seed=1), synthetic(60, seed=2)
+
+
+# ----------------------------------------------------------------------------- heads
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_head_shapes_and_structure(kind):
+    m = HeadsDualEncoder(32, 24, kind, embed_dim=16, seed=0)
+    x = torch.randn(5, 32)
+    e = m.encode_image(x)
+    assert e.shape == (5, 16) and torch.allclose(e.norm(dim=1), torch.ones(5), atol=1e-5)
+    m.set_text_table(["a", "b", "c"], torch.randn(3, 24))
+    t = m.encode_text(**m.tokenize(["c", "a"]))
+    assert t.shape == (2, 16) and torch.allclose(t, m.project_text(m.text_table[[2, 0]]))
+    if kind == "mlp":  # Linear -> GELU -> Linear, same output size as the linear head
+        layers = list(m.image_head)
+        assert [type(x).__name__ for x in layers] == ["Linear", "GELU", "Linear"]
+        assert layers[-1].out_features == 16 and layers[0].in_features == 32
+    else:
+        assert isinstance(m.image_head, torch.nn.Linear) and m.image_head.out_features == 16
+    assert m.logit_scale == pytest.approx(1 / 0.07, rel=1e-5)
+    with pytest.raises(KeyError, match="no cached text features"):
+        m.tokenize(["never seen"])
+    with pytest.raises(ValueError, match=r"\(B, 32\)"):
+        m.encode_image(torch.randn(2, 31))
+    with pytest.raises(ValueError, match="head must be one of"):
+        HeadsDualEncoder(32, 24, "transformer")
+    with pytest.raises(ValueError, match="text features must be"):
+        m.set_text_table(["a"], torch.randn(2, 24))
+
+
+def test_head_init_is_seeded_and_leaves_global_rng_alone():
+    torch.manual_seed(7)
+    before = torch.rand(1)
+    torch.manual_seed(7)
+    a = HeadsDualEncoder(32, 24, "mlp", 16, seed=3)
+    assert torch.rand(1) == before  # init used its own generator state
+    b = HeadsDualEncoder(32, 24, "mlp", 16, seed=3)
+    c = HeadsDualEncoder(32, 24, "mlp", 16, seed=4)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_feature_pairs_caption_choice_is_seeded():
+    feats = torch.randn(4, 3)
+    caps = [["a0", "a1", "a2"], [], ["c0"], ["d0", "d1"]]
+    ds = FeaturePairs(feats, caps, "random", seed=5)
+    assert len(ds) == 3  # the image without a caption is left out
+    assert torch.equal(ds[1][0], feats[2])
+    ds.set_epoch(3)
+    first = [ds[i][1] for i in range(3)]
+    ds.set_epoch(0)
+    ds.set_epoch(3)
+    assert [ds[i][1] for i in range(3)] == first
+    assert [FeaturePairs(feats, caps, "first")[i][1] for i in range(3)] == ["a0", "c0", "d0"]
+    with pytest.raises(ValueError, match="nothing to train"):
+        FeaturePairs(feats[:1], [[]])
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_training_beats_untrained_and_chance(problem, kind):
+    train, test = problem
+    untrained = HeadsDualEncoder(train.image_dim, train.text_dim, kind, 16, seed=0)
+    model, hist = train_head(train, kind, seed=0, config=FAST, embed_dim=16)
+    r0 = recall_at_k(similarity(*head_embeddings(untrained, test)), test.text_to_image)
+    r1 = recall_at_k(similarity(*head_embeddings(model, test)), test.text_to_image)
+    chance = chance_recall(test.text_to_image, test.n_images)
+    assert r1["t2i_R@1"] > max(3 * chance["t2i_R@1"], r0["t2i_R@1"] + 15), (r0, r1)
+    assert r1["i2t_R@5"] > r0["i2t_R@5"] + 15
+    losses = hist.epochs_df["train_loss"]
+    assert losses.iloc[-1] < losses.iloc[0]
+    assert not model.training
+
+
+def test_training_is_reproducible_per_seed(problem):
+    train, _ = problem
+    cfg = {**FAST, "epochs": 2}
+    a, ha = train_head(train, "linear", seed=1, config=cfg, embed_dim=8)
+    b, hb = train_head(train, "linear", seed=1, config=cfg, embed_dim=8)
+    c, _ = train_head(train, "linear", seed=2, config=cfg, embed_dim=8)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(sa["image_head.weight"], sc["image_head.weight"])
+    assert ha.epochs_df["train_loss"].tolist() == hb.epochs_df["train_loss"].tolist()
+
+
+# ----------------------------------------------------------------------------- bootstrap
+def test_bootstrap_ci_of_a_mean_matches_the_normal_approximation():
+    x = (np.random.default_rng(0).random(2000) < 0.3).astype(float)
+    r = bootstrap_ci(lambda i: x[i].mean(), len(x), n_boot=2000, seed=1)
+    se = math.sqrt(x.mean() * (1 - x.mean()) / len(x))
+    assert r.estimate == pytest.approx(x.mean())
+    assert r.lo < x.mean() < r.hi
+    assert (r.hi - r.lo) == pytest.approx(2 * 1.96 * se, rel=0.12)
+    assert r.se == pytest.approx(se, rel=0.12)
+    # a constant statistic has a zero-width interval; vector statistics work elementwise
+    assert bootstrap_ci(lambda i: 5.0, 10, n_boot=50).lo == 5.0
+    v = bootstrap_ci(lambda i: np.array([x[i].mean(), 1.0]), len(x), n_boot=200)
+    assert v.estimate.shape == (2,) and v.lo[1] == v.hi[1] == 1.0
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_ci(lambda i: 0.0, 5, level=95)
+    with pytest.raises(ValueError, match="at least one unit"):
+        bootstrap_ci(lambda i: 0.0, 0)
+
+
+def test_bootstrap_draws_are_seeded_and_stratified():
+    a, b = bootstrap_indices(50, 20, seed=3), bootstrap_indices(50, 20, seed=3)
+    assert np.array_equal(a, b) and not np.array_equal(a, bootstrap_indices(50, 20, seed=4))
+    w = bootstrap_weights(50, 20, seed=3)
+    assert w.shape == (20, 50) and np.all(w.sum(1) == 50)
+    assert np.array_equal(w[0], np.bincount(a[0], minlength=50))
+    strata = np.array([0] * 10 + [1] * 40)
+    s = bootstrap_indices(50, 30, seed=0, strata=strata)
+    assert np.all(s[:, :10] < 10) and np.all(s[:, 10:] >= 10)
+    lo, hi = percentile_interval(np.arange(101.0)[:, None], 0.9)
+    assert lo[0] == pytest.approx(5) and hi[0] == pytest.approx(95)
+
+
+def test_bootstrap_recall_known_cases():
+    n, caps = 40, 2
+    t2i = np.repeat(np.arange(n), caps)
+    perfect = torch.eye(n).repeat_interleave(caps, dim=1)
+    _, ranks = recall_at_k(perfect, t2i, return_ranks=True)
+    df = bootstrap_recall(ranks, t2i, n_boot=200)
+    assert (df["recall"] == 100).all() and (df["ci_lo"] == 100).all() and (df["ci_hi"] == 100).all()
+    # half of the images (and their captions) retrieved at rank 0, the rest never in the top 10
+    sim = perfect.clone()
+    sim[n // 2:] = -perfect[n // 2:]
+    res, ranks = recall_at_k(sim, t2i, return_ranks=True)
+    df, draws = bootstrap_recall(ranks, t2i, ks=(1, 10), n_boot=2000, seed=0, return_samples=True)
+    for _, r in df.iterrows():
+        assert r["recall"] == pytest.approx(res[f"{r['direction']}_R@{r['k']}"])
+        assert r["ci_lo"] < 50 < r["ci_hi"] and r["recall"] == 50
+        # 40 images, p = 0.5: bootstrap se ~ 50 / sqrt(40) ~ 7.9 points
+        assert (r["ci_hi"] - r["ci_lo"]) == pytest.approx(2 * 1.96 * 50 / math.sqrt(n), rel=0.2)
+    # a list of rank sets: the mean recall; paired difference of a method with itself is exactly zero
+    avg = bootstrap_recall([ranks, recall_at_k(perfect, t2i, return_ranks=True)[1]], t2i, ks=(1,), n_boot=100)
+    assert avg["recall"].tolist() == [75.0, 75.0]
+    diff = recall_difference(draws, draws)
+    assert (diff["diff_lo"] == 0).all() and (diff["diff_hi"] == 0).all()
+
+
+def test_chance_recall_matches_random_rankings():
+    rng = np.random.default_rng(0)
+    t2i = np.repeat(np.arange(30), 3)
+    ch = chance_recall(t2i, 30, ks=(1, 5))
+    assert ch["t2i_R@1"] == pytest.approx(100 / 30) and ch["t2i_R@5"] == pytest.approx(500 / 30)
+    # i2t with c = 3 of M = 90 captions: 1 - C(87, k) / C(90, k)
+    assert ch["i2t_R@1"] == pytest.approx(100 * 3 / 90)
+    assert ch["i2t_R@5"] == pytest.approx(100 * (1 - math.comb(87, 5) / math.comb(90, 5)))
+    sims = [recall_at_k(rng.random((30, 90)), t2i, ks=(5,)) for _ in range(300)]
+    assert np.mean([s["i2t_R@5"] for s in sims]) == pytest.approx(ch["i2t_R@5"], abs=2.0)
+
+
+# ----------------------------------------------------------------------------- alignment / uniformity
+def test_alignment_and_uniformity_hand_cases():
+    x = F.normalize(torch.randn(6, 4), dim=1)
+    assert alignment(x, x) == 0.0
+    assert alignment(x, -x) == pytest.approx(4.0)
+    assert alignment(x, -x, alpha=1) == pytest.approx(2.0)
+    e = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    assert uniformity(e) == pytest.approx(-8.0)  # one pair, ||x - y||^2 = 4, t = 2
+    assert uniformity(torch.tensor([[0.0, 1.0]] * 5)) == pytest.approx(0.0)  # collapsed
+    sq = torch.tensor([[1.0, 0], [0, 1.0], [-1.0, 0], [0, -1.0]])  # 4 neighbours at d^2 = 2, 2 opposite at 4
+    assert uniformity(sq) == pytest.approx(math.log((4 * math.exp(-4) + 2 * math.exp(-8)) / 6))
+    spread = F.normalize(torch.randn(500, 3, generator=torch.Generator().manual_seed(0)), dim=1)
+    assert uniformity(spread) < uniformity(F.normalize(spread + 3.0, dim=1))
+    with pytest.raises(ValueError):
+        alignment(x, x[:3])
+    g = geometry(x, x.repeat_interleave(2, 0), np.repeat(np.arange(6), 2))
+    assert g["alignment"] == 0.0 and g["modality_gap"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_paired_embeddings_pick_the_matching_query():
+    img = F.normalize(torch.randn(3, 4, 8), dim=-1)
+    t2i = np.array([0, 0, 2])
+    txt = torch.stack([img[0, 1], img[0, 3], img[2, 2]])
+    per_text, per_image = paired_embeddings(img, txt, t2i)
+    assert torch.allclose(per_text, txt)
+    assert torch.allclose(per_image[0], img[0, 1]) and torch.allclose(per_image[2], img[2, 2])
+    assert torch.allclose(per_image[1].norm(), torch.tensor(1.0))  # no caption: normalised query mean
+    assert torch.allclose(similarity(img, txt)[0, 0], torch.tensor(1.0))
+
+
+# ----------------------------------------------------------------------------- BLIP-2 (tiny) frozen features
+def _png(i: int) -> bytes:
+    buf = io.BytesIO()
+    rng = np.random.default_rng(i)
+    Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+WORDS = ["man", "dog", "cat", "horse", "car", "bus", "tree", "water"]
+
+
+def tiny_manifest(n: int, split: str, start: int = 0) -> pd.DataFrame:
+    rec = [{"image_id": f"{split}{i}", "image": _png(start + i), "split": split, "labels": [],
+            "captions": [f"a {WORDS[(start + i) % 8]} near a {WORDS[(start + 3 * i + k) % 8]}" for k in range(2)]}
+           for i in range(n)]
+    return make_manifest(rec, name="tiny")
+
+
+@pytest.fixture(scope="module")
+def blip2(tiny_blip2_dir):
+    from vlnb.models import load_model
+
+    return load_model(str(tiny_blip2_dir))
+
+
+def test_blip2_frozen_features_are_the_inputs_of_the_itc_projections(blip2, tmp_path):
+    man = tiny_manifest(5, "test")
+    ex = FrozenFeatureExtractor(blip2, pool_queries=False)
+    assert ex.image_dim == ex.text_dim == blip2.model.config.qformer_config.hidden_size
+    feats = extract_frozen_features(ex, man, cache_dir=tmp_path, progress=False)
+    assert feats.image.shape == (5, 32, ex.image_dim) and feats.text.shape == (10, ex.text_dim)
+    assert not feats.from_cache
+    again = extract_frozen_features(FrozenFeatureExtractor(blip2, pool_queries=False), man, cache_dir=tmp_path,
+                                    progress=False)
+    assert again.from_cache and torch.equal(again.image, feats.image)
+    pooled = extract_frozen_features(blip2, man, cache_dir=tmp_path, progress=False)  # another cache entry
+    assert not pooled.from_cache and torch.allclose(pooled.image, feats.image.mean(1), atol=1e-5)
+    # the pretrained ITC head applied to cached features == the adapter's own encode path
+    img, txt = pretrained_embeddings(blip2, feats)
+    with torch.no_grad():
+        ref_img = blip2.encode_image(blip2.preprocess([Image.open(io.BytesIO(b)).convert("RGB") for b in man["image"]]))
+        ref_txt = blip2.encode_text(**blip2.tokenize(feats.texts))
+    assert torch.allclose(img, ref_img, atol=1e-5) and torch.allclose(txt, ref_txt, atol=1e-5)
+    assert torch.allclose(similarity(img, txt), blip2.similarity(ref_img, ref_txt), atol=1e-5)
+    with pytest.raises(ValueError, match="pool_queries=False"):
+        pretrained_embeddings(blip2, pooled)
+
+
+def test_frozen_features_reject_other_families():
+    class Fake:
+        family = "clip"
+
+    with pytest.raises(ValueError, match="frozen features are defined"):
+        FrozenFeatureExtractor(Fake())
+
+
+def test_run_heads_full_path_on_tiny_blip2(blip2, tmp_path):
+    """The full-profile code path (BLIP-2 features, ITC baseline, ITM re-ranking, heads, tables) end to end."""
+    exp = run_heads(blip2, tiny_manifest(24, "train", 100), tiny_manifest(8, "test"), dataset="tiny",
+                    model_name="tiny BLIP-2", seeds=[0, 1, 2], train_config={"epochs": 2, "batch_size": 16, "warmup_steps": 1},
+                    embed_dim=8, k_rerank=3, n_boot=50, cache_dir=tmp_path, progress=False)
+    methods = exp.methods()
+    assert methods[:2] == ["pretrained head", "pretrained head + ITM re-rank (k=3)"]
+    assert {"linear head", "MLP head", "untrained linear head", "untrained MLP head"} <= set(methods)
+    per_seed = exp.recall_table()
+    # re-ranking with k = 3: only R@1 is meaningful (R@K needs K <= k), the other rows are left out
+    assert len(per_seed) == (1 + 4 * 3) * 6 + 2
+    assert set(per_seed[per_seed["method"].str.contains("re-rank")]["k"]) == {1}
+    rr = per_seed[per_seed["method"].str.contains("re-rank")]
+    assert (rr["protocol"] != per_seed[per_seed["method"] == "pretrained head"]["protocol"].iloc[0]).all()
+    assert per_seed["ci_lo"].le(per_seed["recall"] + 1e-9).all() and per_seed["ci_hi"].ge(per_seed["recall"] - 1e-9).all()
+    summary = exp.summary_table()
+    lin = summary[(summary["method"] == "linear head")]
+    assert (lin["n_seeds"] == 3).all() and (lin["seed_min"] <= lin["recall"]).all()
+    assert len(exp.compare("MLP head", "linear head")) == 6
+    geo = exp.geometry_table()
+    assert geo["method"].iloc[0] == "frozen features (no head)"  # Q-Former image and text share a space
+    assert "pretrained head" in set(geo["method"])
+    assert set(exp.history_table()["seed"]) == {0, 1, 2}
+    assert exp.train.image.ndim == 2 and exp.test.image.ndim == 3
+    import matplotlib
+
+    from vlnb import heads as H
+
+    matplotlib.use("Agg")
+    for fig in (H.recall_bars(summary, per_seed), H.geometry_plot(geo), H.pca_plot(exp), H.gallery_plot(exp, k=3)):
+        assert len(fig.axes) >= 1
+
+
+# ----------------------------------------------------------------------------- the notebook
+SMALL_OFFLINE = {"n_train_pairs": 120, "n_test_images": 60, "seeds": [0, 1, 2], "epochs": 3, "n_bootstrap": 100,
+                 "datasets": ["coco-mini", "world"]}
+
+
+@pytest.mark.slow
+def test_chapter3_offline_notebook(tmp_path):
+    from vlnb.runs import run_notebook
+
+    nb = REPO_ROOT / "notebooks" / "03_blip2_heads.ipynb"
+    run_notebook(nb, SMALL_OFFLINE, out_dir=tmp_path / "run", progress=False)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "ok"
+    summary = pd.read_csv(tmp_path / "run" / "results" / "recall_summary.csv")
+    assert set(summary["dataset"]) == {"coco-mini", "world"}
+    assert {"pretrained head", "linear head", "MLP head"} <= set(summary["method"])
+    trained = summary[summary["method"].isin(["linear head", "MLP head"])]
+    # heads trained on frozen tower features are far above chance on both data sets
+    r10 = trained[(trained["k"] == 10) & (trained["direction"] == "t2i")]
+    assert (r10["recall"] > 2 * r10["chance"]).all(), r10
+    for name in ("recall_bars", "pca_coco-mini", "pca_world", "geometry", "gallery_coco-mini", "gallery_world"):
+        assert (tmp_path / "run" / "figures" / f"{name}.png").stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_chapter3_full_profile_with_tiny_blip2(tmp_path, tiny_blip2_dir):
+    """The full profile's path (hub-style BLIP-2 checkpoint, Flickr30k loader, ITM re-ranking) with a tiny
+    BLIP-2 standing in for Salesforce/blip2-itm-vit-g and a parquet Flickr30k stand-in of real COCO photos."""
+    datasets = pytest.importorskip("datasets")
+    from vlnb.paths import shared_data_dir
+    from vlnb.runs import run_notebook
+
+    jpgs = sorted((shared_data_dir(required=True) / "coco-mini" / "train2017").glob("*.jpg"))[:30]
+    splits = ["train"] * 20 + ["test"] * 10
+    ds = datasets.Dataset.from_dict(
+        {"image": [{"bytes": p.read_bytes(), "path": None} for p in jpgs],
+         "caption": [[f"a photo of {WORDS[i % 8]} and {WORDS[(i + k) % 8]}" for k in range(5)] for i in range(30)],
+         "split": splits, "img_id": [str(i) for i in range(30)], "filename": [p.name for p in jpgs]},
+        features=datasets.Features({"image": datasets.Image(),
+                                    "caption": (getattr(datasets, "List", None) or datasets.Sequence)(datasets.Value("string")),
+                                    "split": datasets.Value("string"), "img_id": datasets.Value("string"),
+                                    "filename": datasets.Value("string")}))
+    ds.to_parquet(str(tmp_path / "flickr.parquet"))
+    params = {"models": {"BLIP-2 ITM (ViT-g)": str(tiny_blip2_dir)}, "flickr30k_source": str(tmp_path / "flickr.parquet"),
+              "n_train_pairs": 16, "seeds": [0, 1, 2], "epochs": 2, "batch_size": 16, "warmup_steps": 1, "k_rerank": 4, "n_bootstrap": 50,
+              "embed_dim": 16, "feature_batch_size": 8}
+    run_notebook(REPO_ROOT / "notebooks" / "03_blip2_heads.ipynb", params, profile="full", out_dir=tmp_path / "run",
+                 progress=False)
+    summary = pd.read_csv(tmp_path / "run" / "results" / "recall_summary.csv")
+    assert set(summary["dataset"]) == {"flickr30k"}
+    assert "pretrained head + ITM re-rank (k=4)" in set(summary["method"])
+    per_seed = pd.read_csv(tmp_path / "run" / "results" / "recall_per_seed.csv")
+    assert set(per_seed[per_seed["method"] == "MLP head"]["seed"]) == {0, 1, 2}
+    feats = pd.read_csv(tmp_path / "run" / "results" / "features.csv")
+    assert feats["train_images"].iloc[0] == 16 and feats["test_images"].iloc[0] == 10
+    assert "Q-Former" in feats["image_features"].iloc[0]
