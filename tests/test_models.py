@@ -348,3 +348,17 @@ def test_towers_save_load_round_trip(towers, tmp_path):
         assert torch.equal(loaded.encode_image(x), towers.encode_image(x))
         assert torch.equal(loaded.encode_texts(TEXTS), towers.encode_texts(TEXTS))
         assert loaded.encode_image(x).shape == (1, 32) and loaded.logit_scale == pytest.approx(torch.e ** 3)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_blip_dir", "tiny_blip2_dir"])
+def test_itm_indexed_scores_equal_per_pair_scores(fixture, request):
+    """Re-ranking encodes each distinct image once; the scores must equal scoring every pair separately."""
+    from vlnb.models import load_model
+
+    model = load_model(str(request.getfixturevalue(fixture)))
+    itm = model.cross_encoder()
+    size = model.preprocess.output_size
+    pixels = torch.randn(2, 3, *((size, size) if isinstance(size, int) else size))
+    index = torch.tensor([0, 1, 1, 0])
+    texts = ["a cat", "a dog on grass", "two birds", "a red car"]
+    torch.testing.assert_close(itm.score_indexed(pixels, index, texts), itm.score(pixels[index], texts))

@@ -54,7 +54,11 @@ def _score_pairs(cross_encoder, load, texts, img_idx, txt_idx, batch_size, progr
             pixels = load(uniq.tolist())
             if len(pixels) != len(uniq):
                 raise ValueError(f"the image loader returned {len(pixels)} images for {len(uniq)} indices")
-            scores = cross_encoder.score(pixels.to(device)[inv.to(device)], [texts[j] for j in tt.tolist()])
+            batch_texts = [texts[j] for j in tt.tolist()]
+            if hasattr(cross_encoder, "score_indexed"):  # encodes each distinct image once (BLIP/BLIP-2 ITM)
+                scores = cross_encoder.score_indexed(pixels.to(device), inv.to(device), batch_texts)
+            else:
+                scores = cross_encoder.score(pixels.to(device)[inv.to(device)], batch_texts)
             if scores.shape != (len(ii),):
                 raise ValueError(
                     f"{type(cross_encoder).__name__}.score must return one score per pair, shape ({len(ii)},); "

@@ -229,6 +229,12 @@ class ITMView(CrossEncoder):
         self._check_pairs(pixel_values, texts)
         return self.dual.itm_score(pixel_values, list(texts), output=self.output)
 
+    def score_indexed(self, pixel_values: torch.Tensor, pair_index: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+        """Scores of pairs ``(pixel_values[pair_index[i]], texts[i])``, each distinct image encoded once."""
+        if len(pair_index) != len(texts):
+            raise ValueError(f"{len(pair_index)} pair indices but {len(texts)} texts")
+        return self.dual.itm_score(pixel_values, list(texts), output=self.output, pair_index=pair_index)
+
 
 def _tokenizer_id(tok) -> dict | None:
     """A cheap identity of a tokenizer (class, size, specials, hash of its serialised vocabulary)."""

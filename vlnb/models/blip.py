@@ -104,9 +104,14 @@ class BLIPAdapter(LavisTextMixin, DualEncoder):
         h = self.model.text_encoder(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).last_hidden_state
         return F.normalize(self.model.text_proj(h[:, 0, :]), dim=-1)
 
-    def itm_score(self, pixel_values: torch.Tensor, texts: list[str], output: str = "logit") -> torch.Tensor:
-        """ITM scores ``(B,)`` of aligned pairs (see the module docstring)."""
+    def itm_score(self, pixel_values: torch.Tensor, texts: list[str], output: str = "logit",
+                  pair_index: torch.Tensor | None = None) -> torch.Tensor:
+        """ITM scores ``(B,)`` of aligned pairs (see the module docstring). With ``pair_index`` (B,),
+        ``pixel_values`` holds each *distinct* image once and pair ``i`` uses image ``pair_index[i]``: the
+        ViT runs once per image instead of once per pair (re-ranking scores k texts per image)."""
         image = self._image_tokens(pixel_values)
+        if pair_index is not None:
+            image = image[pair_index.to(image.device)]
         t = self._tokens_on_device(self.tokenize(texts))
         ids = t["input_ids"].clone()
         if self.enc_token_id is not None:

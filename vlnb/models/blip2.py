@@ -72,9 +72,15 @@ class BLIP2Adapter(LavisTextMixin, DualEncoder):
         proj = self.model.text_projection
         return F.normalize(proj(h[:, 0, :].to(proj.weight.dtype)), dim=-1)
 
-    def itm_score(self, pixel_values: torch.Tensor, texts: list[str], output: str = "logit") -> torch.Tensor:
-        """ITM scores ``(B,)`` of aligned pairs (see the module docstring)."""
+    def itm_score(self, pixel_values: torch.Tensor, texts: list[str], output: str = "logit",
+                  pair_index: torch.Tensor | None = None) -> torch.Tensor:
+        """ITM scores ``(B,)`` of aligned pairs (see the module docstring). With ``pair_index`` (B,),
+        ``pixel_values`` holds each *distinct* image once and pair ``i`` uses image ``pair_index[i]``: the
+        ViT-g runs once per image instead of once per pair."""
         image, image_mask = self._vit(pixel_values)
+        if pair_index is not None:
+            idx = pair_index.to(image.device)
+            image, image_mask = image[idx], image_mask[idx]
         t = self._tokens_on_device(self.tokenize(texts))
         queries = self.model.query_tokens.expand(image.shape[0], -1, -1)
         emb = self.model.embeddings(input_ids=t["input_ids"], query_embeds=queries)
