@@ -199,3 +199,34 @@ def test_all_bad_and_unsupported_perturbation(tmp_path):
         image_features(model, df, cache_dir=tmp_path, perturbation=Invert(), progress=False)
     with pytest.raises(TypeError, match="key"):
         image_features(model, df, cache_dir=tmp_path, perturbation=lambda x: x, progress=False)
+
+
+def test_real_preprocess_moves_uint8_and_finishes_on_the_device_bit_for_bit(tmp_path):
+    """ImagePreprocess: workers ship uint8 pixels; the device's division + normalisation give the same bits."""
+    from vlnb.models.transforms import ImagePreprocess
+
+    pre = ImagePreprocess(8, crop=8, resample="bicubic")
+    imgs = [open_rgb(_png(s, 13, 9 + s)) for s in range(3)]
+    u8 = pre.to_uint8(imgs)
+    assert u8.dtype == torch.uint8 and u8.shape == (3, 3, 8, 8)
+    assert torch.equal(pre.unit_from_uint8(u8), pre.to_unit(imgs))
+    with pytest.raises(TypeError, match="uint8"):
+        pre.unit_from_uint8(u8.float())
+    class Legacy:  # the same preprocessing without the uint8 split: workers ship finished float pixels
+        config = {**pre.config, "legacy": True}  # noqa: RUF012 -- another cache key
+        to_unit, normalize = pre.to_unit, pre.normalize
+
+        def __call__(self, images):
+            return pre(images)
+
+    model, df = FakeDual(), _manifest(tmp_path)
+    for perturb in (None, Invert()):
+        got = {}
+        for name, p in (("split", pre), ("legacy", Legacy())):
+            model.preprocess = p
+            got[name] = image_features(model, df, batch_size=2, cache_dir=tmp_path, perturbation=perturb,
+                                       num_workers=1, progress=False)
+        assert not got["split"].from_cache and not got["legacy"].from_cache
+        assert torch.equal(got["split"].embeddings, got["legacy"].embeddings)
+        assert got["split"].image_ids == [0, 1, 2, 3, 4] and got["split"].skipped["image_id"].tolist() == [100, 101]
+        torch.testing.assert_close(got["split"].embeddings, _expected(model, df, [0, 1, 2, 3, 4], perturb))

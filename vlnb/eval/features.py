@@ -14,7 +14,9 @@ A cache entry that cannot be read or fails its checksum is reported with a warni
 Perturbations: an object with a ``key`` (str, part of the cache key) that is callable on a float batch
 ``(B, 3, H, W)`` in [0, 1] (resized/cropped, *not* normalised) and returns the same shape. This needs the
 model's preprocess to offer ``to_unit(images)`` and ``normalize(x)`` (``__call__ == normalize∘to_unit``);
-the perturbation runs on the model's device, after batching, so it should not depend on batch composition.
+the perturbation runs on the model's device, after batching, so it should not depend on batch composition
+(one with ``accepts_ids = True`` is called as ``perturbation(pixels, ids=batch_image_ids)`` so it can seed
+per image, as :mod:`vlnb.robustness.perturbations` does).
 """
 
 from __future__ import annotations
@@ -150,11 +152,20 @@ def _cached(kind: str, payload: dict, cache_dir, compute: Callable[[], tuple[tor
 # ---------------------------------------------------------------------------------------------- images
 
 
-class _ImageDataset(torch.utils.data.Dataset):
-    """Decode + preprocess one manifest row; failures come back as a reason, not an exception."""
+def _splits_uint8(pre) -> bool:
+    """Whether ``pre`` offers the uint8 split (``to_uint8`` on the CPU, ``unit_from_uint8`` + ``normalize`` on the
+    device, see :class:`vlnb.models.transforms.ImagePreprocess`)."""
+    return all(callable(getattr(pre, a, None)) for a in ("to_uint8", "unit_from_uint8", "normalize"))
 
-    def __init__(self, sources: list, preprocess, unit: bool):
-        self.sources, self.preprocess, self.unit = sources, preprocess, unit
+
+class _ImageDataset(torch.utils.data.Dataset):
+    """Decode + preprocess one manifest row; failures come back as a reason, not an exception.
+
+    ``mode``: ``"uint8"`` (resized/cropped uint8 pixels; the model's device finishes the preprocessing),
+    ``"unit"`` ([0, 1] float pixels) or ``"full"`` (the preprocess's normalised output)."""
+
+    def __init__(self, sources: list, preprocess, mode: str):
+        self.sources, self.preprocess, self.mode = sources, preprocess, mode
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -164,10 +175,20 @@ class _ImageDataset(torch.utils.data.Dataset):
         if img is None:
             return i, None, reason
         try:
-            x = (self.preprocess.to_unit if self.unit else self.preprocess)([img])
+            fn = {"uint8": getattr(self.preprocess, "to_uint8", None), "unit": getattr(self.preprocess, "to_unit", None),
+                  "full": self.preprocess}[self.mode]
+            x = fn([img])
             return i, x[0], None
         except Exception as e:  # noqa: BLE001 -- a failed image is reported, not fatal
             return i, None, f"preprocessing failed ({type(e).__name__}: {e})"
+
+
+def _perturb(perturbation, pixels: torch.Tensor, batch_ids: list) -> torch.Tensor:
+    """Apply ``perturbation``; one that sets ``accepts_ids`` also gets the batch's image ids (``ids=``), so
+    random perturbations can seed per image and not depend on batch composition (vlnb.robustness)."""
+    if getattr(perturbation, "accepts_ids", False):
+        return perturbation(pixels, ids=[_jsonable(i) for i in batch_ids])
+    return perturbation(pixels)
 
 
 def _collate(items):
@@ -200,7 +221,9 @@ def image_features(
     Rows of ``.embeddings`` follow ``.image_ids`` (manifest order minus skipped images); ``.skipped`` is the
     ``image_id, path, reason`` report of images that could not be decoded or preprocessed. See the module
     docstring for the cache and for ``perturbation``. ``num_workers`` DataLoader workers decode and
-    preprocess in parallel (0 = in this process).
+    preprocess in parallel (0 = in this process). With an :class:`~vlnb.models.transforms.ImagePreprocess` the
+    workers stop at resized/cropped uint8 pixels and the model's device divides and normalises (the same
+    values, a quarter of the bytes through worker queues and host-to-device copies, from pinned memory on CUDA).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -224,23 +247,28 @@ def image_features(
     sources = list(manifest["image"])
 
     def compute():
+        device = model_device(model)
+        mode = "uint8" if _splits_uint8(pre) else ("unit" if perturbation is not None else "full")
         loader = torch.utils.data.DataLoader(
-            _ImageDataset(sources, pre, unit=perturbation is not None), batch_size=batch_size,
-            num_workers=num_workers, collate_fn=_collate, shuffle=False,
+            _ImageDataset(sources, pre, mode), batch_size=batch_size,
+            num_workers=num_workers, collate_fn=_collate, shuffle=False, pin_memory=device.type == "cuda",
         )
         if progress:
             from tqdm.auto import tqdm
 
             loader = tqdm(loader, desc="encoding images", leave=False)
-        device, rows, chunks, skipped = model_device(model), [], [], []
+        rows, chunks, skipped = [], [], []
         with torch.inference_mode(), autocast_for(model):
             for idx, pixels, bad in loader:
                 skipped += [{"image_id": _jsonable(ids[i]), "path": _describe(sources[i]), "reason": r} for i, r in bad]
                 if pixels is None:
                     continue
-                pixels = pixels.to(device)
-                if perturbation is not None:
-                    pixels = pre.normalize(perturbation(pixels))
+                pixels = pixels.to(device, non_blocking=True)
+                if mode == "uint8":
+                    pixels = pre.unit_from_uint8(pixels)
+                if mode != "full":
+                    pixels = pre.normalize(_perturb(perturbation, pixels, [ids[i] for i in idx])
+                                           if perturbation is not None else pixels)
                 chunks.append(model.encode_image(pixels).float().cpu())
                 rows += idx
         emb = torch.cat(chunks) if chunks else torch.empty((0, *_embed_dim(model)))

@@ -10,6 +10,15 @@
 - heads: ``"linear"`` or ``"mlp"`` (Linear -> GELU -> Linear) per tower to ``embed_dim``, and a learnable
   logit scale initialised to ``log(1/0.07)`` (CLIP's init); towers frozen by default (kept in eval mode).
 
+Locking, per tower, as open_clip's ``--lock-image/--lock-text`` (LiT): ``lock_image``/``lock_text`` freeze a
+tower (None: follow ``freeze_towers``) except its last ``image_unlocked_groups`` / ``text_unlocked_layers``
+layer groups (:data:`IMAGE_GROUPS`: stem, the 16 MBConv blocks, head; :data:`TEXT_GROUPS`: embeddings, the 6
+BERT layers); an unlocked tower trains entirely. Unlike open_clip, whose locked layers stay in train mode
+unless asked (``--lock-image-freeze-bn-stats``) and whose locked text LayerNorms stay trainable unless asked
+(``--lock-text-freeze-layer-norm``), a locked layer here is frozen whole and kept in eval mode (BatchNorm
+statistics, dropout), while unlocked groups train normally. The classifier ``_fc`` of EfficientNet and the BERT
+pooler are outside the feature path and stay frozen when a tower is partly unlocked.
+
 :meth:`TowersDualEncoder.image_features` / :meth:`~TowersDualEncoder.text_features` give the raw frozen tower
 features so later chapters can cache them and train only the heads (:meth:`~TowersDualEncoder.project_image`,
 :meth:`~TowersDualEncoder.project_text`). :meth:`~TowersDualEncoder.save` writes ``towers_config.json`` +
@@ -34,6 +43,10 @@ from .transforms import ImagePreprocess
 TOWERS_CONFIG = "towers_config.json"
 HEADS_FILE = "heads.safetensors"
 TOWERS_FILE = "towers.safetensors"
+#: layer groups of the image tower, in forward order (each a list of submodule names of the EfficientNet)
+IMAGE_GROUPS = (("_conv_stem", "_bn0"), *((f"_blocks.{i}",) for i in range(16)), ("_conv_head", "_bn1"))
+#: layer groups of the text tower (BertModel), in forward order
+TEXT_GROUPS = (("embeddings",), *((f"encoder.layer.{i}",) for i in range(6)))
 FORMAT = "vlnb-towers"
 IMAGE_TOWER = "efficientnet-lite0"
 TEXT_TOWER = "sentence-transformers/all-MiniLM-L6-v2"
@@ -82,7 +95,9 @@ class TowersDualEncoder(DualEncoder):
     text_input_names = ("input_ids", "attention_mask", "token_type_ids")
 
     def __init__(self, embed_dim: int = 256, head: str = "linear", hidden_dim: int | None = None,
-                 freeze_towers: bool = True, max_length: int = 256, name: str = "towers"):
+                 freeze_towers: bool = True, max_length: int = 256, name: str = "towers",
+                 lock_image: bool | None = None, lock_text: bool | None = None,
+                 image_unlocked_groups: int = 0, text_unlocked_layers: int = 0):
         from transformers import AutoModel, AutoTokenizer
 
         super().__init__(name, lite0_preprocess())
@@ -94,23 +109,63 @@ class TowersDualEncoder(DualEncoder):
         self.image_head = make_head(head, IMAGE_DIM, self.embed_dim, hidden_dim)
         self.text_head = make_head(head, TEXT_DIM, self.embed_dim, hidden_dim)
         self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-        self.freeze_towers = freeze_towers
-        for p in [*self.image_tower.parameters(), *self.text_tower.parameters()]:
-            p.requires_grad_(not freeze_towers)
+        self.lock(freeze_towers if lock_image is None else lock_image, freeze_towers if lock_text is None else lock_text,
+                  image_unlocked_groups, text_unlocked_layers)
+        self.image_tower.eval()  # as loaded; .train() switches the unlocked layers on
+        self.text_tower.eval()
+
+    # ---------------------------------------------------------------------------------- locking
+    def lock(self, lock_image: bool = True, lock_text: bool = True, image_unlocked_groups: int = 0,
+             text_unlocked_layers: int = 0) -> TowersDualEncoder:
+        """(Re)set which tower weights train (see the module docstring); the heads and scale always do."""
+        for what, n, groups, locked in (("image_unlocked_groups", image_unlocked_groups, IMAGE_GROUPS, lock_image),
+                                        ("text_unlocked_layers", text_unlocked_layers, TEXT_GROUPS, lock_text)):
+            if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= len(groups):
+                raise ValueError(f"{what} must be an int in 0..{len(groups)} (the tower's layer groups), got {n!r}")
+            if n and not locked:
+                raise ValueError(f"{what}={n} only applies to a locked tower; an unlocked tower trains entirely")
+        self.lock_image, self.lock_text = bool(lock_image), bool(lock_text)
+        self.image_unlocked_groups, self.text_unlocked_layers = image_unlocked_groups, text_unlocked_layers
+        self.freeze_towers = self.lock_image and self.lock_text and not image_unlocked_groups and not text_unlocked_layers
+        trainable = set(self.unlocked_prefixes())
+        for name, p in [*self.image_tower.named_parameters(prefix="image_tower"),
+                        *self.text_tower.named_parameters(prefix="text_tower")]:
+            p.requires_grad_(any(name.startswith(t) for t in trainable))
+        return self.train(self.training)
+
+    def unlocked_prefixes(self) -> list[str]:
+        """State-dict prefixes (ending in ".") of the tower modules that train: a whole tower or its last groups."""
+        out = []
+        for tower, locked, n, groups in (("image_tower", self.lock_image, self.image_unlocked_groups, IMAGE_GROUPS),
+                                         ("text_tower", self.lock_text, self.text_unlocked_layers, TEXT_GROUPS)):
+            if not locked:
+                out.append(f"{tower}.")
+            elif n:
+                out += [f"{tower}.{m}." for g in groups[len(groups) - n :] for m in g]
+        return out
 
     def train(self, mode: bool = True):
-        """Frozen towers stay in eval mode (BatchNorm statistics, dropout) while the heads train."""
+        """Locked tower layers stay in eval mode (BatchNorm statistics, dropout) while heads and unlocked layers train."""
         super().train(mode)
-        if self.freeze_towers:
-            self.image_tower.eval()
-            self.text_tower.eval()
+        for tower, locked, n, groups in ((self.image_tower, self.lock_image, self.image_unlocked_groups, IMAGE_GROUPS),
+                                         (self.text_tower, self.lock_text, self.text_unlocked_layers, TEXT_GROUPS)):
+            if locked:
+                tower.eval()
+                for g in groups[len(groups) - n :] if n else ():
+                    for m in g:
+                        tower.get_submodule(m).train(mode)
         return self
 
     def config_dict(self) -> dict:
-        return {"format": FORMAT, "version": 1, "image_tower": IMAGE_TOWER, "image_dim": IMAGE_DIM,
-                "text_tower": TEXT_TOWER, "text_dim": TEXT_DIM, "head": self.head_kind, "embed_dim": self.embed_dim,
-                "hidden_dim": self.hidden_dim, "freeze_towers": self.freeze_towers, "max_length": self.max_length,
-                "preprocess": self.preprocess.config}
+        cfg = {"format": FORMAT, "version": 1, "image_tower": IMAGE_TOWER, "image_dim": IMAGE_DIM,
+               "text_tower": TEXT_TOWER, "text_dim": TEXT_DIM, "head": self.head_kind, "embed_dim": self.embed_dim,
+               "hidden_dim": self.hidden_dim, "freeze_towers": self.freeze_towers, "max_length": self.max_length,
+               "preprocess": self.preprocess.config}
+        if not (self.lock_image == self.lock_text and not self.image_unlocked_groups and not self.text_unlocked_layers):
+            # only beyond "both frozen" / "both trained", so those keep their config (and fingerprint) unchanged
+            cfg.update(lock_image=self.lock_image, lock_text=self.lock_text,
+                       image_unlocked_groups=self.image_unlocked_groups, text_unlocked_layers=self.text_unlocked_layers)
+        return cfg
 
     def adapter_config(self) -> dict:
         return self.config_dict()
@@ -152,7 +207,8 @@ class TowersDualEncoder(DualEncoder):
 
     # ---------------------------------------------------------------------------------- save / load
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``towers_config.json`` + ``heads.safetensors`` (+ ``towers.safetensors`` if unfrozen)."""
+        """Write ``towers_config.json`` + ``heads.safetensors`` (+ ``towers.safetensors`` with the weights and
+        buffers of the unlocked tower layers, when any; locked ones come from the installed packages)."""
         from safetensors.torch import save_file
 
         d = Path(directory)
@@ -160,8 +216,11 @@ class TowersDualEncoder(DualEncoder):
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         heads = {k: v for k, v in state.items() if not k.startswith(("image_tower.", "text_tower."))}
         save_file(heads, str(d / HEADS_FILE))
-        if not self.freeze_towers:
-            save_file({k: v for k, v in state.items() if k not in heads}, str(d / TOWERS_FILE))
+        unlocked = tuple(self.unlocked_prefixes())
+        if unlocked:
+            save_file({k: v for k, v in state.items() if k.startswith(unlocked)}, str(d / TOWERS_FILE))
+        elif (d / TOWERS_FILE).exists():
+            (d / TOWERS_FILE).unlink()  # a stale file from an earlier save would not match this config
         (d / TOWERS_CONFIG).write_text(json.dumps(self.config_dict(), indent=2))
         return d
 
@@ -174,16 +233,20 @@ class TowersDualEncoder(DualEncoder):
         if cfg.get("format") != FORMAT or cfg.get("image_tower") != IMAGE_TOWER or cfg.get("text_tower") != TEXT_TOWER:
             raise ValueError(f"{d / TOWERS_CONFIG} is not a {FORMAT} folder for {IMAGE_TOWER} + {TEXT_TOWER}: {cfg}")
         model = cls(cfg["embed_dim"], cfg["head"], cfg.get("hidden_dim"), cfg.get("freeze_towers", True),
-                    cfg.get("max_length", 256), name=str(d))
+                    cfg.get("max_length", 256), name=str(d), lock_image=cfg.get("lock_image"),
+                    lock_text=cfg.get("lock_text"), image_unlocked_groups=cfg.get("image_unlocked_groups", 0),
+                    text_unlocked_layers=cfg.get("text_unlocked_layers", 0))
         state = load_file(str(d / HEADS_FILE))
-        if (d / TOWERS_FILE).exists():
+        unlocked = tuple(model.unlocked_prefixes())
+        if unlocked:
+            if not (d / TOWERS_FILE).exists():
+                raise FileNotFoundError(f"{d} trains tower layers ({', '.join(unlocked[:3])}...) but has no {TOWERS_FILE}")
             state.update(load_file(str(d / TOWERS_FILE)))
-            model.load_state_dict(state, strict=True)
-        else:
-            missing, unexpected = model.load_state_dict(state, strict=False)
-            bad = [k for k in missing if not k.startswith(("image_tower.", "text_tower."))] + list(unexpected)
-            if bad:
-                raise ValueError(f"{d / HEADS_FILE} does not match the model: {bad[:8]}")
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        # locked tower layers keep the pretrained weights the constructor loaded; everything else must be in the files
+        bad = [k for k in missing if not k.startswith(("image_tower.", "text_tower.")) or k.startswith(unlocked)]
+        if bad or unexpected:
+            raise ValueError(f"{d} does not match its {TOWERS_CONFIG}: missing {bad[:8]}, unexpected {list(unexpected)[:8]}")
         return model.to(device)
 
 

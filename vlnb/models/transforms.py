@@ -13,7 +13,8 @@ output matches the reference implementations to float precision. Center crops us
 published numbers); HF's image processors floor it (``crop_offset="floor"``), one pixel apart when
 ``H - h`` is 3 mod 4. ``__call__(imgs) == normalize(to_unit(imgs))``;
 ``to_unit`` exposes the resized, cropped ``[0, 1]`` pixels so robustness perturbations can act before the
-model's own normalisation.
+model's own normalisation; ``to_uint8`` + ``unit_from_uint8`` split it into the CPU part (PIL, uint8) and a
+device part, which is how :func:`vlnb.eval.features.image_features` moves images (4x fewer bytes).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class ImagePreprocess:
         return f"ImagePreprocess({self.config})"
 
     # ------------------------------------------------------------------------------------------------
-    def _resize(self, im: Image.Image) -> Image.Image:
+    def _resize(self, im: Image.Image, resample: str | None = None) -> Image.Image:
         w, h = im.size
         if isinstance(self.resize, int):
             short, long = (w, h) if w <= h else (h, w)
@@ -94,7 +95,7 @@ class ImagePreprocess:
             size = (new_short, new_long) if w <= h else (new_long, new_short)
         else:
             size = (self.resize[1], self.resize[0])
-        return im if size == (w, h) else im.resize(size, RESAMPLE[self.resample])
+        return im if size == (w, h) else im.resize(size, RESAMPLE[resample or self.resample])
 
     def _crop(self, im: Image.Image) -> Image.Image:
         if self.crop is None:
@@ -109,8 +110,8 @@ class ImagePreprocess:
             top, left = (h - ch) // 2, (w - cw) // 2
         return im.crop((left, top, left + cw, top + ch))
 
-    def to_unit(self, images) -> torch.Tensor:
-        """Resized/cropped pixels in ``[0, 1]``, ``(B, 3, H, W)`` float32, NOT normalised."""
+    def _resized(self, images) -> list[np.ndarray]:
+        """The resized/cropped images as ``(H, W, 3)`` uint8 arrays, all of one size."""
         if isinstance(images, Image.Image):
             images = [images]
         arrays = []
@@ -118,13 +119,41 @@ class ImagePreprocess:
             if not isinstance(im, Image.Image):
                 raise TypeError(f"expected PIL images, got {type(im).__name__}")
             im = self._crop(self._resize(im if im.mode == "RGB" else im.convert("RGB")))
-            arrays.append(np.asarray(im, dtype=np.float32) / np.float32(255.0))
+            arrays.append(np.asarray(im, dtype=np.uint8))
         shapes = {a.shape for a in arrays}
         if len(shapes) > 1:
             raise ValueError(f"images preprocess to different sizes {sorted(shapes)}; use a crop or a fixed (h, w) resize")
         if not arrays:
             raise ValueError("no images given")
+        return arrays
+
+    def to_unit(self, images) -> torch.Tensor:
+        """Resized/cropped pixels in ``[0, 1]``, ``(B, 3, H, W)`` float32, NOT normalised."""
+        arrays = [a.astype(np.float32) / np.float32(255.0) for a in self._resized(images)]
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+    def to_uint8(self, images) -> torch.Tensor:
+        """Resized/cropped pixels as ``(B, 3, H, W)`` uint8: a quarter of the bytes of :meth:`to_unit`, so data
+        loader workers and host-to-device copies move less; finish with :meth:`unit_from_uint8` on the device
+        (``unit_from_uint8(to_uint8(x))`` equals ``to_unit(x)`` bit for bit)."""
+        return torch.from_numpy(np.stack(self._resized(images))).permute(0, 3, 1, 2).contiguous()
+
+    @staticmethod
+    def unit_from_uint8(x: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels -> float32 ``[0, 1]`` on ``x``'s device (one correctly rounded division, as ``to_unit``)."""
+        if x.dtype != torch.uint8:
+            raise TypeError(f"unit_from_uint8 expects uint8 pixels, got {x.dtype}")
+        return x.to(torch.float32) / 255.0
+
+    def resize_mask(self, mask) -> np.ndarray:
+        """A ``(H0, W0)`` mask of the original image at the output geometry: the same resize (nearest
+        neighbour) and center crop as :meth:`to_unit`, as a bool ``(H, W)`` array (e.g. object masks for
+        occlusion experiments)."""
+        m = np.asarray(mask)
+        if m.ndim != 2:
+            raise ValueError(f"mask must be 2-D (H, W), got shape {m.shape}")
+        im = Image.fromarray((m > 0).astype(np.uint8) * 255)  # mode "L"
+        return np.asarray(self._crop(self._resize(im, resample="nearest"))) > 127
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """``(x - mean) / std`` per channel on ``x``'s device and dtype."""

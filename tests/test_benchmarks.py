@@ -1,0 +1,47 @@
+"""Smoke tests of the benchmark scripts (tiny model, a few images): they run and their checks hold."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vlnb.paths import shared_data_dir
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+COCO_VAL = shared_data_dir() / "coco-mini" / "val2017"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.skipif(not COCO_VAL.is_dir(), reason="shared coco-mini data not available")
+def test_eval_throughput_runs_both_paths_and_they_agree(tiny_clip_dir, capsys):
+    n = torch.get_num_threads()
+    try:
+        load("eval_throughput").main(["--model", str(tiny_clip_dir), "--device", "cpu", "--n-images", "6",
+                                      "--batch-size", "4", "--num-workers", "0", "--repeats", "1"])
+    finally:
+        torch.set_num_threads(n)
+    out = capsys.readouterr().out
+    assert "6 images (159 distinct files" in out and "% of model only (goal >= 80%)" in out
+    assert "max |embedding difference| between the paths: 0.00e+00" in out
+
+
+def test_open_clip_import_leaves_no_stand_ins_behind():
+    if importlib.util.find_spec("open_clip") is None:
+        pytest.skip("open_clip is not installed (benchmark-only, never a dependency)")
+    import transformers  # noqa: F401 -- as the script does, before any stand-in
+
+    oc, note = load("train_throughput").import_open_clip()
+    assert oc is not None, note
+    assert hasattr(oc, "create_model") and hasattr(oc, "ClipLoss")
+    stubbed = [m for m in ("torchvision", "ftfy") if m in sys.modules and sys.modules[m].__spec__ is None]
+    assert not stubbed  # the stand-ins are gone from sys.modules once open_clip is imported

@@ -1,0 +1,84 @@
+"""compare_text_attention: one tidy row per text-attention variant, trained alike, on a tiny paired-CIFAR setup."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from vlnb.data.images import encode_png
+from vlnb.data.manifest import make_manifest
+from vlnb.train import TrainConfig
+from vlnb.train.variants import COLUMNS, RECALL_COLUMNS, PeakMemory, compare_text_attention
+
+TINY = {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "heads": 2, "text_width": 32, "text_layers": 1,
+        "text_heads": 2, "embed_dim": 16, "context_length": 16, "local_window": 2, "n_memory": 4}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def manifest(n: int, seed: int, split: str) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    colours = ("red", "blue", "green", "pink")
+    rows = [{"image_id": f"{split}{i}", "image": encode_png(rng.integers(0, 256, (16, 32, 3), dtype=np.uint8)),
+             "captions": [f"a {colours[i % 4]} thing and a {colours[(i + 1) % 4]} one"], "split": split}
+            for i in range(n)]
+    return make_manifest(rows, name="tiny-pairs")
+
+
+def test_one_row_per_variant_with_metrics_time_memory_and_params():
+    from vlnb.data.paired_cifar import pair_preprocess
+
+    train, test = manifest(32, 0, "train"), manifest(12, 1, "test")
+    table, models = compare_text_attention(
+        train, test, epochs=1, train_config={"batch_size": 16, "warmup_steps": 1, "lr": 1e-3}, device="cpu",
+        adapt_preprocess=pair_preprocess, progress=False, return_models=True, **TINY)
+    assert list(table.columns) == COLUMNS and table["variant"].tolist() == ["self", "cross", "local"]
+    for v, m in models.items():
+        assert m.config.text_attention == v and m.preprocess.crop is None and m.preprocess.resize == (16, 16)
+    r = table.set_index("variant")
+    assert ((table[RECALL_COLUMNS] >= 0) & (table[RECALL_COLUMNS] <= 100)).all().all()
+    for d in ("i2t", "t2i"):
+        assert (table[f"{d}_R@1"] <= table[f"{d}_R@5"]).all() and (table[f"{d}_R@5"] <= table[f"{d}_R@10"]).all()
+    # local attention only masks, cross attention adds layers and memory slots
+    assert r.loc["self", "params"] == r.loc["local", "params"] < r.loc["cross", "params"]
+    assert r.loc["cross", "params"] - r.loc["self", "params"] == r.loc["cross", "text_params"] - r.loc["self", "text_params"]
+    assert (table["train_time_s"] > 0).all() and table["peak_memory_mb"].map(math.isfinite).all()
+    assert (table["peak_memory_mb"] >= 0).all() and (table["memory_measure"] == "cpu RSS (2 ms samples)").all()
+    assert (table["epochs"] == 1).all() and (table["n_test_images"] == 12).all() and (table["device"] == "cpu").all()
+    # the same seed and data give the same results: variants differ by their attention only
+    again = compare_text_attention(train, test, variants=["local"], epochs=1, progress=False, device="cpu",
+                                   adapt_preprocess=pair_preprocess,
+                                   train_config=TrainConfig(batch_size=16, warmup_steps=1, lr=1e-3), **TINY)
+    assert again[RECALL_COLUMNS + ["final_train_loss"]].iloc[0].tolist() == \
+        r.loc["local", RECALL_COLUMNS + ["final_train_loss"]].tolist()
+
+
+def test_bad_variants_are_named():
+    train, test = manifest(16, 0, "train"), manifest(4, 1, "test")
+    with pytest.raises(ValueError, match="sparse"):
+        compare_text_attention(train, test, variants=["self", "sparse"], **TINY)
+    with pytest.raises(ValueError, match="empty"):
+        compare_text_attention(train, test, variants=[], **TINY)
+    with pytest.raises(ValueError, match="per variant"):
+        compare_text_attention(train, test, text_attention="self", **TINY)
+    with pytest.raises(ValueError, match="no captions"):
+        compare_text_attention(train, test.assign(captions=[[] for _ in range(4)]), **TINY)
+
+
+def test_peak_memory_sees_a_large_allocation():
+    with PeakMemory("cpu") as m:
+        x = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        time.sleep(0.05)  # held for many sampling intervals
+        del x
+    assert m.peak_mb > 40 and m.measure.startswith("cpu RSS")
