@@ -8,10 +8,20 @@ exactly the ``from_pretrained`` path the full profile uses for hub checkpoints.
 from __future__ import annotations
 
 import pytest
+import torch
 
 from vlnb.paths import shared_data_dir
 
 CLIP_SHARED = shared_data_dir() / "clip-vit-base-patch32"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny models: one thread is fastest, and far faster than two on a busy shared 2-core CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

@@ -43,14 +43,6 @@ from vlnb.heads import (
 from vlnb.paths import REPO_ROOT
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ----------------------------------------------------------------------------- a synthetic aligned problem
 def synthetic(n_images: int, seed: int, caps: int = 3, latent: int = 8, di: int = 32, dt: int = 24,
               world_seed: int = 123) -> FrozenFeatures:

@@ -41,15 +41,6 @@ from vlnb.models.scratch import Attention, ScratchDualEncoder
 from vlnb.models.transforms import ImagePreprocess
 from vlnb.paths import REPO_ROOT
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 CAPTIONS = [f"a {c} {s}" for c in ("red", "blue", "green") for s in ("circle", "square", "star")]
 
 

@@ -21,16 +21,6 @@ from vlnb.models.scratch import (
 from vlnb.paths import shared_data_dir
 from vlnb.train.loss import clip_loss
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is fastest, and far faster than two on a busy shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 CAPTIONS = [
     f"a {c} {s} on the {p}"
     for c in ("red", "blue", "green", "pink")

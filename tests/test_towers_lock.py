@@ -19,14 +19,6 @@ from vlnb.train import clip_loss
 TEXTS = ["a dog on a beach", "two plates of food", "a red bus in the street", "a cat sleeping"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def model():
     return TowersDualEncoder(embed_dim=16)

@@ -30,16 +30,6 @@ from vlnb.train import (
 from vlnb.train.distributed import DistInfo, average_gradients
 from vlnb.train.trainer import CHECKPOINT_NAME, _Trainer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is fastest, and far faster than two on a busy shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 COLORS = ("red", "blue", "green", "pink", "gray", "black")
 SMALL = dict(
     image_size=16,

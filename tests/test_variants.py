@@ -19,14 +19,6 @@ TINY = {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "heads": 2,
         "text_heads": 2, "embed_dim": 16, "context_length": 16, "local_window": 2, "n_memory": 4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def manifest(n: int, seed: int, split: str) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     colours = ("red", "blue", "green", "pink")

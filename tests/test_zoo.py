@@ -22,7 +22,9 @@ def test_train_save_load_roundtrip(tiny_recipe):
     assert not zoo.is_trained("tiny-world")
     with pytest.raises(FileNotFoundError, match="not trained"):
         zoo.reference_model("tiny-world", train_if_missing=False)
-    model, history = zoo.train_reference("tiny-world", progress=False)
+    from vlnb.train.plots import live_plot
+
+    model, history = zoo.train_reference("tiny-world", progress=False, on_epoch_end=live_plot())  # chapter 2's call
     assert zoo.is_trained("tiny-world")
     loaded = zoo.reference_model("tiny-world", progress=False)
     assert loaded.fingerprint() == model.fingerprint()

@@ -319,12 +319,9 @@ class FeaturePairs(torch.utils.data.Dataset):
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
-        n_caps = np.array([len(c) for c in self.captions])
-        if self.caption_sampling == "first":
-            self._choice = np.zeros(len(n_caps), dtype=np.int64)
-        else:
-            u = np.random.default_rng([self.seed, int(epoch), 0xC4]).random(len(n_caps))
-            self._choice = np.minimum((u * n_caps).astype(np.int64), n_caps - 1)
+        from .train.trainer import caption_choice
+
+        self._choice = caption_choice([len(c) for c in self.captions], self.caption_sampling, self.seed, epoch)
 
     def __len__(self) -> int:
         return len(self.captions)

@@ -271,7 +271,28 @@ def profile_models(profile: str, models: dict[str, str] | None = None, device="c
     return out
 
 
+def chapter_models(cfg, device="cpu", progress: bool = True, include_cross: bool = True) -> dict:
+    """The models of a chapter run from its parameters ``cfg`` (``cfg.profile``, ``cfg.models``).
+
+    offline: the reference models (``cfg.models``, a list or dict of recipe names, picks a subset); full:
+    the hub models, where a dict replaces / adds / drops (value None) entries of :data:`HUB_MODELS` and a
+    list keeps only those display names.
+    """
+    models = cfg.models
+    if cfg.profile == "offline":
+        names = list(models) if models else None
+        return profile_models("offline", models=dict.fromkeys(names) if names else None, device=device,
+                              progress=progress)
+    if isinstance(models, list):
+        unknown = [m for m in models if m not in HUB_MODELS]
+        if unknown:
+            raise KeyError(f"model(s) {unknown} are not hub models; known: {sorted(HUB_MODELS)} "
+                           "(pass a dict name -> checkpoint to add models)")
+        models = {n: None for n in HUB_MODELS if n not in models}
+    return profile_models("full", models=models, device=device, progress=progress, include_cross=include_cross)
+
+
 __all__ = [
-    "HUB_MODELS", "PROFILE_RECIPES", "RECIPES", "Recipe", "artifacts_dir", "is_trained", "profile_models", "reference_data",
+    "HUB_MODELS", "PROFILE_RECIPES", "RECIPES", "Recipe", "artifacts_dir", "chapter_models", "is_trained", "profile_models", "reference_data",
     "reference_history", "reference_model", "train_reference",
 ]

@@ -55,7 +55,7 @@ import matplotlib.pyplot as plt
 from vlnb import zoo
 from vlnb.config import NotebookRun
 from vlnb.eval.compare import retrieval_chance
-from vlnb.train.plots import live_plot, plot_history
+from vlnb.train.plots import live_plot as live_curves, plot_history
 
 run = NotebookRun.start("02_clip_training", globals())
 """),
@@ -96,7 +96,7 @@ for name in cfg.recipes:
     if cfg.retrain or not zoo.is_trained(name, cfg.profile):
         print(f"training {name}: {zoo.RECIPES[name].description}")
         models[name], histories[name] = zoo.train_reference(
-            name, cfg.profile, on_epoch_end=live_plot() if cfg.live_plot else None)
+            name, cfg.profile, on_epoch_end=live_curves() if cfg.live_plot else None)
     else:
         print(f"{name}: loading the trained model from {zoo.artifacts_dir(cfg.profile) / name}")
         models[name], histories[name] = zoo.reference_model(name, cfg.profile), zoo.reference_history(name, cfg.profile)

@@ -116,20 +116,9 @@ def chapter_models(cfg, device: str = "cpu", progress: bool = True) -> dict:
     full the hub models (a dict replaces / adds / drops entries of :data:`vlnb.zoo.HUB_MODELS`, a list keeps
     those display names). Cross encoders (ViLT) are left out: they have no zero-shot classifier and no
     similarity matrix to take per-group retrieval from."""
-    from .. import zoo
+    from ..zoo import chapter_models as _models
 
-    models = cfg.models
-    if cfg.profile == "offline":
-        names = list(models) if models else None
-        return zoo.profile_models("offline", models=dict.fromkeys(names) if names else None, device=device,
-                                  progress=progress)
-    if isinstance(models, list):
-        unknown = [m for m in models if m not in zoo.HUB_MODELS]
-        if unknown:
-            raise KeyError(f"model(s) {unknown} are not hub models; known: {sorted(zoo.HUB_MODELS)} "
-                           "(pass a dict name -> checkpoint to add models)")
-        models = {n: None for n in zoo.HUB_MODELS if n not in models}
-    return zoo.profile_models("full", models=models, device=device, progress=progress, include_cross=False)
+    return _models(cfg, device=device, progress=progress, include_cross=False)
 
 
 def chapter_datasets(cfg, model_names: Sequence[str]) -> dict[str, list[str]]:

@@ -104,6 +104,16 @@ def _pixels(src, preprocess, image_id) -> torch.Tensor:
         ) from None
 
 
+def caption_choice(n_captions, sampling: str, seed: int, epoch: int) -> np.ndarray:
+    """Index of the caption each image uses in ``epoch``: always 0 (``"first"``), or drawn uniformly from a
+    generator seeded by ``(seed, epoch)`` (``"random"``), so the choice is reproducible and worker-independent."""
+    n_caps = np.asarray(n_captions)
+    if sampling == "first":
+        return np.zeros(len(n_caps), dtype=np.int64)
+    u = np.random.default_rng([int(seed), int(epoch), 0xC4]).random(len(n_caps))
+    return np.minimum((u * n_caps).astype(np.int64), n_caps - 1)
+
+
 class PairDataset(torch.utils.data.Dataset):
     """``(pixels, caption)`` training pairs from a manifest: one item per image that has a caption.
 
@@ -139,12 +149,7 @@ class PairDataset(torch.utils.data.Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the caption of every image for ``epoch`` (deterministic in ``(seed, epoch)``)."""
-        n_caps = np.array([len(c) for c in self.captions])
-        if self.caption_sampling == "first":
-            self._choice = np.zeros(len(n_caps), dtype=np.int64)
-        else:
-            u = np.random.default_rng([self.seed, int(epoch), 0xC4]).random(len(n_caps))
-            self._choice = np.minimum((u * n_caps).astype(np.int64), n_caps - 1)
+        self._choice = caption_choice([len(c) for c in self.captions], self.caption_sampling, self.seed, epoch)
 
     def __len__(self) -> int:
         return len(self.images)
