@@ -194,10 +194,18 @@ clean = (results[results["severity"] == 0].drop_duplicates(["model", "dataset", 
          .pivot_table(index=["model", "dataset"], columns=["task", "metric"], values="value").round(1))
 clean
 """),
+    ('code', """\
+chance = sweep.chance_levels(tasks)
+run.save_table(chance, "zeroshot_chance")
+chance.round(1)
+"""),
     ('md', """\
-The table above is the clean performance ({glue:text}`sweep_cells` cells in
-{glue:text}`sweep_seconds` s in this run, most of them read from the cache on a rerun). The tidy table
-`results/robustness_results.csv` has one row per model, data set, metric, corruption and severity.
+The first table is the clean performance ({glue:text}`sweep_cells` cells in {glue:text}`sweep_seconds` s
+in this run; a rerun reads them from the cache), the second what random scores would reach in zero-shot
+top-1 on each label set (multi-label images make chance higher than one over the number of classes).
+A clean value near chance means the model has nothing to lose under corruption, whatever the curves
+below suggest. The tidy table `results/robustness_results.csv` has one row per model, data set,
+metric, corruption and severity.
 
 ## Accuracy and recall against severity
 
@@ -215,40 +223,43 @@ fig = rplots.relative_heatmap(results, metrics=headline)
 run.savefig(fig, "relative_heatmap")
 """),
     ('code', """\
-top = sweep.degradation_table(results, headline)
+top = sweep.degradation_table(results, headline, chance=sweep.chance_table(results, tasks))
 run.save_table(top, "clean_vs_worst_severity")
-worst = top.sort_values("drop", ascending=False).iloc[0]
-run.glue("worst_model", worst["model"])
-run.glue("worst_dataset", worst["dataset"])
-run.glue("worst_metric", f"{worst['task']} {worst['metric']}")
-run.glue("worst_corruption", worst["corruption"])
-run.glue("worst_clean", f"{worst['clean']:.1f}")
-run.glue("worst_value", f"{worst['worst']:.1f}")
-mild = top.sort_values("drop").iloc[0]
-run.glue("mild_desc", f"{mild['corruption']} ({mild['model']}, {mild['dataset']}, {mild['task']} {mild['metric']}: "
-                      f"{mild['clean']:.1f} → {mild['worst']:.1f})")
+keys = ["model", "dataset", "task", "metric"]
+informative = top[top["informative"]] if top["informative"].any() else top  # (tiny test models: all at chance)
+worst = informative.sort_values("drop", ascending=False).iloc[0]
+mild = informative[(informative[keys] == worst[keys]).all(axis=1)].sort_values("drop").iloc[0]
+run.glue("worst_desc", f"{worst['model']} on {worst['dataset']} ({worst['task']} {worst['metric']}) under "
+                       f"{worst['corruption']}: {worst['clean']:.1f} → {worst['worst']:.1f}")
+run.glue("mild_desc", f"{mild['corruption']} ({mild['clean']:.1f} → {mild['worst']:.1f})")
+per_metric = informative.sort_values("drop", ascending=False).groupby(keys, sort=False).head(1)
+run.glue("drops_desc", "; ".join(f"{r.model} on {r.dataset}, {r.task} {r.metric}: {r.clean:.1f} → {r.worst:.1f} "
+                                 f"under {r.corruption}" for r in per_metric.itertuples()))
+run.glue("n_uninformative", int((~top.drop_duplicates(keys)["informative"]).sum()))
 top.round(2)
 """),
     ('md', """\
-At the highest severity swept, the largest drop is {glue:text}`worst_model` on
-{glue:text}`worst_dataset` ({glue:text}`worst_metric`) under {glue:text}`worst_corruption`:
-{glue:text}`worst_clean` → {glue:text}`worst_value`; the mildest is {glue:text}`mild_desc`. The
-table lists every headline metric with its clean value, its value at the highest severity and the drop.
+A curve is *informative* when its clean value is at least twice chance (zero-shot: the table above;
+Recall@K: $K/N$ for $N$ images); {glue:text}`n_uninformative` headline metrics are not, and are left
+out of the statements below. At the highest severity swept, the largest drop is
+{glue:text}`worst_desc`; for that same metric the mildest corruption is {glue:text}`mild_desc`. The
+worst corruption of each informative metric: {glue:text}`drops_desc`.
 """),
     ('code', """\
-mono = sweep.monotonicity(results[results.set_index(["task", "metric"]).index.isin(headline)],
-                          tolerance=sweep.noise_tolerance(results))
+tol = sweep.noise_tolerance(results)
+mono = sweep.monotonicity(results[results.set_index(["task", "metric"]).index.isin(headline)], tolerance=tol)
+mono = mono.merge(top[keys + ["corruption", "informative"]], on=keys + ["corruption"])
 run.save_table(mono, "monotonicity")
-run.glue("n_curves", len(mono))
-run.glue("n_monotone", int(mono["monotone"].sum()))
-run.glue("mono_tolerance", f"{sweep.noise_tolerance(results):.1f}")
+run.glue("n_curves", int(mono["informative"].sum()))
+run.glue("n_monotone", int(mono.loc[mono["informative"], "monotone"].sum()))
+run.glue("mono_tolerance", f"{tol:.1f}")
 mono[~mono["monotone"]] if (~mono["monotone"]).any() else print("every headline curve is monotone within the tolerance")
 """),
     ('md', """\
-{glue:text}`n_monotone` of {glue:text}`n_curves` headline curves never rise by more than
+{glue:text}`n_monotone` of the {glue:text}`n_curves` informative headline curves never rise by more than
 {glue:text}`mono_tolerance` points — one image's worth on the smallest evaluation set, the resolution
-of the metric there. Curves of a model at chance level (the scratch model on photos offline) are
-flat up to noise: there is nothing left to lose.
+of the metric there. The table lists the curves that do rise; curves at chance level (the scratch
+model on photos offline) wander up and down by noise: there is nothing left to lose.
 
 ## A summary normalised by a baseline
 
@@ -264,7 +275,8 @@ summary = sweep.summarize(results, baseline=base if base in set(results["model"]
 run.save_table(summary, "robustness_summary")
 shown_summary = summary.set_index(["task", "metric"]).loc[lambda d: d.index.isin(headline)].reset_index()
 run.glue("baseline", base)
-run.glue("mce_desc", "; ".join(f"{r.model} on {r.dataset} ({r.task} {r.metric}): mCE {r.mCE:.2f}"
+run.glue("mce_desc", "; ".join(f"{r.model} on {r.dataset} ({r.task} {r.metric}): mCE {r.mCE:.2f}, relative mCE "
+                               f"{r.relative_mCE:.2f}, relative robustness {r.relative_robustness:.2f}"
                                for r in shown_summary.itertuples() if r.model != base and pd.notna(r.mCE)) or "none")
 shown_summary.round(3)
 """),

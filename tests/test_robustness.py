@@ -1,0 +1,507 @@
+"""Robustness: perturbations (shape, dtype, range, determinism, severity ordering, identity at 0, reference
+agreement with ``imagecorruptions`` when installed), on-object occlusion, the sweep's tidy table and
+summaries, the chapter end to end (slow)."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import os
+import sys
+import types
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from vlnb.robustness import perturbations as P
+from vlnb.robustness.perturbations import CORRUPTIONS, ObjectMasks, Occlusion, corruption
+
+torch.set_num_threads(1)
+
+NEEDS_MASKS = {"occlusion_object"}
+
+
+@pytest.fixture(scope="module")
+def world():
+    from vlnb.data import build_manifest
+
+    df, _ = build_manifest("world", n_train=0, n_test=12, image_size=64, seed=3)
+    return df
+
+
+@pytest.fixture(scope="module")
+def world_pre():
+    from vlnb.models.transforms import HALF, ImagePreprocess
+
+    return ImagePreprocess(64, crop=64, mean=HALF, std=HALF)
+
+
+@pytest.fixture(scope="module")
+def batch(world, world_pre):
+    from vlnb.data import open_rgb
+
+    x = world_pre.to_unit([open_rgb(s) for s in world["image"][:6]])
+    return x, list(world["image_id"][:6])
+
+
+@pytest.fixture(scope="module")
+def masks(world, world_pre):
+    return ObjectMasks(world, world_pre)
+
+
+def _make(name, severity, masks, seed=0):
+    return corruption(name, severity, seed=seed, masks=masks if name in NEEDS_MASKS else None)
+
+
+# ---------------------------------------------------------------------------------------------- contract
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_shape_dtype_range_and_no_mutation(name, batch, masks):
+    x, ids = batch
+    before = x.clone()
+    for s in (1, 3, 5):
+        y = _make(name, s, masks)(x, ids=ids)
+        assert y.shape == x.shape and y.dtype == x.dtype and y.device == x.device
+        assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+        assert torch.isfinite(y).all()
+    assert torch.equal(x, before), "the input batch was modified in place"
+
+
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_identity_at_severity_zero(name, batch, masks):
+    x, ids = batch
+    p = _make(name, 0, masks)
+    y = p(x, ids=ids)
+    assert torch.equal(y, x) and y is not x
+    assert p.key != _make(name, 1, masks).key
+
+
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_deterministic_and_batch_independent(name, batch, masks):
+    x, ids = batch
+    p = _make(name, 3, masks, seed=7)
+    a, b = p(x, ids=ids), _make(name, 3, masks, seed=7)(x, ids=ids)
+    assert torch.equal(a, b)
+    # the same image gets the same output in another batch (per-image seeds from the ids)
+    sub = p(x[2:5].flip(0), ids=ids[2:5][::-1]).flip(0)
+    assert torch.allclose(sub, a[2:5], atol=1e-6)
+    if name in P.RANDOM_FAMILIES:
+        c = _make(name, 3, masks, seed=8)(x, ids=ids)
+        assert not torch.equal(a, c), "a different seed should change a random corruption"
+        assert _make(name, 3, masks, seed=7).key != _make(name, 3, masks, seed=8).key
+    else:
+        assert _make(name, 3, masks, seed=7).key == _make(name, 3, masks, seed=8).key
+
+
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_distance_from_clean_grows_with_severity(name, batch, masks):
+    x, ids = batch
+    d = [float((_make(name, s, masks)(x, ids=ids) - x).abs().mean()) for s in range(6)]
+    assert d[0] == 0.0
+    if name == "saturate":  # ImageNet-C: severities 1-2 desaturate (x0.3, x0.1), 3-5 oversaturate (x2, x5, x20)
+        d = [d[0], d[1], d[2]], [d[0], d[3], d[4], d[5]]
+    else:
+        d = [d]
+    for part in d:
+        assert all(b > a for a, b in zip(part, part[1:])), f"{name}: mean |y - x| by severity {np.round(part, 4)}"
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(ValueError, match="unknown corruption"):
+        corruption("fog", 1)
+    with pytest.raises(ValueError, match="severity"):
+        corruption("contrast", 6)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        corruption("contrast", 1)(torch.rand(3, 8, 8))
+    with pytest.raises(TypeError, match="float"):
+        corruption("contrast", 1)(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="masks"):
+        corruption("occlusion_object", 2)
+    with pytest.raises(ValueError, match="ids"):
+        corruption("shot_noise", 1)(torch.rand(2, 3, 8, 8), ids=["a"])
+
+
+def test_half_precision_and_device_agnostic_code_path():
+    x = torch.rand(2, 3, 32, 32)
+    for name in ("gaussian_noise", "defocus_blur", "jpeg_compression", "pixelate"):
+        y = corruption(name, 2)(x.to(torch.bfloat16))
+        assert y.dtype == torch.bfloat16 and y.shape == x.shape
+
+
+# ---------------------------------------------------------------------------------------------- families
+def test_parametric_seed_study_families(batch):
+    x, ids = batch
+    for std in (0.01, 0.05, 0.1):
+        y = P.GaussianNoise(std)(x, ids=ids)
+        inner = (x > 0.3) & (x < 0.7)  # away from clipping, the noise has the asked std
+        assert abs(float((y - x)[inner].std()) - std) < 0.15 * std
+    assert torch.equal(P.GaussianBlur(kernel_size=1)(x), x)
+    k3, k5 = P.GaussianBlur(kernel_size=3)(x), P.GaussianBlur(kernel_size=5)(x)
+    assert float((k5 - x).abs().mean()) > float((k3 - x).abs().mean()) > 0
+    # blur keeps a constant image constant and (away from clipping) the mean
+    flat = torch.full((1, 3, 16, 16), 0.3)
+    assert torch.allclose(P.GaussianBlur(sigma=2.0)(flat), flat, atol=1e-6)
+    o = Occlusion(32, mode="centre")(torch.ones(1, 3, 64, 64))
+    assert float((o == 0.5).float().mean()) == pytest.approx(0.25)
+    assert torch.equal(o[0, :, 16:48, 16:48], torch.full((3, 32, 32), 0.5))
+
+
+def test_brightness_contrast_jpeg_pixelate_semantics():
+    x = torch.rand(2, 3, 32, 32)
+    v = x.amax(1)
+    y = corruption("brightness", 2)(x)
+    assert torch.allclose(y.amax(1), (v + 0.2).clamp(max=1), atol=1e-6)  # HSV value + 0.2
+    c = corruption("contrast", 1)(x)
+    assert torch.allclose(c.mean((2, 3)), x.mean((2, 3)), atol=1e-5)
+    assert torch.allclose(c - c.mean((2, 3), keepdim=True), 0.4 * (x - x.mean((2, 3), keepdim=True)), atol=1e-5)
+    px = corruption("pixelate", 5)(x)  # factor 0.25: 8x8 blocks of 4x4 equal pixels
+    assert torch.equal(px[..., ::4, ::4].repeat_interleave(4, -1).repeat_interleave(4, -2), px)
+    j = corruption("jpeg_compression", 1)(x)
+    assert torch.equal(j, torch.round(j * 255) / 255)  # decoded 8-bit levels
+    ql, qc = P.jpeg_quant_tables(50)
+    assert ql[0, 0] == 16 and qc[0, 0] == 17  # quality 50 = the Annex K tables
+
+
+def test_jpeg_close_to_pillow():
+    rng = np.random.default_rng(0)
+    base = np.kron(rng.integers(0, 256, (12, 12, 3)), np.ones((8, 8, 1))).astype(np.uint8)  # 96x96 blocks
+    img = np.asarray(Image.fromarray(base).resize((96, 96), Image.BILINEAR))
+    x = torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float() / 255
+    for q in (25, 10):
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, "JPEG", quality=q)
+        ref = np.asarray(Image.open(buf)).astype(np.float32) / 255
+        ours = P.JPEG(q)(x)[0].permute(1, 2, 0).numpy()
+        assert np.abs(ours - ref).mean() * 255 < 1.5, f"quality {q}: mean error {np.abs(ours - ref).mean() * 255:.2f}"
+
+
+def test_pixelate_matches_pillow_box_nearest():
+    img = np.random.default_rng(1).integers(0, 256, (50, 70, 3)).astype(np.uint8)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+    for c in (0.6, 0.3):
+        im = Image.fromarray(img)
+        ref = np.asarray(im.resize((int(70 * c), int(50 * c)), Image.BOX).resize((70, 50), Image.NEAREST)) / 255
+        ours = P.Pixelate(c)(x)[0].permute(1, 2, 0).numpy()
+        assert np.abs(ours - ref).max() <= 1.01 / 255  # Pillow rounds its 8-bit intermediate
+
+
+def test_defocus_kernel_and_scaling():
+    k = P.defocus_kernel(3.0, 0.1)
+    assert float(k.sum()) == pytest.approx(1.0, abs=1e-5) and torch.allclose(k, k.flip(0)) and torch.allclose(k, k.T)
+    # a fractional radius is anti-aliased (it blurs), not snapped to the centre pixel
+    assert float(P.defocus_kernel(0.86, 0.5).max()) < 0.9
+    x = torch.rand(1, 3, 64, 64)
+    small = corruption("defocus_blur", 1, reference_size=224)(x)
+    raw = corruption("defocus_blur", 1, reference_size=None)(x)
+    assert float((raw - x).abs().mean()) > float((small - x).abs().mean()) > 0
+
+
+# ---------------------------------------------------------------------------------------------- occlusion
+def test_object_occlusion_lands_inside_the_object(world, world_pre, batch, masks):
+    x, ids = batch
+    for sev in (1, 3, 5):
+        p = corruption("occlusion_object", sev, masks=masks)
+        y = p(x, ids=ids)
+        m = masks(ids, x.shape[-2:])
+        for b, (top, left, h, w) in enumerate(p.last_boxes):
+            assert m[b].any()
+            cy, cx = top + h // 2, left + w // 2
+            assert m[b, cy, cx], f"image {ids[b]}: patch centre ({cy}, {cx}) is not on the object"
+            patch = m[b, top : top + h, left : left + w]
+            assert float(patch.float().mean()) > 0.5 or int(patch.sum()) == int(m[b].sum())
+            assert torch.all(y[b, :, top : top + h, left : left + w] == 0.5)
+    # the masks follow the pixels: world objects have one flat colour, so the masked pixels share it
+    for b, iid in enumerate(ids):
+        pix = x[b][:, masks.one(iid)]
+        assert float(pix.std(dim=1).max()) < 0.08
+
+
+def test_object_masks_follow_resize_and_crop(world):
+    from vlnb.data import get_annotations
+    from vlnb.models.transforms import ImagePreprocess
+
+    pre = ImagePreprocess(128, crop=96)  # upsample 64 -> 128, centre crop 96
+    iid = world["image_id"][0]
+    obj = max(get_annotations(world, iid), key=lambda o: o.area)
+    m = pre.resize_mask(obj.mask)
+    assert m.shape == (96, 96) and m.dtype == bool
+    assert abs(int(m.sum()) - int(obj.mask.sum()) * 4) <= 4 * obj.mask.sum() ** 0.5 + 64 or int(m.sum()) < 4 * obj.mask.sum()
+
+
+def test_object_occlusion_falls_back_to_centre_without_objects(world, world_pre):
+    class NoMasks:
+        key = "none"
+
+        def __call__(self, ids, size):
+            return torch.zeros(len(ids), *size, dtype=torch.bool)
+
+    p = Occlusion(0.25, mode="object", masks=NoMasks())
+    p(torch.rand(2, 3, 64, 64), ids=["a", "b"])
+    assert p.last_boxes == [(24, 24, 16, 16)] * 2
+
+
+def test_feature_cache_key_includes_perturbation(tmp_path, world):
+    from vlnb.eval import image_features
+    from vlnb.models.scratch import ScratchDualEncoder
+
+    m = ScratchDualEncoder.create("tiny", captions=["a red circle"], seed=0, width=32, layers=1, text_width=32,
+                                  text_layers=1, embed_dim=16)
+    df = world.iloc[:4].reset_index(drop=True)
+    df.attrs = dict(world.attrs)
+    clean = image_features(m, df, cache_dir=tmp_path, progress=False)
+    a = image_features(m, df, cache_dir=tmp_path, progress=False, perturbation=corruption("shot_noise", 5))
+    b = image_features(m, df, cache_dir=tmp_path, progress=False, perturbation=corruption("shot_noise", 5, seed=1))
+    again = image_features(m, df, cache_dir=tmp_path, progress=False, perturbation=corruption("shot_noise", 5))
+    assert len({clean.key, a.key, b.key}) == 3 and again.key == a.key and again.from_cache
+    assert not torch.allclose(clean.embeddings, a.embeddings)
+    # per-image seeding: batch size does not change the perturbed features
+    small = image_features(m, df, batch_size=1, cache_dir=tmp_path / "other", progress=False,
+                           perturbation=corruption("shot_noise", 5))
+    assert torch.allclose(small.embeddings, a.embeddings, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- reference
+def _imagecorruptions():
+    """The reference package, if installed. Its 1.1.2 release imports ``pkg_resources`` (gone from new
+    setuptools) only for the frost images, so a minimal stand-in is provided when it is missing."""
+    if importlib.util.find_spec("imagecorruptions") is None:
+        pytest.skip("imagecorruptions is not installed (optional reference, test-only)")
+    if "pkg_resources" not in sys.modules and importlib.util.find_spec("pkg_resources") is None:
+        shim = types.ModuleType("pkg_resources")
+        shim.resource_filename = lambda pkg, path: os.path.join(
+            os.path.dirname(importlib.import_module(pkg).__file__), path)
+        sys.modules["pkg_resources"] = shim
+    try:
+        import imagecorruptions
+    except Exception as e:
+        pytest.skip(f"imagecorruptions does not import here ({type(e).__name__}: {e})")
+    return imagecorruptions
+
+
+@pytest.fixture(scope="module")
+def photos():
+    from vlnb.paths import shared_data_dir
+
+    root = shared_data_dir() / "coco-mini" / "val2017"
+    files = sorted(root.glob("*.jpg"))[:2] if root.is_dir() else []
+    if not files:
+        rng = np.random.default_rng(0)
+        return [np.asarray(Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)).resize((224, 224)))] * 2
+    return [np.asarray(Image.open(f).convert("RGB").resize((224, 224), Image.BICUBIC)) for f in files]
+
+
+@pytest.mark.parametrize("name", ["defocus_blur", "brightness", "contrast", "pixelate", "saturate",
+                                  "jpeg_compression"])
+def test_matches_imagecorruptions_deterministic(name, photos):
+    ic = _imagecorruptions()
+    x = torch.from_numpy(np.stack(photos)).permute(0, 3, 1, 2).float() / 255
+    for s in (1, 3, 5):
+        ref = np.stack([ic.corrupt(im, severity=s, corruption_name=name) for im in photos]).astype(np.float32) / 255
+        ours = corruption(name, s)(x).permute(0, 2, 3, 1).numpy()
+        d = np.abs(ours - ref) * 255  # in grey levels; the reference truncates to uint8
+        if name == "jpeg_compression":  # integer vs float DCT: rare coefficient flips, about one level on average
+            assert d.mean() < 1.0 and np.quantile(d, 0.99) < 12, (s, d.mean(), np.quantile(d, 0.99))
+        else:
+            assert d.max() <= 1.0 + 1e-3, (name, s, d.max())
+
+
+@pytest.mark.parametrize("name", ["gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise"])
+def test_noise_statistics_match_imagecorruptions(name, photos):
+    ic = _imagecorruptions()
+    x = torch.from_numpy(np.stack(photos)).permute(0, 3, 1, 2).float() / 255
+    xn = x.permute(0, 2, 3, 1).numpy()
+    for s in (1, 5):
+        np.random.seed(0)
+        ref = np.stack([ic.corrupt(im, severity=s, corruption_name=name) for im in photos]).astype(np.float32) / 255
+        ours = corruption(name, s)(x).permute(0, 2, 3, 1).numpy()
+        rms = lambda a: float(np.sqrt(((a - xn) ** 2).mean()))
+        assert rms(ours) == pytest.approx(rms(ref), rel=0.03), (name, s)
+        assert float(ours.mean()) == pytest.approx(float(ref.mean()), abs=0.004)
+
+
+def test_motion_blur_matches_imagecorruptions_for_the_same_angle(photos):
+    ic = _imagecorruptions()
+    x = torch.from_numpy(np.stack(photos)).permute(0, 3, 1, 2).float() / 255
+    for s in (1, 5):
+        p = corruption("motion_blur", s, seed=3)
+        angles = p.angles(P._generators(P.image_seeds(3, "motion_blur", None, len(photos)), "cpu"))
+        radius, sigma = P.SEVERITY_CONSTANTS["motion_blur"][s - 1]
+        ref = np.stack([np.clip(ic.corruptions._motion_blur(im.astype(np.float64), radius, sigma, a), 0, 255)
+                        for im, a in zip(photos, angles)]) / 255
+        assert np.abs(p(x).permute(0, 2, 3, 1).numpy() - ref).max() < 1e-3
+
+
+def test_gaussian_blur_matches_scipy(photos):
+    from scipy.ndimage import gaussian_filter
+
+    x = torch.from_numpy(np.stack(photos)).permute(0, 3, 1, 2).float() / 255
+    for s in (1, 5):
+        sigma = P.SEVERITY_CONSTANTS["gaussian_blur"][s - 1]
+        ref = np.stack([gaussian_filter(im / 255.0, sigma=(sigma, sigma, 0), mode="nearest") for im in photos])
+        assert np.abs(corruption("gaussian_blur", s)(x).permute(0, 2, 3, 1).numpy() - ref).max() < 1e-3
+
+
+# ---------------------------------------------------------------------------------------------- sweep
+@pytest.fixture(scope="module")
+def tiny_scratch(world):
+    from vlnb.models.scratch import ScratchDualEncoder
+
+    caps = [c for cs in world["captions"] for c in cs]
+    kw = dict(width=32, layers=1, heads=2, text_width=32, text_layers=1, text_heads=2, embed_dim=16)
+    return (ScratchDualEncoder.create("tiny", captions=caps, seed=0, name="a", **kw),
+            ScratchDualEncoder.create("tiny", captions=caps, seed=1, name="b", **kw))
+
+
+def test_sweep_returns_the_tidy_table(tmp_path, world, tiny_scratch):
+    from vlnb.robustness import RESULT_COLUMNS, run_sweep, summarize, world_task
+    from vlnb.robustness.sweep import degradation_table, headline_metrics, monotonicity
+
+    task = world_task(world, n_images=8)
+    models = dict(zip("ab", tiny_scratch))
+    cors, sevs = ["contrast", "shot_noise", "occlusion_object"], [1, 3]
+    timings = []
+    res = run_sweep(models, [task], cors, sevs, ks=(1, 5), cache_dir=tmp_path, progress=False, timings=timings)
+    assert list(res.columns) == RESULT_COLUMNS
+    metrics = {("zeroshot:shape", "top1"), ("zeroshot:colour", "top1")} | {
+        ("retrieval", f"{d}_R@{k}") for d in ("i2t", "t2i") for k in (1, 5)}
+    assert set(map(tuple, res[["task", "metric"]].drop_duplicates().to_numpy())) == metrics
+    assert len(res) == len(models) * len(metrics) * len(cors) * (len(sevs) + 1)
+    assert not res.duplicated(["model", "dataset", "task", "metric", "corruption", "severity"]).any()
+    assert res["value"].between(0, 100).all() and (res["n_images"] == 8).all()
+    s0 = res[res["severity"] == 0]
+    assert (s0["value"] == s0["clean"]).all()
+    cor = res[(res["severity"] > 0) & (res["clean"] > 0)]
+    assert np.allclose(cor["relative"], cor["value"] / cor["clean"])
+    assert len(timings) == len(models) * (1 + len(cors) * len(sevs))
+    # text once, images per cell: a rerun reads every cell from the feature cache
+    from vlnb.eval import image_features
+
+    p = corruption("shot_noise", 3)
+    assert image_features(models["a"], task.manifest, cache_dir=tmp_path, perturbation=p, progress=False).from_cache
+    again = run_sweep(models, [task], cors, sevs, ks=(1, 5), cache_dir=tmp_path, progress=False)
+    pd.testing.assert_frame_equal(again, res)
+    # summaries
+    summ = summarize(res, baseline="b")
+    b = summ[summ["model"] == "b"]
+    assert np.allclose(b["mCE"].dropna(), 1.0) and b["mCE"].notna().any()
+    assert set(summ["model"]) == {"a", "b"}
+    with pytest.raises(KeyError, match="baseline"):
+        summarize(res, baseline="nope")
+    head = headline_metrics(res)
+    assert ("retrieval", "t2i_R@5") in head and ("zeroshot:shape", "top1") in head
+    deg = degradation_table(res, head)
+    assert (deg["severity"] == 3).all() and np.allclose(deg["drop"], deg["clean"] - deg["worst"])
+    assert set(monotonicity(res)["monotone"].map(type)) == {bool}
+
+
+def test_sweep_errors_are_named(world, tiny_scratch):
+    from vlnb.robustness import run_sweep, world_task
+
+    task = world_task(world, n_images=4)
+    with pytest.raises(ValueError, match="unknown corruption"):
+        run_sweep({"a": tiny_scratch[0]}, [task], ["fog"], progress=False)
+    with pytest.raises(ValueError, match="severities"):
+        run_sweep({"a": tiny_scratch[0]}, [task], ["contrast"], [7], progress=False)
+    with pytest.raises(KeyError, match="no tasks"):
+        run_sweep({"a": tiny_scratch[0]}, {"b": [task]}, ["contrast"], progress=False)
+
+
+def test_sweep_cross_encoder_scores_every_pair(tmp_path, tiny_vilt_dir):
+    """A cross encoder (tiny ViLT) goes through the pairwise path: zero-shot and retrieval from ITM scores."""
+    from vlnb.data import build_manifest
+    from vlnb.models import load_model
+    from vlnb.robustness import caption_task, run_sweep
+
+    coco, _ = build_manifest("coco", split="val2017")
+    model = load_model(str(tiny_vilt_dir))
+    res = run_sweep({"vilt": model}, [caption_task(coco, n_images=6, dataset="coco-mini")], ["pixelate"], [5],
+                    ks=(1,), cache_dir=tmp_path, cross_max_images=3, batch_size=16, progress=False)
+    assert set(res["task"]) == {"retrieval", "zeroshot:category"}
+    assert (res["n_images"] == 3).all() and res["value"].between(0, 100).all()
+    assert len(res) == 3 * 2  # (category top1, i2t R@1, t2i R@1) x severities 0 and 5
+
+
+def test_params_validate_and_resolve_occlusion():
+    from vlnb.config import ParameterError, resolve
+
+    cfg = resolve("05_robustness", corruptions=["shot_noise", "occlusion"], occlusion="centre")
+    assert cfg.resolved_corruptions() == ["shot_noise", "occlusion_centre"]
+    assert resolve("05_robustness").datasets == {"scratch-world": ["world", "coco-mini"], "towers-coco": ["coco-mini"]}
+    full = resolve("05_robustness", profile="full")
+    assert full.severities == [1, 2, 3, 4, 5] and full.baseline == "CLIP ViT-B/32"
+    with pytest.raises(ParameterError, match="corruptions"):
+        resolve("05_robustness", corruptions=["fog"])
+    with pytest.raises(ParameterError, match="severities"):
+        resolve("05_robustness", severities=[0, 6])
+    with pytest.raises(ParameterError, match="occlusion"):
+        resolve("05_robustness", occlusion="everywhere")
+
+
+def test_benchmark_script_runs(capsys):
+    import importlib.util as iu
+
+    from vlnb.paths import REPO_ROOT
+
+    spec = iu.spec_from_file_location("bench_robustness_cost", REPO_ROOT / "benchmarks" / "robustness_cost.py")
+    mod = iu.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    n = torch.get_num_threads()
+    try:
+        mod.main(["--model", "scratch", "--batch-size", "4", "--repeats", "1", "--corruptions", "contrast", "shot_noise"])
+    finally:
+        torch.set_num_threads(n)
+    out = capsys.readouterr().out
+    assert "contrast" in out and "shot_noise" in out and "perturbation share: median" in out
+
+
+# ---------------------------------------------------------------------------------------------- chapter
+NB = "05_robustness.ipynb"
+
+
+def _nb():
+    from vlnb.paths import REPO_ROOT
+
+    return REPO_ROOT / "notebooks" / NB
+
+
+@pytest.mark.slow
+def test_chapter_offline_small(tmp_path, monkeypatch):
+    from vlnb.runs import run_notebook
+
+    monkeypatch.setenv("VLNB_CACHE", str(tmp_path / "cache"))
+    params = {"corruptions": ["contrast", "occlusion"], "severities": [1, 5], "n_images": {"world": 24, "coco-mini": 8},
+              "batch_size": 16}
+    run_notebook(_nb(), params, out_dir=tmp_path / "run", progress=False)
+    res = pd.read_csv(tmp_path / "run" / "results" / "robustness_results.csv")
+    assert set(res["corruption"]) == {"contrast", "occlusion_object"} and set(res["severity"]) == {0, 1, 5}
+    assert set(zip(res["model"], res["dataset"])) == {("scratch-world", "world"), ("scratch-world", "coco-mini"),
+                                                      ("towers-coco", "coco-mini")}
+    summ = pd.read_csv(tmp_path / "run" / "results" / "robustness_summary.csv")
+    towers = summ[(summ["model"] == "towers-coco")]
+    assert np.allclose(towers["mCE"].dropna(), 1.0)  # the offline baseline
+    for f in ("severity_curves", "relative_heatmap", "examples_world", "examples_coco-mini"):
+        assert (tmp_path / "run" / "figures" / f"{f}.png").is_file()
+
+
+@pytest.mark.slow
+def test_chapter_full_profile_with_tiny_checkpoints(tmp_path, monkeypatch, tiny_clip_dir, tiny_blip_dir,
+                                                    tiny_blip2_dir, tiny_vilt_dir):
+    from vlnb.paths import shared_data_dir
+    from vlnb.runs import run_notebook
+
+    monkeypatch.setenv("VLNB_CACHE", str(tmp_path / "cache"))
+    models = {"CLIP ViT-B/32": str(tiny_clip_dir), "BLIP ITM (COCO)": str(tiny_blip_dir),
+              "BLIP-2 ITM (ViT-g)": str(tiny_blip2_dir), "ViLT (COCO)": str(tiny_vilt_dir)}
+    params = {"models": models, "datasets": ["coco"], "corruptions": ["jpeg_compression", "occlusion"],
+              "severities": [3], "n_images": 6, "cross_max_images": 3, "batch_size": 8, "device": "cpu",
+              "coco_root": str(shared_data_dir() / "coco-mini"), "coco_karpathy_split": ""}  # "": val2017, no Karpathy file
+    run_notebook(_nb(), params, profile="full", out_dir=tmp_path / "run", progress=False)
+    res = pd.read_csv(tmp_path / "run" / "results" / "robustness_results.csv")
+    assert set(res["model"]) == set(models) and set(res["dataset"]) == {"coco"}
+    assert set(res["corruption"]) == {"jpeg_compression", "occlusion_object"}
+    assert (res.loc[res["model"] == "ViLT (COCO)", "n_images"] == 3).all()
+    assert (res.loc[res["model"] != "ViLT (COCO)", "n_images"] == 6).all()
+    summ = pd.read_csv(tmp_path / "run" / "results" / "robustness_summary.csv")
+    assert (summ["baseline"] == "CLIP ViT-B/32").all()

@@ -1,0 +1,114 @@
+"""Figures of the robustness chapter: example corruptions, metric-vs-severity curves, relative heatmap."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+from .perturbations import corruption
+
+
+def corruption_examples(pixels: torch.Tensor, corruptions: Sequence[str], severities: Sequence[int] = (0, 1, 3, 5),
+                        ids: Sequence | None = None, seed: int = 0, masks=None, reference_size: int | None = 224,
+                        fill: float = 0.5, size: float = 1.4):
+    """A grid: one row per corruption, one column per severity, of the first image of ``pixels``
+    (``(B, 3, H, W)`` in [0, 1]; the whole batch is perturbed so per-image seeding is exercised)."""
+    if pixels.ndim != 4 or len(pixels) == 0:
+        raise ValueError(f"pixels must be a non-empty (B, 3, H, W) batch, got {tuple(pixels.shape)}")
+    fig, axes = plt.subplots(len(corruptions), len(severities), squeeze=False,
+                             figsize=(size * len(severities) + 1.2, size * len(corruptions)))
+    for r, c in enumerate(corruptions):
+        for k, s in enumerate(severities):
+            p = corruption(c, s, seed=seed, reference_size=reference_size,
+                           masks=masks if c == "occlusion_object" else None, fill=fill)
+            img = p(pixels, ids=ids)[0].permute(1, 2, 0).cpu().numpy()
+            ax = axes[r, k]
+            ax.imshow(img, interpolation="nearest" if img.shape[0] <= 96 else "antialiased")
+            ax.set_xticks([]), ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"severity {s}", fontsize=8)
+            if k == 0:
+                ax.set_ylabel(c.replace("_", "\n"), fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _label(row) -> str:
+    return f"{row['model']} · {row['dataset']}"
+
+
+def severity_curves(results: pd.DataFrame, metrics: Sequence[tuple[str, str]] | None = None, relative: bool = False,
+                    ncols: int = 4, size: float = 2.6):
+    """Metric vs severity (0 = clean), one panel per corruption, one line per (model, data set, metric).
+
+    ``metrics``: ``(task, metric)`` pairs to draw (default: every pair in ``results``); ``relative``
+    draws ``value / clean`` instead of the value (percent)."""
+    if results.empty:
+        raise ValueError("severity_curves: the results table is empty")
+    df = results
+    if metrics is not None:
+        keep = pd.Series(False, index=df.index)
+        for t, m in metrics:
+            keep |= (df["task"] == t) & (df["metric"] == m)
+        df = df[keep]
+        if df.empty:
+            raise ValueError(f"none of the metrics {list(metrics)} is in the results")
+    cors = list(dict.fromkeys(df["corruption"]))
+    nrows = int(np.ceil(len(cors) / ncols))
+    fig, axes = plt.subplots(nrows, min(ncols, len(cors)), squeeze=False, sharey=True,
+                             figsize=(size * min(ncols, len(cors)) + 2.5, size * nrows))
+    col = "relative" if relative else "value"
+    styles = {}
+    for ax, c in zip(axes.ravel(), cors):
+        for (m, d, t, met), g in df[df["corruption"] == c].groupby(["model", "dataset", "task", "metric"], sort=False):
+            g = g.sort_values("severity")
+            key = (m, d, t, met)
+            if key not in styles:
+                styles[key] = {"color": f"C{len(styles) % 10}", "marker": "osd^v<>ph*"[len(styles) % 10]}
+            ax.plot(g["severity"], g[col], label=f"{m} · {d} · {t} {met}", lw=1.4, ms=3.5, **styles[key])
+        ax.set_title(c, fontsize=9)
+        ax.set_xticks(range(6))
+        ax.grid(alpha=0.3)
+    for ax in axes.ravel()[len(cors):]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("relative to clean" if relative else "value (%)")
+    for ax in axes[-1]:
+        ax.set_xlabel("severity")
+    handles, labels = axes.ravel()[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def relative_heatmap(results: pd.DataFrame, metrics: Sequence[tuple[str, str]] | None = None, severity: int | None = None,
+                     size: float = 0.75):
+    """Rows: (model, data set, task metric); columns: corruptions; cells: mean ``value / clean`` over
+    severities 1-5 (or at ``severity``), annotated."""
+    import seaborn as sns
+
+    df = results[results["severity"] > 0] if severity is None else results[results["severity"] == severity]
+    if metrics is not None:
+        keep = pd.Series(False, index=df.index)
+        for t, m in metrics:
+            keep |= (df["task"] == t) & (df["metric"] == m)
+        df = df[keep]
+    if df.empty:
+        raise ValueError("relative_heatmap: nothing to draw for that selection")
+    df = df.assign(row=df["model"] + " · " + df["dataset"] + " · " + df["task"] + " " + df["metric"])
+    table = df.pivot_table(index="row", columns="corruption", values="relative", aggfunc="mean", sort=False)
+    fig, ax = plt.subplots(figsize=(size * table.shape[1] + 3.5, 0.45 * table.shape[0] + 1.6))
+    sns.heatmap(table, annot=True, fmt=".2f", cmap="RdYlGn", vmin=0, vmax=1, ax=ax, cbar_kws={"label": "corrupted / clean"},
+                annot_kws={"fontsize": 7})
+    ax.set_xlabel("")
+    ax.set_ylabel("")
+    ax.set_title("relative robustness" + (" (mean over severities 1-5)" if severity is None else f" at severity {severity}"),
+                 fontsize=9)
+    ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    return fig
