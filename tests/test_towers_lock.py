@@ -134,3 +134,31 @@ def test_partly_unlocked_save_load_round_trip(model, tmp_path):
             load_model(str(d))
     finally:
         model.lock()
+
+
+def test_feature_memo_gives_identical_outputs_and_skips_the_towers():
+    """Frozen towers: memoised features equal fresh ones, and a repeated input does not run the tower."""
+    model = TowersDualEncoder(embed_dim=16)
+    torch.manual_seed(0)
+    px = torch.randn(3, 3, 224, 224)
+    tok = model.tokenize(["a dog", "two plates of food on a table", "a dog"])
+    with torch.no_grad():
+        fresh_img, fresh_txt = model.image_features(px), model.text_features(**tok)
+        model.enable_feature_memo()
+        try:
+            calls, real = [], model.image_tower.extract_features
+            model.image_tower.extract_features = lambda x: calls.append(len(x)) or real(x)
+            try:
+                first = model.image_features(px)
+                again = model.image_features(px[[2, 0]])
+            finally:
+                del model.image_tower.extract_features
+            torch.testing.assert_close(first, fresh_img)
+            torch.testing.assert_close(again, fresh_img[[2, 0]])
+            assert calls == [3]  # the second call was served from the memo
+            padded = model.tokenize(["a dog", "a much longer caption that pads the first one"])
+            torch.testing.assert_close(model.text_features(**tok), fresh_txt, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(model.text_features(**padded)[0], fresh_txt[0], rtol=1e-5, atol=1e-6)
+            assert len(model._memo["text"]) == 3  # "a dog" is one entry whatever its padding
+        finally:
+            model.enable_feature_memo(False)

@@ -190,6 +190,8 @@ def train_reference(
     (folder / "train").mkdir(parents=True, exist_ok=True)
     (folder / "train" / "recipe.json").write_text(json.dumps(r.key(), indent=2, default=str))
     cfg = TrainConfig(**r.train)
+    if hasattr(model, "enable_feature_memo"):
+        model.enable_feature_memo()  # frozen towers: each image / caption is encoded once, not once per epoch
     pairs = PairDataset(data["train"], model.preprocess, cfg.caption_sampling, cfg.seed, cache=True)
     history = train_contrastive(
         model,
@@ -200,6 +202,8 @@ def train_reference(
         progress=progress,
         on_epoch_end=on_epoch_end,
     )
+    if hasattr(model, "enable_feature_memo"):
+        model.enable_feature_memo(False)
     model.eval()
     model.save(folder / "model")
     (folder / "history.json").write_text(json.dumps(history.state_dict(), default=float))

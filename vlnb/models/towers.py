@@ -175,13 +175,61 @@ class TowersDualEncoder(DualEncoder):
         return float(self.log_logit_scale.detach().exp())
 
     # ---------------------------------------------------------------------------------- raw tower features
+    # ---------------------------------------------------------------------------------- frozen-feature memo
+    def enable_feature_memo(self, enabled: bool = True, max_items: int = 50_000) -> "TowersDualEncoder":
+        """Remember the outputs of *fully locked* towers per input (training heads over frozen towers then
+        encodes each image and caption once instead of once per epoch). Off by default: hooks on the towers
+        (Grad-CAM) need the towers to run. Keys are digests of the exact input values, so results are
+        identical with and without the memo."""
+        self._memo = {"image": {}, "text": {}, "max": int(max_items)} if enabled else None
+        return self
+
+    def _memoized(self, kind: str, locked: bool, rows, compute) -> torch.Tensor:
+        """``compute(None)`` for the whole batch, or ``compute(indices)`` for the rows not memoised yet;
+        ``rows()`` gives one exact-valued tensor per batch row (its key)."""
+        memo = getattr(self, "_memo", None)
+        if memo is None or not locked:
+            return compute(None)
+        import hashlib
+
+        keys = [hashlib.blake2b(r.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).digest()
+                for r in rows()]
+        store = memo[kind]
+        todo = [i for i, k in enumerate(keys) if k not in store]
+        if todo:
+            fresh = compute(torch.tensor(todo)).detach()
+            for j, i in enumerate(todo):
+                if len(store) < memo["max"]:
+                    store[keys[i]] = fresh[j]
+                else:
+                    break
+            got = dict(zip(todo, fresh))
+        else:
+            got = {}
+        return torch.stack([got[i] if i in got else store[k] for i, k in enumerate(keys)]).to(self.device)
+
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Pooled EfficientNet-Lite0 features ``(B, 1280)`` (the input of its ImageNet classifier)."""
-        x = self.image_tower.extract_features(pixel_values.to(self.device, self.dtype))
-        return x.mean(dim=(2, 3))
+        def compute(rows):
+            px = pixel_values if rows is None else pixel_values[rows]
+            return self.image_tower.extract_features(px.to(self.device, self.dtype)).mean(dim=(2, 3))
+
+        locked = self.lock_image and not self.image_unlocked_groups
+        return self._memoized("image", locked, lambda: list(pixel_values), compute)
 
     def text_features(self, input_ids, attention_mask, token_type_ids=None, **_) -> torch.Tensor:
         """all-MiniLM-L6-v2 sentence embeddings ``(B, 384)``: masked mean pooling + L2 normalisation."""
+        def compute(rows):
+            if rows is None:
+                return self._text_features(input_ids, attention_mask, token_type_ids)
+            return self._text_features(input_ids[rows], attention_mask[rows],
+                                       None if token_type_ids is None else token_type_ids[rows])
+
+        locked = self.lock_text and not self.text_unlocked_layers
+        return self._memoized("text", locked, lambda: [i[m.bool()] for i, m in zip(input_ids, attention_mask)],
+                              compute)
+
+    def _text_features(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
         kw = {"token_type_ids": token_type_ids.to(self.device)} if token_type_ids is not None else {}
         mask = attention_mask.to(self.device)
         h = self.text_tower(input_ids=input_ids.to(self.device), attention_mask=mask, **kw).last_hidden_state
