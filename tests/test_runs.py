@@ -93,3 +93,8 @@ def test_book_build_keeps_tracked_notebooks_clean(tmp_path):
     m = re.search(r"This run built (\d+) manifests with (\d+) images", text)
     assert m and int(m.group(1)) == 3 and int(m.group(2)) >= 60 + 30
     assert "glue:text" not in text
+    # every chapter is rendered, and nothing was left unresolved (glue keys, citations, cross-references)
+    for nb in tracked:
+        assert (index.parent / "notebooks" / f"{nb.stem}.html").exists(), nb.stem
+    log = (tmp_path / "build" / "jupyter-book.log").read_text()
+    assert not re.findall(r"WARNING: .*(glue|citation|reference|undefined)", log, flags=re.I), log[-2000:]
