@@ -57,3 +57,12 @@ def tiny_vilt_dir(tiny_models_root):
     from vlnb.models.tiny import make_tiny_vilt
 
     return make_tiny_vilt(tiny_models_root / "vilt")
+
+
+@pytest.fixture(scope="session")
+def tiny_hub_models(tiny_clip_dir, tiny_blip_dir, tiny_blip2_dir, tiny_vilt_dir):
+    """``{display name: folder}`` with a tiny checkpoint standing in for each hub model of vlnb.zoo.HUB_MODELS
+    (CLIP, BLIP, BLIP-2, ViLT): the ``models`` parameter of a chapter's full-profile test."""
+    from vlnb.zoo import HUB_MODELS
+
+    return dict(zip(HUB_MODELS, map(str, (tiny_clip_dir, tiny_blip_dir, tiny_blip2_dir, tiny_vilt_dir))))

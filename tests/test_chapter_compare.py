@@ -10,11 +10,9 @@ NB = REPO_ROOT / "notebooks" / "04_compare.ipynb"
 
 
 @pytest.mark.slow
-def test_full_profile_with_tiny_checkpoints(tmp_path, tiny_clip_dir, tiny_blip_dir, tiny_blip2_dir, tiny_vilt_dir,
-                                            monkeypatch):
+def test_full_profile_with_tiny_checkpoints(tmp_path, tiny_hub_models, monkeypatch):
     monkeypatch.setenv("VLNB_CACHE", str(tmp_path / "cache"))
-    models = {"CLIP ViT-B/32": str(tiny_clip_dir), "BLIP ITM (COCO)": str(tiny_blip_dir),
-              "BLIP-2 ITM (ViT-g)": str(tiny_blip2_dir), "ViLT (COCO)": str(tiny_vilt_dir)}
+    models = tiny_hub_models
     params = {"models": models, "datasets": ["coco", "cifar100"], "max_images": 10, "rerank_k": 3,
               "coco_root": str(shared_data_dir() / "coco-mini"), "coco_karpathy_split": "",  # "" = no Karpathy file: val2017
               "cifar100_source": str(shared_data_dir() / "cifar100-test-partial" / "cifar100_test_first916.npz"),

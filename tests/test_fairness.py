@@ -385,13 +385,11 @@ def test_chapter_offline_small(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_chapter_full_profile_with_tiny_checkpoints(tmp_path, monkeypatch, tiny_clip_dir, tiny_blip_dir,
-                                                    tiny_blip2_dir, tiny_vilt_dir):
+def test_chapter_full_profile_with_tiny_checkpoints(tmp_path, monkeypatch, tiny_hub_models):
     from vlnb.runs import run_notebook
 
     monkeypatch.setenv("VLNB_CACHE", str(tmp_path / "cache"))
-    models = {"CLIP ViT-B/32": str(tiny_clip_dir), "BLIP ITM (COCO)": str(tiny_blip_dir),
-              "BLIP-2 ITM (ViT-g)": str(tiny_blip2_dir), "ViLT (COCO)": str(tiny_vilt_dir)}
+    models = tiny_hub_models
     params = {**SMALL, "models": models, "datasets": ["coco"], "max_images": 30, "device": "cpu", "batch_size": 8,
               "coco_root": str(shared_data_dir() / "coco-mini"), "coco_karpathy_split": "",  # "": val2017
               "gender_caption_files": [str(shared_data_dir() / "coco-mini" / "annotations" / "captions_val2017.json")],

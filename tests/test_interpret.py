@@ -433,16 +433,14 @@ def test_chapter_offline(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_chapter_full_profile_with_tiny_checkpoints(tmp_path, tiny_clip_dir, tiny_blip_dir, tiny_blip2_dir,
-                                                    tiny_vilt_dir):
+def test_chapter_full_profile_with_tiny_checkpoints(tmp_path, tiny_hub_models):
     import pandas as pd
 
     from vlnb.paths import shared_data_dir
     from vlnb.runs import run_notebook
-    from vlnb.zoo import HUB_MODELS
 
-    names = list(HUB_MODELS)  # CLIP, BLIP, BLIP-2, ViLT display names
-    models = dict(zip(names, map(str, (tiny_clip_dir, tiny_blip_dir, tiny_blip2_dir, tiny_vilt_dir))))
+    models = tiny_hub_models
+    names = list(models)  # CLIP, BLIP, BLIP-2, ViLT display names
     out = tmp_path / "run"
     run_notebook(NOTEBOOK, {"models": models, "n_images": 3, "n_overlays": 1, "n_entropy": 2, "n_bootstrap": 20,
                             "coco_root": str(shared_data_dir() / "coco-mini"), "batch_size": 4, "device": "cpu",

@@ -486,14 +486,12 @@ def test_chapter_offline_small(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_chapter_full_profile_with_tiny_checkpoints(tmp_path, monkeypatch, tiny_clip_dir, tiny_blip_dir,
-                                                    tiny_blip2_dir, tiny_vilt_dir):
+def test_chapter_full_profile_with_tiny_checkpoints(tmp_path, monkeypatch, tiny_hub_models):
     from vlnb.paths import shared_data_dir
     from vlnb.runs import run_notebook
 
     monkeypatch.setenv("VLNB_CACHE", str(tmp_path / "cache"))
-    models = {"CLIP ViT-B/32": str(tiny_clip_dir), "BLIP ITM (COCO)": str(tiny_blip_dir),
-              "BLIP-2 ITM (ViT-g)": str(tiny_blip2_dir), "ViLT (COCO)": str(tiny_vilt_dir)}
+    models = tiny_hub_models
     params = {"models": models, "datasets": ["coco"], "corruptions": ["jpeg_compression", "occlusion"],
               "severities": [3], "n_images": 6, "cross_max_images": 3, "batch_size": 8, "device": "cpu",
               "coco_root": str(shared_data_dir() / "coco-mini"), "coco_karpathy_split": ""}  # "": val2017, no Karpathy file
