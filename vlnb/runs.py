@@ -9,9 +9,9 @@
 from __future__ import annotations
 
 import json
-import re
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys

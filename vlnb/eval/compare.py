@@ -11,8 +11,8 @@ Cross encoders (ViLT, BLIP/BLIP-2 ITM heads) re-rank the top-``k`` of a dual enc
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -163,11 +163,12 @@ def coco_category_names(manifest: pd.DataFrame) -> list[str]:
     files = spec.get("instances") or []
     files = [files] if isinstance(files, str) else files
     names: set[str] = set()
+    import json
+    from pathlib import Path
+
     for f in files:
         try:
-            import json
-
-            names |= {c["name"] for c in json.loads(open(f).read()).get("categories", [])}
+            names |= {c["name"] for c in json.loads(Path(f).read_text()).get("categories", [])}
         except OSError:
             pass
     if not names:
@@ -274,7 +275,7 @@ def run_comparison(
     from ..models import CrossEncoder
 
     runs: dict = {}
-    ret, zs, cover = [], [], []
+    zs, cover = [], []
     duals = {n: m for n, m in models.items() if not isinstance(m, CrossEncoder)}
     crosses = {n: m for n, m in models.items() if isinstance(m, CrossEncoder)}
     for ds, df in manifests.items():

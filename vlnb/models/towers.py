@@ -176,7 +176,7 @@ class TowersDualEncoder(DualEncoder):
 
     # ---------------------------------------------------------------------------------- raw tower features
     # ---------------------------------------------------------------------------------- frozen-feature memo
-    def enable_feature_memo(self, enabled: bool = True, max_items: int = 50_000) -> "TowersDualEncoder":
+    def enable_feature_memo(self, enabled: bool = True, max_items: int = 50_000) -> TowersDualEncoder:
         """Remember the outputs of *fully locked* towers per input (training heads over frozen towers then
         encodes each image and caption once instead of once per epoch). Off by default: hooks on the towers
         (Grad-CAM) need the towers to run. Keys are digests of the exact input values, so results are
