@@ -18,12 +18,22 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 Profile = Literal["offline", "full"]
 PROFILES = ("offline", "full")
+
+
+def _positive_ks(v: list[int]) -> list[int]:
+    if not v or min(v) < 1:
+        raise ValueError(f"ks must be positive ints, got {v}")
+    return v
+
+
+#: A non-empty list of Recall@K / top-k cut-offs, each >= 1 (a parameter type the chapters share).
+Ks = Annotated[list[int], AfterValidator(_positive_ks)]
 
 
 class ParameterError(ValueError):

@@ -96,11 +96,21 @@ def evaluate_retrieval(
     run = RetrievalRun(name, dataset, sim, list(feats.image_ids), texts, owner, skipped=feats.skipped)
     run.results.append({**meta, "protocol": protocol, **recall_at_k(sim, owner, ks)})
     if cross_encoder is not None:
-        pixels = _pixels_for(cross_encoder, manifest, feats.image_ids)
-        reranked, n_pairs = rerank_similarity(sim, cross_encoder, pixels, texts, k=rerank_k, progress=progress)
         proto = rerank_protocol or f"{protocol} top-{rerank_k} → {getattr(cross_encoder, 'name', 'ITM')} ITM rerank"
-        run.results.append({**meta, "protocol": proto, "n_pairs": n_pairs, **reranked_recall(reranked, owner, ks)})
+        add_rerank(run, cross_encoder, manifest, name, proto, rerank_k, ks, progress)
     return run
+
+
+def add_rerank(run: RetrievalRun, cross_encoder, manifest: pd.DataFrame, model_name: str, protocol: str,
+               k: int = 128, ks: Sequence[int] = (1, 5, 10), progress: bool = True) -> dict:
+    """Re-rank the top-``k`` of ``run``'s ITC similarities with ``cross_encoder`` and append the result row
+    (``model_name``, ``protocol``, the pair count) to ``run.results``; returns that row."""
+    pixels = _pixels_for(cross_encoder, manifest, run.image_ids)
+    reranked, n_pairs = rerank_similarity(run.similarity, cross_encoder, pixels, run.texts, k=k, progress=progress)
+    row = {"model": model_name, "dataset": run.dataset, "n_images": len(run.image_ids), "n_texts": len(run.texts),
+           "protocol": protocol, "n_pairs": n_pairs, **reranked_recall(reranked, run.text_to_image, ks)}
+    run.results.append(row)
+    return row
 
 
 def _pixels_for(cross_encoder, manifest: pd.DataFrame, image_ids: Sequence):
@@ -308,12 +318,8 @@ def run_comparison(
                 cover.append({"model": name, "dataset": ds, "evaluated": False,
                               "why": f"needs a first-stage dual encoder run ({first_stage!r}) with captions"})
                 continue
-            pixels = _pixels_for(cross, df, base.image_ids)
-            reranked, n_pairs = rerank_similarity(base.similarity, cross, pixels, base.texts, k=rerank_k,
-                                                  progress=progress)
-            meta = {"model": name, "dataset": ds, "n_images": len(base.image_ids), "n_texts": len(base.texts)}
-            base.results.append({**meta, "protocol": f"{first_stage} ITC top-{rerank_k} → ITM rerank",
-                                 "n_pairs": n_pairs, **reranked_recall(reranked, base.text_to_image)})
+            add_rerank(base, cross, df, name, f"{first_stage} ITC top-{rerank_k} → ITM rerank", rerank_k,
+                       progress=progress)
             cover.append({"model": name, "dataset": ds, "evaluated": True, "why": ""})
     ret_df = tidy_retrieval(list(runs.values()))
     return ret_df, pd.DataFrame(zs), runs, pd.DataFrame(cover)

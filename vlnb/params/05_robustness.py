@@ -6,7 +6,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import field_validator, model_validator
 
-from vlnb.config import NotebookParams, register
+from vlnb.config import Ks, NotebookParams, register
 
 #: Every family the sweep knows (vlnb.robustness.perturbations.CORRUPTIONS) plus "occlusion", which
 #: means occlusion_<occlusion> (the ``occlusion`` parameter picks random / centre / object).
@@ -48,7 +48,7 @@ class RobustnessParams(NotebookParams):
     #: spatial constants (blur sizes) are ImageNet-C's at this image side and scale with the input side.
     reference_size: int | None = 224
     #: Recall@K cut-offs.
-    ks: list[int] = [1, 5]
+    ks: Ks = [1, 5]
     #: images per encoder batch; None: 128 on CUDA, about 256k pixels on a CPU (see sweep.auto_batch_size).
     batch_size: int | None = None
     #: "cpu", "cuda" or "auto" (cuda when available).
@@ -95,13 +95,6 @@ class RobustnessParams(NotebookParams):
         if bad or not v:
             raise ValueError(f"severities must be a non-empty list of ints in 1..5, got {v}")
         return sorted(set(v))
-
-    @field_validator("ks")
-    @classmethod
-    def _positive_ks(cls, v: list[int]) -> list[int]:
-        if not v or min(v) < 1:
-            raise ValueError(f"ks must be positive ints, got {v}")
-        return v
 
     @model_validator(mode="after")
     def _ranges(self):

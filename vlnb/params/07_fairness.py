@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 from pydantic import field_validator, model_validator
 
-from vlnb.config import NotebookParams, register
+from vlnb.config import Ks, NotebookParams, register
 
 
 @register("07_fairness")
@@ -26,7 +26,7 @@ class FairnessParams(NotebookParams):
     #: zero-shot template set for COCO ("simple" 1, "openai_imagenet" 80).
     templates: str = "simple"
     #: Recall@K cut-offs of the per-group retrieval metrics.
-    ks: list[int] = [1, 5]
+    ks: Ks = [1, 5]
     #: groups with fewer images are flagged and not ranked.
     min_group_size: int = 10
     #: confidence level of every interval, and 1 - the significance level of the gap tests.
@@ -78,13 +78,6 @@ class FairnessParams(NotebookParams):
             "batch_size": 256,
         },
     }
-
-    @field_validator("ks")
-    @classmethod
-    def _positive_ks(cls, v: list[int]) -> list[int]:
-        if not v or min(v) < 1:
-            raise ValueError(f"ks must be positive ints, got {v}")
-        return v
 
     @field_validator("rare_fractions")
     @classmethod

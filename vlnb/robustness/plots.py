@@ -41,6 +41,13 @@ def _label(row) -> str:
     return f"{row['model']} · {row['dataset']}"
 
 
+def _select(df: pd.DataFrame, metrics: Sequence[tuple[str, str]] | None) -> pd.DataFrame:
+    """Rows of ``df`` whose ``(task, metric)`` is one of ``metrics`` (all rows when None)."""
+    if metrics is None:
+        return df
+    return df[pd.Series(list(zip(df["task"], df["metric"])), index=df.index).isin(set(map(tuple, metrics)))]
+
+
 def severity_curves(results: pd.DataFrame, metrics: Sequence[tuple[str, str]] | None = None, relative: bool = False,
                     ncols: int = 4, size: float = 2.6):
     """Metric vs severity (0 = clean), one panel per corruption, one line per (model, data set, metric).
@@ -49,14 +56,9 @@ def severity_curves(results: pd.DataFrame, metrics: Sequence[tuple[str, str]] | 
     draws ``value / clean`` instead of the value (percent)."""
     if results.empty:
         raise ValueError("severity_curves: the results table is empty")
-    df = results
-    if metrics is not None:
-        keep = pd.Series(False, index=df.index)
-        for t, m in metrics:
-            keep |= (df["task"] == t) & (df["metric"] == m)
-        df = df[keep]
-        if df.empty:
-            raise ValueError(f"none of the metrics {list(metrics)} is in the results")
+    df = _select(results, metrics)
+    if metrics is not None and df.empty:
+        raise ValueError(f"none of the metrics {list(metrics)} is in the results")
     cors = list(dict.fromkeys(df["corruption"]))
     nrows = int(np.ceil(len(cors) / ncols))
     fig, axes = plt.subplots(nrows, min(ncols, len(cors)), squeeze=False, sharey=True,
@@ -92,11 +94,7 @@ def relative_heatmap(results: pd.DataFrame, metrics: Sequence[tuple[str, str]] |
     import seaborn as sns
 
     df = results[results["severity"] > 0] if severity is None else results[results["severity"] == severity]
-    if metrics is not None:
-        keep = pd.Series(False, index=df.index)
-        for t, m in metrics:
-            keep |= (df["task"] == t) & (df["metric"] == m)
-        df = df[keep]
+    df = _select(df, metrics)
     if df.empty:
         raise ValueError("relative_heatmap: nothing to draw for that selection")
     df = df.assign(row=df["model"] + " · " + df["dataset"] + " · " + df["task"] + " " + df["metric"])
