@@ -2,8 +2,8 @@
 
 :func:`image_features` decodes a manifest's images (bad ones are skipped and reported, never fatal),
 preprocesses them with the model's own :class:`ImagePreprocess`, optionally applies a robustness
-*perturbation*, and encodes them with ``model.encode_image`` (``torch.inference_mode``; bf16 autocast
-when a float32 model runs on CUDA). :func:`text_features` does the same for a list of texts.
+*perturbation*, and encodes them with ``model.encode_image`` (``torch.inference_mode``; autocast when a
+float32 model runs on CUDA, bf16 or fp16 by the GPU's capability). :func:`text_features` does the same for a list of texts.
 
 Cache layout (``vlnb.paths.cache_dir()/features/`` unless ``cache_dir`` is given): ``<key>.safetensors``
 (the embeddings) + ``<key>.json`` (key, image ids, skipped-image report, SHA-256 of the tensor bytes).
@@ -54,12 +54,17 @@ def _uses_autocast(model) -> bool:
 
 
 def autocast_for(model):
-    """bf16 autocast when a float32 ``model`` runs on CUDA, else a no-op context."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if _uses_autocast(model) else contextlib.nullcontext()
+    """Autocast when a float32 ``model`` runs on CUDA (bf16 on compute capability >= 8, fp16 on older GPUs such
+    as the T4: :func:`vlnb.device.autocast_dtype`), else a no-op context."""
+    from ..device import autocast
+
+    return autocast(model_device(model)) if _uses_autocast(model) else contextlib.nullcontext()
 
 
 def _precision(model) -> str:
-    return "bf16-autocast" if _uses_autocast(model) else str(getattr(model, "dtype", "float32"))
+    from ..device import precision_name
+
+    return precision_name(model_device(model)) if _uses_autocast(model) else str(getattr(model, "dtype", "float32"))
 
 
 @dataclass

