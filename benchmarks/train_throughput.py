@@ -18,8 +18,15 @@ open_clip is only for this benchmark, never a vlnb dependency: ``pip install ope
 imports open_clip with inert stand-ins for them (said in the output; torch/transformers are imported first,
 so nothing else sees the stand-ins). Without open_clip at all it says so and measures vlnb alone.
 
-    python benchmarks/train_throughput.py --device cuda --batch-size 256 --steps 20
-    python benchmarks/train_throughput.py --device cpu --batch-size 4 --steps 2 --warmup 1
+Timing: after ``--warmup`` untimed steps each, ``--repeats`` repeats alternate the implementations (vlnb,
+open_clip, vlnb-longest, then the next repeat in rotated order, ...), each timing ``--steps`` steps. The
+output gives, per implementation, the median step time with its interquartile range and min-max, and the
+vlnb/open_clip throughput ratio computed *within each repeat* (so a slow phase of a busy machine hits both
+sides), as a median with its IQR and min-max: one run gives the ratio and its noise. The headline ratio is
+at equal token length (77 on both sides).
+
+    python benchmarks/train_throughput.py --device cuda --batch-size 256 --steps 5 --repeats 10
+    python benchmarks/train_throughput.py --device cpu --batch-size 8 --steps 1 --repeats 15
 """
 
 from __future__ import annotations
@@ -151,13 +158,25 @@ class OpenClipStep:
         return float(loss.detach())
 
 
+def spread(values) -> tuple[float, float, float, float, float]:
+    """``(median, first quartile, third quartile, min, max)`` of ``values`` (linear-interpolated quartiles)."""
+    import statistics
+
+    v = sorted(values)
+    if len(v) == 1:
+        return v[0], v[0], v[0], v[0], v[0]
+    q1, q2, q3 = statistics.quantiles(v, n=4, method="inclusive")
+    return q2, q1, q3, v[0], v[-1]
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=10, help="timed steps per implementation and round")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (>= 1)")
-    ap.add_argument("--rounds", type=int, default=2, help="the implementations alternate; best round is reported")
+    ap.add_argument("--steps", type=int, default=2, help="timed steps per implementation and repeat")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (>= 1)")
+    ap.add_argument("--repeats", type=int, default=11, help="interleaved repeats (vlnb, open_clip, vlnb, ...): "
+                    "medians and spreads are over these")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default 1 on CPU)")
     ap.add_argument("--lr", type=float, default=1e-5, help="small, so that the repeated batch's loss falls "
                     "(a sanity check that both steps descend; speed does not depend on it)")
@@ -165,6 +184,7 @@ def main(argv=None) -> None:
     ap.add_argument("--grad-clip", type=float, default=1.0)
     ap.add_argument("--no-amp", action="store_true", help="float32 on CUDA too (default there: bf16 autocast)")
     ap.add_argument("--no-open-clip", action="store_true", help="measure vlnb only")
+    ap.add_argument("--no-longest", action="store_true", help="skip the vlnb pad-to-longest row (a third model)")
     args = ap.parse_args(argv)
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -179,8 +199,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(threads)
     amp = device.type == "cuda" and not args.no_amp
     b = args.batch_size
-    if b < 2 or args.steps < 1 or args.warmup < 1 or args.rounds < 1:
-        raise SystemExit("--batch-size must be >= 2 (contrastive loss); --steps, --warmup, --rounds >= 1")
+    if b < 2 or args.steps < 1 or args.warmup < 1 or args.repeats < 1:
+        raise SystemExit("--batch-size must be >= 2 (contrastive loss); --steps, --warmup, --repeats >= 1")
 
     vlnb_model = ScratchDualEncoder.create("vit_b32", seed=0).to(device).train()
     cfg = TrainConfig(batch_size=b, lr=args.lr, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
@@ -193,10 +213,7 @@ def main(argv=None) -> None:
     oc_tokens = (tok["input_ids"] * tok["attention_mask"]).to(device)  # open_clip pads with 0; EOT = argmax id
     tokens_longest = {k: v.to(device) for k, v in vlnb_model.tokenize(caps).items()}
 
-    runs = {"vlnb (77 tokens)": (VlnbStep(vlnb_model, cfg, device), tokens77),
-            f"vlnb (pad to longest: {tokens_longest['input_ids'].shape[1]} tokens)":
-                (VlnbStep(ScratchDualEncoder.create("vit_b32", seed=0).to(device).train(), cfg, device),
-                 tokens_longest)}
+    runs = {"vlnb (77 tokens)": (VlnbStep(vlnb_model, cfg, device), tokens77)}
     params = {"vlnb": n_params(vlnb_model)}
     oc, note = (None, "open_clip skipped (--no-open-clip)") if args.no_open_clip else import_open_clip()
     if oc is not None:
@@ -205,6 +222,9 @@ def main(argv=None) -> None:
                                    output_dict=True).train()
         params["open_clip"] = n_params(oc_model)
         runs["open_clip (77 tokens)"] = (OpenClipStep(oc, oc_model, args, device, amp), tokens77)
+    if not args.no_longest:
+        runs[f"vlnb (pad to longest: {tokens_longest['input_ids'].shape[1]} tokens)"] = (
+            VlnbStep(ScratchDualEncoder.create("vit_b32", seed=0).to(device).train(), cfg, device), tokens_longest)
 
     gpu = f" {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     print(f"ViT-B/32 CLIP training step, {device}{gpu}, batch {b}, {'bf16 autocast' if amp else 'float32'}, "
@@ -221,9 +241,12 @@ def main(argv=None) -> None:
         for _ in range(args.warmup):
             loss = step(pixels, tokens, oc_tokens)
             loss_first.setdefault(name, loss)
-    best, loss_after, peak = {k: float("inf") for k in runs}, {}, {}
-    for _ in range(args.rounds):
-        for name, (step, tokens) in runs.items():
+    names = list(runs)
+    times, loss_after, peak = {k: [] for k in runs}, {}, {}
+    for r in range(args.repeats):
+        order = names[r % len(names):] + names[:r % len(names)]  # rotate: no implementation always goes first
+        for name in order:
+            step, tokens = runs[name]
             if device.type == "cuda":
                 sync()
                 base = torch.cuda.memory_allocated(device)
@@ -232,15 +255,21 @@ def main(argv=None) -> None:
             for _ in range(args.steps):
                 loss_after[name] = step(pixels, tokens, oc_tokens)
             sync()
-            best[name] = min(best[name], (time.perf_counter() - t) / args.steps)
+            times[name].append((time.perf_counter() - t) / args.steps)
             if device.type == "cuda":
-                peak[name] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    ref = next(iter(runs))
+                peak[name] = max(peak.get(name, 0.0), (torch.cuda.max_memory_allocated(device) - base) / 2**20)
+    ref = names[0]
+    print(f"{args.repeats} interleaved repeats of {args.steps} step(s) each; step time median [IQR] (min-max):")
     for name in runs:
+        med, q1, q3, lo, hi = spread(times[name])
         mem = f", peak +{peak[name]:.0f} MiB" if name in peak else ""
-        print(f"  {name:40s}: {b / best[name]:9.2f} samples/s  ({1000 * best[name]:8.1f} ms/step, "
-              f"{best[ref] / best[name]:.2f}x vlnb-77{mem}; loss {loss_first[name]:.3f} -> {loss_after[name]:.3f} "
-              f"over {args.warmup + args.rounds * args.steps} steps on this batch)")
+        print(f"  {name:40s}: {b / med:8.2f} samples/s  {1000 * med:8.1f} ms/step [{1000 * q1:.1f}-{1000 * q3:.1f}] "
+              f"({1000 * lo:.1f}-{1000 * hi:.1f}){mem}; loss {loss_first[name]:.3f} -> {loss_after[name]:.3f} over "
+              f"{args.warmup + args.repeats * args.steps} steps on this batch")
+    for name in names[1:]:  # throughput ratio ref/name within each repeat = time(name) / time(ref)
+        med, q1, q3, lo, hi = spread([t / r for t, r in zip(times[name], times[ref])])
+        print(f"  throughput {ref} / {name}: median {med:.3f} [IQR {q1:.3f}-{q3:.3f}] (min-max {lo:.3f}-{hi:.3f}) "
+              f"over {args.repeats} paired repeats")
     print(f"  (chance loss for a batch of {b}: log {b} = {math.log(b):.3f})")
 
 

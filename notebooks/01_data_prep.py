@@ -65,6 +65,7 @@ flickr30k_source = None       # hub id / local copy of Flickr30k (full profile)
 pokemon_source = None         # hub id / local copy of the Pokémon BLIP captions (full profile)
 cifar100_source = None        # hub id / npz of CIFAR-100 (None offline: 916 real test images)
 n_grid = None                 # images in each example grid
+device = None                 # "auto": CUDA when available, else CPU (this chapter runs no model)
 
 # %%
 cfg = run.params(globals())
@@ -75,7 +76,7 @@ pd.Series(cfg.model_dump(), name="value").to_frame()
 #
 # | data set | what it is | used for | licence |
 # |---|---|---|---|
-# | **offline world** (this book) | procedurally generated scenes: 1–3 shapes of several colours and sizes on named backgrounds, 5 true captions each (counts, spatial relations), exact masks and boxes | training from scratch, robustness, attention pointing game, controlled fairness experiments | generated here, no restrictions |
+# | **offline world** (this book) | procedurally generated scenes in the spirit of CLEVR {cite}`johnson2017clevr`: 1–3 shapes of several colours and sizes on named backgrounds, 5 true captions each (counts, spatial relations), exact masks and boxes | training from scratch, robustness, attention pointing game, controlled fairness experiments | generated here, no restrictions |
 # | **COCO 2017** {cite}`lin2014coco` with captions {cite}`chen2015cococaptions` | 123k photos, ~5 human captions each, 80 object categories with boxes and masks | retrieval (Karpathy 5k test split {cite}`karpathy2015deep`), zero-shot multi-label classification, masks for pointing | annotations CC BY 4.0; images under their Flickr licences |
 # | **Flickr30k** {cite}`young2014flickr` | 31k photos, 5 captions each | retrieval (Karpathy 1k test) | Flickr terms; research use |
 # | **CIFAR-100** {cite}`krizhevsky2009cifar` | 32×32 photos of 100 classes | zero-shot classification, paired-image training | MIT-style (Toronto) |
@@ -198,3 +199,32 @@ run.savefig(fig, "world_colours")
 # %%
 run.save_table(bad_images, "bad_images")
 bad_images if len(bad_images) else print("no image was skipped in this run")
+
+# %% [markdown]
+# ## Exercises
+#
+# Each exercise runs on a CPU in a few minutes and writes its own run folder. Write your prediction down
+# first, then compare the new run's `results/` tables with this page's (linked below).
+#
+# 1. **A smaller world, at a lower resolution.** Predict how the caption-length statistics and the share of images per colour change when the world has 500 training images of 32 pixels instead of the defaults.
+#
+#    ```bash
+#    vlnb run notebooks/01_data_prep.ipynb -p world_n_train 500 -p world_image_size 32 --out runs/ex1-small
+#    ```
+#
+#    *What to look at:* `results/caption_lengths.csv` (same grammar: the mean length should barely move) and `figures/world_colours.png` (shares within a few points: fewer images, more noise).
+#
+# 2. **Another seed.** Predict which numbers of `results/manifest_overview.csv` change with `seed`.
+#
+#    ```bash
+#    vlnb run notebooks/01_data_prep.ipynb -p seed 1 --out runs/ex1-seed1
+#    ```
+#
+#    *What to look at:* the counts stay, the scenes in `figures/world_grid.png` differ: the world is a function of the seed and the image index.
+#
+# ## This run's tables and figures
+#
+# Every table and figure this run wrote, as files (CSV, PNG):
+
+# %%
+run.downloads()

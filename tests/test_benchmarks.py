@@ -45,3 +45,11 @@ def test_open_clip_import_leaves_no_stand_ins_behind():
     assert hasattr(oc, "create_model") and hasattr(oc, "ClipLoss")
     stubbed = [m for m in ("torchvision", "ftfy") if m in sys.modules and sys.modules[m].__spec__ is None]
     assert not stubbed  # the stand-ins are gone from sys.modules once open_clip is imported
+
+
+def test_train_throughput_spread_is_median_quartiles_and_range():
+    spread = load("train_throughput").spread
+    assert spread([5.0, 1.0, 3.0, 2.0, 4.0]) == (3.0, 2.0, 4.0, 1.0, 5.0)
+    assert spread([2.0]) == (2.0, 2.0, 2.0, 2.0, 2.0)
+    med, q1, q3, lo, hi = spread([1.0, 2.0, 3.0, 10.0])
+    assert (med, lo, hi) == (2.5, 1.0, 10.0) and lo <= q1 <= med <= q3 <= hi

@@ -21,12 +21,12 @@ def test_full_profile_with_tiny_checkpoints(tmp_path, tiny_hub_models, monkeypat
     ret = pd.read_csv(tmp_path / "run" / "results" / "retrieval.csv")
     protocols = set(zip(ret["model"], ret["protocol"]))
     assert ("CLIP ViT-B/32", "ITC") in protocols
-    assert ("BLIP-2 ITM (ViT-g)", "ITC top-3 → own ITM rerank") in protocols
-    assert ("ViLT (COCO)", "CLIP ViT-B/32 ITC top-3 → ITM rerank") in protocols
+    assert ("BLIP-2 ITM (ViT-g, COCO)", "ITC top-3 → own ITM rerank (ITM + ITC)") in protocols
+    assert ("ViLT (COCO)", "CLIP ViT-B/32 ITC top-3 → ITM rerank (ITM score alone)") in protocols
     assert set(ret["dataset"]) == {"coco"} and ret["recall"].between(0, 100).all()
     zs = pd.read_csv(tmp_path / "run" / "results" / "zeroshot.csv")
     assert set(zs["dataset"]) == {"coco", "cifar100"} and zs["top1"].between(0, 1).all()
     assert "ViLT (COCO)" not in set(zs["model"])  # a cross encoder has no zero-shot classifier
     t2i = pd.read_csv(tmp_path / "run" / "results" / "text_to_image.csv")
     assert set(t2i["direction"]) == {"t2i"} and t2i["model"].str.contains("BERT\\+CNN").any()
-    assert {"CLIP ViT-B/32", "BLIP-2 ITM (ViT-g)"} <= set(t2i["model"])
+    assert {"CLIP ViT-B/32", "BLIP-2 ITM (ViT-g, COCO)"} <= set(t2i["model"])

@@ -36,8 +36,12 @@ def test_unknown_notebook():
 def test_every_notebook_has_a_config():
     from vlnb.runs import list_notebooks
 
-    for nb in list_notebooks():
-        assert config.params_class(nb.stem).__name__, f"{nb.name} has no registered parameter config"
+    stems = [nb.stem for nb in list_notebooks()]
+    assert stems == sorted(stems) and len(stems) >= 7
+    for stem in stems:  # a typed config of its own, accepting its defaults and naming the notebook's profile
+        cls = config.params_class(stem)
+        assert issubclass(cls, config.NotebookParams) and cls is not config.NotebookParams, stem
+        assert cls().profile == "offline", stem
 
 
 @pytest.mark.parametrize("text,value", [("3", 3), ("0.5", 0.5), ("true", True), ("null", None), ("abc", "abc"), ("[1, 2]", [1, 2])])
@@ -56,3 +60,70 @@ def test_notebook_namespace_validation(tmp_path):
     ns["n_gird"] = 4
     with pytest.raises(ParameterError, match="'n_gird'"):
         run.params(ns)
+
+
+# -- issue 12: every field has its range / choices; absurd values fail at resolve(), naming the parameter
+ABSURD = [
+    ("01_data_prep", "world_n_train", -5),
+    ("01_data_prep", "world_n_test", 0),
+    ("01_data_prep", "world_image_size", 4),
+    ("01_data_prep", "n_grid", -1),
+    ("01_data_prep", "world_n_train", True),  # true is not an int
+    ("01_data_prep", "seed", -1),
+    ("02_clip_training", "recipes", ["no-such-recipe"]),
+    ("02_clip_training", "variant_epochs", -3),
+    ("02_clip_training", "paired_epochs", 0),
+    ("02_clip_training", "variant_n_train", True),
+    ("02_clip_training", "attention_variants", ["sideways"]),
+    ("02_clip_training", "variant_image_size", 0),
+    ("03_blip2_heads", "batch_size", 0),
+    ("03_blip2_heads", "epochs", -1),
+    ("03_blip2_heads", "seeds", []),
+    ("03_blip2_heads", "models", {"x": "no-such-recipe"}),
+    ("04_compare", "t2i_test_fraction", 2.0),
+    ("04_compare", "t2i_test_fraction", 0.0),
+    ("04_compare", "rerank_k", -3),
+    ("04_compare", "batch_size", 0),
+    ("04_compare", "datasets", ["imagenet"]),
+    ("04_compare", "t2i_dataset", "imagenet"),
+    ("04_compare", "models", {"no-such-recipe": None}),
+    ("04_compare", "coco_templates", "fancy"),
+    ("04_compare", "max_images", 0),
+    ("04_compare", "baseline_epochs", True),
+    ("05_robustness", "datasets", {"towers-coco": ["nowhere"]}),
+    ("05_robustness", "models", ["no-such-recipe"]),
+    ("05_robustness", "reference_size", -224),
+    ("05_robustness", "n_images", -1),
+    ("06_interpretability", "tolerance", -2),
+    ("06_interpretability", "n_images", 0),
+    ("06_interpretability", "chefer_start_layer", -1),
+    ("07_fairness", "max_images", -10),
+    ("07_fairness", "rare_epochs", -1),
+    ("07_fairness", "templates", "fancy"),
+    ("07_fairness", "rare_image_size", 2),
+    ("07_fairness", "datasets", ["nowhere"]),
+    ("07_fairness", "rare_seeds", [-1]),
+]
+
+
+@pytest.mark.parametrize("stem,name,value", ABSURD, ids=[f"{s}-{n}-{v!r}" for s, n, v in ABSURD])
+def test_absurd_values_are_refused(stem, name, value):
+    with pytest.raises(ParameterError, match=f"'{name}"):
+        resolve(stem, **{name: value})
+
+
+def test_sane_values_still_pass():
+    assert resolve("04_compare", t2i_test_fraction=0.5, rerank_k=0).rerank_k == 0
+    assert resolve("03_blip2_heads", lr=1).lr == 1.0  # an int where a float is expected is fine
+    assert resolve("05_robustness", datasets={"towers-coco": ["coco-mini"]}).datasets == {"towers-coco": ["coco-mini"]}
+    assert resolve("02_clip_training", recipes=["towers-coco"]).recipes == ["towers-coco"]
+    assert resolve("04_compare", profile="full", models={"Mine": "some/hub-id"}).models == {"Mine": "some/hub-id"}
+
+
+@pytest.mark.parametrize("text", [
+    "!!binary aW1wb3J0IG9z", "!!set {a, b}", '!!python/object/apply:os.system ["touch MARKER"]',
+    "[1, !!binary aW1wb3J0IG9z]", "&a [1, 2]", "2020-01-01", ".nan",
+])
+def test_cli_values_reject_yaml_tags_and_non_json(text):
+    with pytest.raises(ParameterError, match="parameter 'coco_root'"):
+        coerce_cli_value(text, "coco_root")

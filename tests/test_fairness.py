@@ -396,7 +396,25 @@ def test_chapter_full_profile_with_tiny_checkpoints(tmp_path, monkeypatch, tiny_
               "templates": "simple"}
     run_notebook(NB, params, profile="full", out_dir=tmp_path / "run", progress=False)
     groups = pd.read_csv(tmp_path / "run" / "results" / "groups.csv")
-    assert set(groups["model"]) == {"CLIP ViT-B/32", "BLIP ITM (COCO)", "BLIP-2 ITM (ViT-g)"}  # no cross encoder
+    assert set(groups["model"]) == {"CLIP ViT-B/32", "BLIP ITM (COCO)", "BLIP-2 ITM (ViT-g, COCO)"}  # no cross encoder
     assert set(groups["dataset"]) == {"coco"} and {"supercategory", "gender"} == set(groups["grouping"])
     gender = pd.read_csv(tmp_path / "run" / "results" / "gender_counts.csv")
     assert set(gender["source"]) == {"captions_val2017 (all images)"}
+
+
+def test_holm_adjustment_controls_the_family_of_gap_tests():
+    """Holm's step-down p-values (checked by hand) and their use for gap_detected over the whole gaps table."""
+    import numpy as np
+    import pandas as pd
+
+    from vlnb.fairness.analysis import adjust_gap_tests
+    from vlnb.fairness.stats import holm_adjust
+
+    adj = holm_adjust([0.01, 0.04, np.nan, 0.03, 0.5])
+    assert np.allclose(adj[[0, 1, 3, 4]], [0.04, 0.09, 0.09, 0.5]) and np.isnan(adj[2])
+    assert np.isnan(holm_adjust([np.nan])).all()
+    gaps = pd.DataFrame({"p_value": [0.01, 0.03, 0.04, np.nan], "gap_detected": [True, True, True, False]})
+    out = adjust_gap_tests(gaps, level=0.95)
+    # unadjusted, three tests pass p < 0.05; Holm over the family of three keeps only the first
+    assert out["gap_detected"].tolist() == [True, False, False, False]
+    assert np.allclose(out["p_holm"][:3], [0.03, 0.06, 0.06]) and out["p_value"].tolist()[:3] == [0.01, 0.03, 0.04]

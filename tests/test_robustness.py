@@ -1,14 +1,10 @@
 """Robustness: perturbations (shape, dtype, range, determinism, severity ordering, identity at 0, reference
-agreement with ``imagecorruptions`` when installed), on-object occlusion, the sweep's tidy table and
+agreement with ``imagecorruptions``, a test dependency), on-object occlusion, the sweep's tidy table and
 summaries, the chapter end to end (slow)."""
 
 from __future__ import annotations
 
-import importlib
 import io
-import os
-import sys
-import types
 
 import numpy as np
 import pandas as pd
@@ -264,19 +260,12 @@ def test_feature_cache_key_includes_perturbation(tmp_path, world):
 
 # ---------------------------------------------------------------------------------------------- reference
 def _imagecorruptions():
-    """The reference package, if installed. Its 1.1.2 release imports ``pkg_resources`` (gone from new
-    setuptools) only for the frost images, so a minimal stand-in is provided when it is missing."""
-    if importlib.util.find_spec("imagecorruptions") is None:
-        pytest.skip("imagecorruptions is not installed (optional reference, test-only)")
-    if "pkg_resources" not in sys.modules and importlib.util.find_spec("pkg_resources") is None:
-        shim = types.ModuleType("pkg_resources")
-        shim.resource_filename = lambda pkg, path: os.path.join(
-            os.path.dirname(importlib.import_module(pkg).__file__), path)
-        sys.modules["pkg_resources"] = shim
+    """The reference package: a test dependency (the ``test`` extra, with ``setuptools<81`` beside it for
+    the ``pkg_resources`` its 1.1.2 release imports), so these comparisons run on every push, never skip."""
     try:
         import imagecorruptions
-    except Exception as e:
-        pytest.skip(f"imagecorruptions does not import here ({type(e).__name__}: {e})")
+    except ImportError as e:
+        pytest.fail(f"imagecorruptions is a test dependency ({e}): pip install -e '.[test]'")
     return imagecorruptions
 
 
@@ -374,6 +363,19 @@ def test_sweep_returns_the_tidy_table(tmp_path, world, tiny_scratch):
     assert (s0["value"] == s0["clean"]).all()
     cor = res[(res["severity"] > 0) & (res["clean"] > 0)]
     assert np.allclose(cor["relative"], cor["value"] / cor["clean"])
+    # the one exact chance level (vlnb.eval.chance) of the 8 evaluated images, equal in every cell
+    from vlnb.data.manifest import texts_and_targets
+    from vlnb.eval.chance import recall_chance, zeroshot_chance
+    from vlnb.robustness.sweep import chance_levels, chance_table
+
+    exact = recall_chance(texts_and_targets(task.manifest)[1], 8, ks=(1, 5))
+    ret = res[res["task"] == "retrieval"]
+    assert (ret["chance"] == ret["metric"].map(exact)).all()
+    shape = task.label_sets["shape"]
+    zs = 100 * zeroshot_chance(shape.targets, len(shape.classes))["top1"]
+    assert (res.loc[res["task"] == "zeroshot:shape", "chance"] == zs).all()
+    assert chance_levels([task]).set_index("task").loc["zeroshot:shape", "chance_top1"] == zs
+    assert len(chance_table(res)) == len(models) * len(metrics) and chance_table(res)["chance"].between(0, 100).all()
     assert len(timings) == len(models) * (1 + len(cors) * len(sevs))
     # text once, images per cell: a rerun reads every cell from the feature cache
     from vlnb.eval import image_features

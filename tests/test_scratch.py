@@ -137,7 +137,7 @@ def test_padding_never_changes_embeddings_for_every_variant():
         dict(causal=False),
         dict(causal=False, text_pooling="cls"),
         dict(text_attention="local", local_window=1),
-        dict(text_attention="cross", n_memory=3),
+        dict(text_attention="memory", n_memory=3),
     ):
         m = small(**kw)
         texts = ["a red circle", "a pink square on the left"]
@@ -150,14 +150,20 @@ def test_padding_never_changes_embeddings_for_every_variant():
         assert torch.isfinite(m.encode_text(**wide)).all()
 
 
-def test_cross_variant_attends_to_learned_memory_not_the_image():
-    m = small(text_attention="cross", n_memory=3)
+def test_memory_variant_attends_to_learned_memory_not_the_image():
+    m = small(text_attention="memory", n_memory=3)
     assert m.text.memory.shape == (3, 32) and all(b.cross_attn is not None for b in m.text.blocks)
     tokens = m.tokenize(CAPTIONS[:2])
     before = m.encode_text(**tokens)
     with torch.no_grad():
         m.text.memory.add_(1.0)
     assert not torch.allclose(before, m.encode_text(**tokens), atol=1e-4)
+
+
+def test_memory_variant_was_called_cross():
+    with pytest.raises(ValueError, match="now called 'memory'.*ScratchBLIP"):
+        ScratchConfig(text_attention="cross")
+    assert ScratchConfig.from_dict({"text_attention": "cross"}).text_attention == "memory"  # old saves load
 
 
 def test_config_validation_and_presets():

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,6 +30,7 @@ from vlnb.train import (
     train_contrastive,
 )
 from vlnb.train.distributed import DistInfo, average_gradients
+from vlnb.train.loss import MAX_LOGIT_SCALE
 from vlnb.train.trainer import CHECKPOINT_NAME, _Trainer
 
 COLORS = ("red", "blue", "green", "pink", "gray", "black")
@@ -132,6 +135,27 @@ def test_clip_loss_matches_hand_computation():
     assert rows != pytest.approx(cols)  # the case does exercise both directions
 
 
+def test_clip_loss_matches_open_clip_reference():
+    # open_clip's ClipLoss output and gradients on fixed inputs, checked in by benchmarks/open_clip_reference.py
+    # (open_clip needs torchvision, which cannot be a test dependency here)
+    ref = json.loads((Path(__file__).parent / "reference" / "open_clip_loss.json").read_text())
+    assert ref["function"].startswith("open_clip.ClipLoss") and len(ref["cases"]) == 4
+    for case in ref["cases"]:
+        img = torch.tensor(case["image"], requires_grad=True)
+        txt = torch.tensor(case["text"], requires_grad=True)
+        ls = torch.tensor(case["log_scale"], requires_grad=True)
+        loss = clip_loss(img, txt, ls)
+        loss.backward()
+        assert loss.item() == pytest.approx(case["loss"], rel=1e-6, abs=0), case["batch"]
+        torch.testing.assert_close(img.grad, torch.tensor(case["grad_image"]), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(txt.grad, torch.tensor(case["grad_text"]), atol=1e-6, rtol=1e-5)
+        if torch.tensor(case["log_scale"]).exp() < MAX_LOGIT_SCALE:
+            assert ls.grad.item() == pytest.approx(case["grad_log_scale"], rel=1e-5)
+        else:  # at the cap vlnb clamps the scale in the loss (no gradient past 100); open_clip_train clamps
+            # the parameter after each step instead, so its gradient there is not zero: the one difference
+            assert ls.grad.item() == 0.0 and case["grad_log_scale"] != 0.0
+
+
 def test_logit_scale_is_clamped_at_100():
     x = F.normalize(torch.randn(4, 8), dim=-1)
     y = F.normalize(torch.randn(4, 8), dim=-1)
@@ -190,6 +214,15 @@ def test_lr_schedule_warmup_then_cosine():
     assert all(a >= b for a, b in zip(lrs[4:], lrs[5:])) and lrs[-1] == pytest.approx(0.0, abs=1e-12)
     assert lrs[15] == pytest.approx(0.5)  # halfway through the cosine (steps 5..25)
     assert lr_curve(1.0, 0, 11, min_ratio=0.1)[-1] == pytest.approx(0.1)
+
+
+def test_lr_schedule_warmup_that_does_not_fit_is_an_error():
+    """warmup_steps >= total_steps would leave the model mistrained (never at its peak rate): refuse it."""
+    with pytest.raises(ValueError, match="warmup_steps=50 >= total_steps=45"):
+        lr_curve(1.0, warmup_steps=50, total_steps=45)
+    with pytest.raises(ValueError, match="does not fit"):
+        lr_curve(1.0, warmup_steps=10, total_steps=10)
+    assert len(lr_curve(1.0, warmup_steps=9, total_steps=10)) == 10  # the largest warmup that fits
 
 
 # ---------------------------------------------------------------------------------------------- accumulation

@@ -13,7 +13,8 @@ import torch
 from vlnb.data.images import encode_png
 from vlnb.data.manifest import make_manifest
 from vlnb.train import TrainConfig
-from vlnb.train.variants import COLUMNS, RECALL_COLUMNS, PeakMemory, compare_text_attention
+from vlnb.models.fusion import ScratchBLIP
+from vlnb.train.variants import COLUMNS, PROTOCOL_ITC, RECALL_COLUMNS, PeakMemory, compare_text_attention
 
 TINY = {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "heads": 2, "text_width": 32, "text_layers": 1,
         "text_heads": 2, "embed_dim": 16, "context_length": 16, "local_window": 2, "n_memory": 4}
@@ -35,16 +36,21 @@ def test_one_row_per_variant_with_metrics_time_memory_and_params():
     table, models = compare_text_attention(
         train, test, epochs=1, train_config={"batch_size": 16, "warmup_steps": 1, "lr": 1e-3}, device="cpu",
         adapt_preprocess=pair_preprocess, progress=False, return_models=True, **TINY)
-    assert list(table.columns) == COLUMNS and table["variant"].tolist() == ["self", "cross", "local"]
+    assert list(table.columns) == COLUMNS and table["variant"].tolist() == ["self", "memory", "cross", "local"]
     for v, m in models.items():
-        assert m.config.text_attention == v and m.preprocess.crop is None and m.preprocess.resize == (16, 16)
+        assert m.preprocess.crop is None and m.preprocess.resize == (16, 16)
+        assert (m.config.arch == "blip") if v == "cross" else (m.config.text_attention == v)
+    # the true cross-modal variant is a fusion model: its row is measured as ITC top-k re-ranked by its ITM head
+    assert isinstance(models["cross"], ScratchBLIP) and "ITM re-rank" in table.set_index("variant").loc["cross", "protocol"]
+    assert (table.loc[table["variant"] != "cross", "protocol"] == PROTOCOL_ITC).all()
     r = table.set_index("variant")
     assert ((table[RECALL_COLUMNS] >= 0) & (table[RECALL_COLUMNS] <= 100)).all().all()
     for d in ("i2t", "t2i"):
         assert (table[f"{d}_R@1"] <= table[f"{d}_R@5"]).all() and (table[f"{d}_R@5"] <= table[f"{d}_R@10"]).all()
-    # local attention only masks, cross attention adds layers and memory slots
-    assert r.loc["self", "params"] == r.loc["local", "params"] < r.loc["cross", "params"]
-    assert r.loc["cross", "params"] - r.loc["self", "params"] == r.loc["cross", "text_params"] - r.loc["self", "text_params"]
+    # local attention only masks, memory attention adds layers and memory slots, cross-modal adds them and an ITM head
+    assert r.loc["self", "params"] == r.loc["local", "params"] < r.loc["memory", "params"]
+    assert r.loc["memory", "params"] - r.loc["self", "params"] == r.loc["memory", "text_params"] - r.loc["self", "text_params"]
+    assert r.loc["cross", "text_params"] > r.loc["self", "text_params"]
     assert (table["train_time_s"] > 0).all() and table["peak_memory_mb"].map(math.isfinite).all()
     assert (table["peak_memory_mb"] >= 0).all() and (table["memory_measure"] == "cpu RSS (2 ms samples)").all()
     assert (table["epochs"] == 1).all() and (table["n_test_images"] == 12).all() and (table["device"] == "cpu").all()
@@ -74,3 +80,21 @@ def test_peak_memory_sees_a_large_allocation():
         time.sleep(0.05)  # held for many sampling intervals
         del x
     assert m.peak_mb > 40 and m.measure.startswith("cpu RSS")
+
+
+def test_seed_summary_intervals_and_paired_differences():
+    """Means over seeds with a t-interval, and differences paired by seed: a constant +2 is distinguishable from
+    self (zero spread), seed noise of the same size as the difference is not."""
+    import pandas as pd
+    from scipy import stats
+
+    from vlnb.train.variants import seed_summary
+
+    t = pd.DataFrame({"variant": ["self", "cross", "local"] * 3, "seed": [0, 0, 0, 1, 1, 1, 2, 2, 2],
+                      "t2i_R@1": [10.0, 12.0, 9.0, 14.0, 16.0, 15.0, 12.0, 14.0, 12.0]})
+    s = seed_summary(t, metrics=["t2i_R@1"]).set_index("variant")
+    assert s.loc["self", "mean"] == 12.0 and s.loc["self", "seeds"] == 3
+    half = stats.t.ppf(0.975, 2) * 2.0 / 3 ** 0.5  # sd of (10, 14, 12) is 2
+    assert s.loc["self", "ci_lo"] == pytest.approx(12.0 - half) and s.loc["self", "ci_hi"] == pytest.approx(12.0 + half)
+    assert s.loc["cross", "diff_vs_self"] == pytest.approx(2.0) and bool(s.loc["cross", "distinguishable"])
+    assert s.loc["local", "diff_vs_self"] == pytest.approx(0.0) and not bool(s.loc["local", "distinguishable"])

@@ -15,12 +15,15 @@ In a notebook::
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ParameterError
 
 Profile = Literal["offline", "full"]
 PROFILES = ("offline", "full")
@@ -36,21 +39,70 @@ def _positive_ks(v: list[int]) -> list[int]:
 Ks = Annotated[list[int], AfterValidator(_positive_ks)]
 
 
-class ParameterError(ValueError):
-    """A notebook parameter that is unknown or has the wrong type/value; the message names it."""
+def _device_spec(v: str) -> str:
+    from .device import check_device_spec
+
+    return check_device_spec(v)
+
+
+#: Where a chapter computes: "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1", "mps"... The
+#: syntax is checked with the parameters; whether the device exists when the chapter resolves it
+#: (:func:`vlnb.device.resolve_device`).
+Device = Annotated[str, AfterValidator(_device_spec)]
+
+#: Every evaluation data set name a chapter may ask for (see vlnb.data.profiles.evaluation_manifest).
+EVAL_DATASETS = ("world", "coco-mini", "cifar100", "coco", "flickr30k", "pokemon")
+
+
+def check_datasets(v):
+    """A list (or ``{model: [names]}``) of evaluation data set names, each one of :data:`EVAL_DATASETS`."""
+    if v is None:
+        return v
+    names = [n for ns in v.values() for n in ns] if isinstance(v, dict) else list(v)
+    bad = sorted({n for n in names if n not in EVAL_DATASETS})
+    if bad:
+        raise ValueError(f"unknown data set(s) {bad}; known: {', '.join(EVAL_DATASETS)}")
+    return v
+
+
+def check_recipes(names, what: str = "reference model") -> None:
+    """Raise ValueError unless every name is a recipe of :data:`vlnb.zoo.RECIPES`."""
+    from .zoo import RECIPES
+
+    bad = [n for n in names if n not in RECIPES]
+    if bad:
+        raise ValueError(f"unknown {what}(s) {bad}; known: {', '.join(RECIPES)}")
+
+
+#: A list or ``{model: [data sets]}`` of known evaluation data set names.
+Datasets = Annotated[list[str] | dict[str, list[str]], AfterValidator(check_datasets)]
 
 
 class NotebookParams(BaseModel):
     """Parameters every notebook shares."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: ``true`` is not an int, ``"3"`` is not a number (the CLI parses -p values as JSON-like YAML)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
     #: Which named set of defaults to start from.
     profile: Profile = "offline"
     #: Where the run writes its result files (tables, figures, checkpoints).
     out_dir: str = "."
     #: Global random seed.
-    seed: int = 0
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _offline_models(self):
+        """Offline, ``models`` names reference models of vlnb.zoo.RECIPES (checked in every chapter that has it)."""
+        models = getattr(self, "models", None)
+        if self.profile == "offline" and models:
+            from .zoo import RECIPES
+
+            # a list / dict keys name recipes; a dict may also map a display name to a recipe (chapter 3)
+            names = [k if k in RECIPES or not isinstance(models, dict) or not isinstance(models[k], str) else models[k]
+                     for k in models]
+            check_recipes(names)
+        return self
 
     #: Per-profile default overrides (class-level, not a parameter).
     PROFILE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
@@ -75,26 +127,29 @@ class DataPrepParams(NotebookParams):
     """Chapter 1: build the manifests of the profile's data sets."""
 
     #: Offline world: images per split and image size.
-    world_n_train: int = 2000
-    world_n_test: int = 500
-    world_image_size: int = 64
+    world_n_train: int = Field(2000, ge=1)
+    world_n_test: int = Field(500, ge=1)
+    world_image_size: int = Field(64, ge=24)
     #: COCO 2017 root (holds annotations/ and train2017/, val2017/); None = the shared coco-mini.
     coco_root: str | None = None
-    #: Karpathy split file (dataset_coco.json); when given, the 5k test selection is used.
+    #: Karpathy split file (Karpathy's dataset_coco.json or LAVIS's coco_karpathy_test.json); when given, the
+    #: 5k test selection is used (`vlnb prepare coco --download` fetches it with val2014 and its annotations).
     coco_karpathy_split: str | None = None
     #: Hub data sets (full profile only); None skips them.
     flickr30k_source: str | None = None
     pokemon_source: str | None = None
     cifar100_source: str | None = None
     #: How many images the example grid shows.
-    n_grid: int = 12
+    n_grid: int = Field(12, ge=0)
+    #: Where the chapter computes ("auto": CUDA when available, else CPU; "cpu", "cuda", "cuda:1"...).
+    device: Device = "auto"
 
     PROFILE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
         "full": {
             "world_n_train": 20000,
             "world_n_test": 2000,
             "coco_root": "data/coco",
-            "coco_karpathy_split": "data/coco/dataset_coco.json",
+            "coco_karpathy_split": "data/coco/coco_karpathy_test.json",
             "flickr30k_source": "nlphuji/flickr30k",
             "pokemon_source": "reach-vb/pokemon-blip-captions",
             "cifar100_source": "uoft-cs/cifar100",
@@ -147,14 +202,48 @@ def resolve(stem: str, profile: str = "offline", **overrides: Any) -> NotebookPa
         raise ParameterError(_format_validation_error(Path(stem).stem, e)) from None
 
 
-def coerce_cli_value(text: str) -> Any:
-    """Parse a ``-p NAME VALUE`` string the way papermill does (YAML scalars: 3, 0.5, true, null, [1, 2])."""
+def _json_compatible(v: Any) -> bool:
+    if isinstance(v, float):
+        return math.isfinite(v)
+    if v is None or isinstance(v, (str, bool, int)):
+        return True
+    if isinstance(v, list):
+        return all(_json_compatible(x) for x in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _json_compatible(x) for k, x in v.items())
+    return False
+
+
+def coerce_cli_value(text: str, name: str | None = None) -> Any:
+    """Parse a ``-p NAME VALUE`` string like papermill (YAML scalars: 3, 0.5, true, null, [1, 2], {a: 1}).
+
+    Only JSON-compatible values come out: str, int, float, bool, None and lists / str-keyed dicts of them.
+    YAML tags (``!!binary``, ``!!set``, ``!!python/...``), anchors/aliases and values that are not JSON
+    (dates, bytes, sets) raise :class:`ParameterError` naming the parameter; text YAML cannot parse is
+    taken as a plain string.
+    """
     import yaml
 
+    what = f"parameter '{name}'" if name else "parameter value"
     try:
-        return yaml.safe_load(text)
+        tokens = list(yaml.scan(text))
     except yaml.YAMLError:
         return text
+    if any(isinstance(t, (yaml.TagToken, yaml.AnchorToken, yaml.AliasToken)) for t in tokens):
+        raise ParameterError(
+            f"{what}: YAML tags, anchors and aliases are not accepted (got {text!r}); give a JSON-like value "
+            "(3, 0.5, true, null, \"text\", [1, 2], {\"a\": 1})"
+        )
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if not _json_compatible(value):
+        raise ParameterError(
+            f"{what}: {text!r} parses as {type(value).__name__}, not a JSON-compatible value; quote it to pass "
+            "a string"
+        )
+    return value
 
 
 class NotebookRun:
@@ -168,7 +257,12 @@ class NotebookRun:
 
     @classmethod
     def start(cls, stem: str, namespace: Mapping[str, Any]) -> NotebookRun:
-        """Call before the parameters cell: remembers which names already exist."""
+        """Call before the parameters cell: remembers which names already exist. In a ``vlnb run`` kernel
+        (``$VLNB_RUN_DIR`` set) it also starts the per-category timers (:mod:`vlnb.timing`)."""
+        if os.environ.get("VLNB_RUN_DIR"):
+            from .timing import install_notebook_hooks
+
+            install_notebook_hooks(os.environ["VLNB_RUN_DIR"])
         return cls(stem, set(namespace) | {"run"})
 
     def params(self, namespace: Mapping[str, Any]) -> NotebookParams:
@@ -195,19 +289,62 @@ class NotebookRun:
 
     def save_table(self, df, name: str) -> Path:
         """Write a tidy result table as CSV into the run folder (``results/<name>.csv``)."""
-        p = self.path(f"results/{name}.csv")
-        df.to_csv(p, index=False)
-        return p
+        from .paths import atomic_write
+
+        return atomic_write(self.path(f"results/{name}.csv"), lambda tmp: df.to_csv(tmp, index=False))
 
     def save_json(self, obj, name: str) -> Path:
-        p = self.path(f"results/{name}.json")
-        p.write_text(json.dumps(obj, indent=2, default=str))
-        return p
+        from .paths import atomic_write_text
 
-    def savefig(self, fig, name: str) -> Path:
+        return atomic_write_text(self.path(f"results/{name}.json"), json.dumps(obj, indent=2, default=str))
+
+    def savefig(self, fig, name: str) -> None:
+        """Write ``figures/<name>.png`` into the run folder. Returns None, so that a ``run.savefig(...)`` ending a
+        cell adds no ``PosixPath(...)`` to the page; the notebook shows the figure itself, once."""
+        from .paths import atomic_write
+        from .timing import timed
+
         p = self.path(f"figures/{name}.png")
-        fig.savefig(p, dpi=110, bbox_inches="tight")
-        return p
+        with timed("plotting"):
+            atomic_write(p, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
+
+    def link(self, relpath: str, text: str | None = None) -> str:
+        """An HTML link to a file of this run folder, from the page that shows the notebook: relative to the
+        executed notebook (it lies in the run folder), or under ``$VLNB_LINK_BASE`` in a book build, which
+        copies each run's ``results/`` and ``figures/`` next to the HTML (:func:`vlnb.runs.build_book`)."""
+        import html
+
+        href = os.environ.get("VLNB_LINK_BASE", "") + relpath
+        return f'<a href="{html.escape(href)}" download>{html.escape(text or relpath)}</a>'
+
+    def preview(self, df, name: str, top: int = 15, sort_by: str | list[str] | None = None, ascending: bool = False,
+                index: bool = False):
+        """Save ``df`` as ``results/<name>.csv`` and return what a page should show of it: the first ``top`` rows
+        (after sorting by ``sort_by``) and a link to the full CSV. A short table is shown whole, with its link."""
+        from IPython.display import HTML
+
+        self.save_table(df.reset_index() if index else df, name)
+        shown = df.sort_values(sort_by, ascending=ascending) if sort_by is not None else df
+        n = len(df)
+        head = shown.head(top)
+        if n > top:
+            what = f"the first {len(head)} of {n} rows" + (f" by {sort_by}" if sort_by is not None else "")
+        else:
+            what = f"all {n} rows"
+        table = head.to_html(index=index, float_format=lambda x: f"{x:.3g}", classes="dataframe", border=0)
+        return HTML(f"{table}<p><small>Showing {what}; full table: {self.link(f'results/{name}.csv')}</small></p>")
+
+    def downloads(self):
+        """Links to every table (``results/*.csv``) and figure (``figures/*.png``) this run wrote (chapter ends)."""
+        from IPython.display import HTML
+
+        parts = []
+        for folder, what in (("results", "Tables (CSV)"), ("figures", "Figures (PNG)")):
+            files = sorted((self.out_dir / folder).glob("*.csv" if folder == "results" else "*.png"))
+            if files:
+                parts.append(f"<p><b>{what}:</b> " + " · ".join(self.link(f"{folder}/{f.name}", f.name) for f in files)
+                             + "</p>")
+        return HTML("".join(parts) or "<p>This run wrote no tables or figures.</p>")
 
     def glue(self, name: str, value, display: bool = False):
         """Publish a value for the prose (myst-nb ``{glue}``); numbers in text come from the run."""

@@ -28,7 +28,7 @@ def check_device_spec(spec: str) -> str:
     is checked by :func:`resolve_device`.
     """
     if not isinstance(spec, str):
-        raise ValueError(f"device must be a string such as 'auto', 'cpu', 'cuda' or 'cuda:1', got {spec!r}")
+        raise TypeError(f"device must be a string such as 'auto', 'cpu', 'cuda' or 'cuda:1', got {spec!r}")
     s = spec.strip().lower()
     if s == AUTO:
         return s

@@ -48,11 +48,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.manifest import texts_and_targets
+from .data.manifest import subset, subset_ids, texts_and_targets
 from .eval.bootstrap import bootstrap_recall, recall_difference
+from .eval.chance import recall_chance
 from .eval.retrieval import recall_from_ranks, retrieval_ranks
-from .models.base import DualEncoder, _tokenizer_id, weights_fingerprint
+from .models.base import DualEncoder, tokenizer_id, weights_fingerprint
 from .models.towers import make_head
+from .timing import timer
 
 HEAD_KINDS = ("linear", "mlp")
 HEAD_LABELS = {"linear": "linear head", "mlp": "MLP head"}
@@ -127,7 +129,7 @@ class FrozenFeatureExtractor:
         if self._fingerprint is None:
             m = self.model
             if self.family == "towers":
-                extra = {"frozen": "towers-raw-v1", "tokenizer": _tokenizer_id(m.tokenizer),
+                extra = {"frozen": "towers-raw-v1", "tokenizer": tokenizer_id(m.tokenizer),
                          "max_length": m.max_length, "preprocess": m.preprocess.config}
                 self._fingerprint = weights_fingerprint(nn.ModuleList([m.image_tower, m.text_tower]), extra)
             else:
@@ -153,7 +155,7 @@ class FrozenFeatureExtractor:
         texts = list(texts)
         starts = range(0, len(texts), batch_size)
         if progress:
-            from tqdm.auto import tqdm
+            from .progress import tqdm
 
             starts = tqdm(starts, desc="encoding texts", leave=False)
         with torch.inference_mode():
@@ -215,8 +217,7 @@ def extract_frozen_features(
           else FrozenFeatureExtractor(model_or_extractor, pool_queries))
     t0 = time.perf_counter()
     fs = image_features(ex, manifest, batch_size=batch_size, cache_dir=cache_dir, progress=progress)
-    keep = manifest.set_index("image_id", drop=False).loc[fs.image_ids].reset_index(drop=True)
-    keep.attrs = dict(manifest.attrs)
+    keep = subset_ids(manifest, fs.image_ids)
     texts, t2i = texts_and_targets(keep)
     txt = text_features(ex, texts, batch_size=text_batch_size, cache_dir=cache_dir, progress=progress)
     return FrozenFeatures(fs.embeddings.float(), txt.float(), keep, texts, t2i, ex.describe(),
@@ -330,6 +331,7 @@ class FeaturePairs(torch.utils.data.Dataset):
         return self.features[i], self.captions[i][self._choice[i]]
 
 
+@timer("training")
 def train_head(
     train: FrozenFeatures,
     head: str = "linear",
@@ -384,24 +386,6 @@ def pretrained_embeddings(model, feats: FrozenFeatures) -> tuple[torch.Tensor, t
         txt = F.normalize(tp(feats.text.to(dev, tp.weight.dtype)).float(), dim=-1).cpu()
         return img, txt
     raise ValueError(f"no pretrained head for family {family!r}")
-
-
-def chance_recall(text_to_image, n_images: int, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    """Expected Recall@K (percent) of a random ranking: text->image ``k / N``; image->text ``1 - C(M-c, k) /
-    C(M, k)`` for an image with ``c`` of the ``M`` captions, averaged over images with captions."""
-    t2i = np.asarray(text_to_image, dtype=np.int64)
-    m = len(t2i)
-    caps = np.bincount(t2i, minlength=n_images)
-    caps = caps[caps > 0]
-    out = {}
-    for k in ks:
-        miss = np.ones(len(caps))
-        for i in range(min(k, m)):
-            miss *= np.clip((m - caps - i) / (m - i), 0, None)
-        out[f"i2t_R@{k}"] = float(100 * np.mean(1 - miss))
-    for k in ks:
-        out[f"t2i_R@{k}"] = float(100 * min(k, n_images) / n_images)
-    return out
 
 
 # ============================================================================================ geometry
@@ -501,7 +485,7 @@ class HeadsExperiment:
         return [r for r in self.runs if r.method == method]
 
     def chance(self) -> dict[str, float]:
-        return chance_recall(self.test.text_to_image, self.test.n_images, self.ks)
+        return recall_chance(self.test.text_to_image, self.test.n_images, self.ks)
 
     def recall_table(self) -> pd.DataFrame:
         """Tidy: one row per (method, seed, direction, k) with the bootstrap interval of that run."""
@@ -588,10 +572,10 @@ def _rerank_ranks(reranked: dict, t2i) -> dict:
 
 
 def _pixel_loader(model, manifest: pd.DataFrame):
-    from .data.images import open_rgb
+    """The model's preprocessed pixels of manifest rows, decoded once (:func:`vlnb.data.pixels.pixel_loader`)."""
+    from .data.pixels import pixel_loader
 
-    sources = list(manifest["image"])
-    return lambda idx: model.preprocess([open_rgb(sources[i]) for i in idx])
+    return pixel_loader(model.preprocess, manifest)
 
 
 def run_heads(
@@ -711,12 +695,10 @@ def _subset(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
     if n < 1:
         raise ValueError(f"subset size must be >= 1, got {n}")
     rows = np.sort(np.random.default_rng([int(seed), 0x5B]).choice(len(df), size=int(n), replace=False))
-    out = df.iloc[rows].reset_index(drop=True)
-    out.attrs = dict(df.attrs)
-    return out
+    return subset(df, rows)
 
 
-def load_backbones(profile: str, models: Mapping[str, str] | None, device="cpu", progress: bool = True) -> dict:
+def load_backbones(profile: str, models: Mapping[str, str] | None, device="auto", progress: bool = True) -> dict:
     """``{display name: pretrained model}`` through :func:`vlnb.zoo.profile_models`.
 
     offline: ``models`` maps display names to reference-model names (``towers-coco``); full: to hub ids or
@@ -986,7 +968,7 @@ def gallery_plot(exp: HeadsExperiment, methods: Sequence[str] | None = None, n_q
 
 __all__ = [
     "FEATURE_FAMILIES", "HEAD_KINDS", "FeaturePairs", "FrozenFeatureExtractor", "FrozenFeatures", "HeadsDualEncoder",
-    "HeadsExperiment", "MethodRun", "alignment", "chance_recall", "extract_frozen_features", "fmt_ci", "gallery_plot",
+    "HeadsExperiment", "MethodRun", "alignment", "extract_frozen_features", "fmt_ci", "gallery_plot",
     "geometry", "geometry_numbers", "geometry_plot", "head_embeddings", "heads_data", "load_backbones", "paired_embeddings", "pca_plot",
     "pretrained_embeddings", "prose_numbers", "recall_bars", "results_markdown", "run_heads", "similarity", "train_head", "uniformity",
 ]

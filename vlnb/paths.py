@@ -47,3 +47,65 @@ def cache_dir() -> Path:
 
 def notebooks_dir() -> Path:
     return REPO_ROOT / "notebooks"
+
+
+# ------------------------------------------------------------------------------ safe file writes
+def temp_name(path: str | os.PathLike) -> Path:
+    """A unique temporary name beside ``path`` (``.<name>.tmp-<pid>-<random>``): two writers never share one."""
+    import secrets
+
+    p = Path(path)
+    return p.with_name(f".{p.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call ``write(tmp_path)`` on a unique temporary file beside ``path``, then :func:`os.replace` it into place.
+
+    A crash or a concurrent writer never leaves a half-written ``path``; the temporary file is removed on error.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(p)
+    try:
+        write(tmp)
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return p
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda t: Path(t).write_text(text))
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_temp(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Remove temporary files a killed writer left in ``folder`` (``.<name>.tmp-<pid>[-<random>]`` whose
+    process is gone; ``name`` limits it to one file's). Returns the removed paths."""
+    import re
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    pattern = re.compile(r"^\.(?P<name>.+)\.tmp-?(?P<pid>\d+)(-[0-9a-f]+)?$")
+    for f in folder.iterdir():
+        m = pattern.match(f.name)
+        if not m or (name is not None and m.group("name") != name) or not f.is_file():
+            continue
+        if not _pid_alive(int(m.group("pid"))):
+            f.unlink(missing_ok=True)
+            removed.append(f)
+    return removed

@@ -83,11 +83,41 @@ def label_frequency_plot(df: pd.DataFrame, column: str = "labels", top: int = 20
     return fig
 
 
+def published_markers(part: pd.DataFrame, published: pd.DataFrame | None, entries: list, ks: list,
+                      width: float) -> list[tuple[float, float]]:
+    """``(x, recall)`` of the published numbers drawn beside the bars of one panel (one data set, one direction).
+
+    A published row is joined to a measured bar on the **checkpoint** (``hub_id``: the hub id the model was
+    loaded from, never its display name) and the **stage** (``"itc"`` or ``"itm"``: an ITC row is not drawn
+    beside an ITM re-ranked bar), plus data set, direction and k. Bars of models without a ``hub_id`` (local
+    folders, the book's own models) get none.
+    """
+    if published is None or not len(published) or "hub_id" not in part or part.empty:
+        return []
+    from .eval.published import protocol_stage
+
+    pub = published[(published["dataset"] == part["dataset"].iloc[0])
+                    & (published["direction"] == part["direction"].iloc[0])]
+    pub_stage = pub["stage"] if "stage" in pub else pub["protocol"].map(protocol_stage)
+    out = []
+    for e in entries:
+        rows = part[part["entry"] == e]
+        hub = rows["hub_id"].iloc[0]
+        stage = rows["stage"].iloc[0] if "stage" in rows else protocol_stage(rows["protocol"].iloc[0])
+        if not isinstance(hub, str) or not hub:
+            continue
+        for _, r in pub[(pub["hub_id"] == hub) & (pub_stage == stage)].iterrows():
+            if r["k"] in ks:
+                out.append((entries.index(e) - 0.4 + width * (ks.index(r["k"]) + 0.5), float(r["recall"])))
+    return out
+
+
 def recall_bars(df: pd.DataFrame, published: pd.DataFrame | None = None, title: str | None = None):
     """Grouped bars of Recall@K: one panel per (dataset, direction), bars per model/protocol, hue = k.
 
     ``df``: a tidy retrieval table (``model, dataset, protocol, direction, k, recall`` [+ ``chance``]);
-    chance levels are drawn as short black ticks; ``published`` rows (same columns) as hollow markers.
+    chance levels are drawn as short black ticks; ``published`` rows (:func:`vlnb.eval.published_retrieval`) as
+    hollow markers beside the bars of the same checkpoint and stage (:func:`published_markers`).
     """
     if df.empty:
         raise ValueError("recall_bars: empty table")
@@ -105,14 +135,8 @@ def recall_bars(df: pd.DataFrame, published: pd.DataFrame | None = None, title: 
             for _, r in part.iterrows():
                 x = entries.index(r["entry"]) - 0.4 + width * (ks.index(r["k"]) + 0.5)
                 ax.plot([x - width / 2, x + width / 2], [r["chance"]] * 2, color="black", lw=1.5)
-        if published is not None and len(published):
-            pub = published[(published["dataset"] == ds) & (published["direction"] == d)]
-            for _, r in pub.iterrows():
-                hits = [e for e in entries if e.startswith(r["model"] + "\n")]
-                for e in hits:
-                    x = entries.index(e) - 0.4 + width * (ks.index(r["k"]) + 0.5) if r["k"] in ks else None
-                    if x is not None:
-                        ax.plot(x, r["recall"], marker="D", mfc="none", mec="crimson", ms=7)
+        for x, y in published_markers(part, published, entries, ks, width):
+            ax.plot(x, y, marker="D", mfc="none", mec="crimson", ms=7)
         ax.set_title(f"{ds} · {'image→text' if d == 'i2t' else 'text→image'}")
         ax.set_xlabel("")
         ax.set_ylabel("Recall@K (%)")
@@ -152,3 +176,53 @@ def retrieval_gallery(run, manifest: pd.DataFrame, n_queries: int = 4, k: int = 
     fig.suptitle(title or f"{run.model} on {run.dataset}: top-{k} images per caption (green = correct)")
     fig.tight_layout()
     return fig
+
+
+def probe_plot(table: pd.DataFrame, ax=None, title: str | None = None):
+    """Compositionality probe (:mod:`vlnb.eval.compositionality`): accuracy with its bootstrap CI per negative
+    type (x) and model/head (colour); each type's chance level as a dashed line."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(9, 3.8))
+    types = list(dict.fromkeys(table["type"]))
+    lab = [f"{m} ({h})" for m, h in zip(table["model"], table["head"])]
+    labels = list(dict.fromkeys(lab))
+    width = 0.8 / max(1, len(labels))
+    for j, name in enumerate(labels):
+        d = table[[x == name for x in lab]].set_index("type")
+        x = np.array([types.index(t) for t in d.index]) - 0.4 + width * (j + 0.5)
+        ax.errorbar(x, d["accuracy"], yerr=[(d["accuracy"] - d["ci_lo"]).clip(lower=0),
+                                            (d["ci_hi"] - d["accuracy"]).clip(lower=0)],
+                    fmt="o", capsize=3, label=name)
+    for i, t in enumerate(types):
+        ax.hlines(float(table.loc[table["type"] == t, "chance"].iloc[0]), i - 0.45, i + 0.45, colors="grey",
+                  linestyles="--", linewidth=1)
+    ax.set_xticks(range(len(types)), ["\n".join(textwrap.wrap(t, 14)) for t in types], fontsize=8)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("true caption preferred")
+    ax.set_title(title or "Compositionality probe (95% bootstrap CI over images; dashed: chance)")
+    ax.legend(fontsize=7, loc="lower left", ncol=2)
+    return ax
+
+
+def query_time_plot(queries: pd.DataFrame, ax=None, title: str | None = None):
+    """Time to answer one text query vs gallery size N (:func:`vlnb.eval.cost.measure_cost`), log-log: one
+    line per (model, protocol); measured points filled, extrapolated ones hollow on a dashed line."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4.2))
+    for i, ((m, p), d) in enumerate(queries.groupby(["model", "protocol"], sort=False)):
+        d = d.sort_values("n_gallery")
+        c = f"C{i % 10}"
+        meas = d["basis"] == "measured"
+        ax.plot(d["n_gallery"], d["query_s"] * 1e3, color=c, linestyle="-" if meas.all() else "--",
+                label=f"{m}: {p}")
+        ax.scatter(d.loc[meas, "n_gallery"], d.loc[meas, "query_s"] * 1e3, color=c, zorder=3)
+        ax.scatter(d.loc[~meas, "n_gallery"], d.loc[~meas, "query_s"] * 1e3, facecolors="none", edgecolors=c,
+                   zorder=3)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("gallery size N (images)")
+    ax.set_ylabel("time per text query (ms)")
+    ax.set_title(title or "Query cost vs gallery size (hollow: extrapolated from the per-pair time)")
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    return ax

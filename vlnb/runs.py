@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import resolve
-from .paths import REPO_ROOT, notebooks_dir
+from .paths import REPO_ROOT, atomic_write_text, notebooks_dir
 
 BOOK_FILES = ("_config.yml", "_toc.yml", "book")
 
@@ -57,6 +57,54 @@ def _versions() -> dict[str, str]:
     return out
 
 
+class OutDirError(RunError):
+    """An output folder vlnb will not write into (it holds someone else's files, or the source notebooks)."""
+
+
+#: Written into a build folder vlnb created: only such a folder's ``src/`` and ``html/`` are ever deleted.
+BUILD_MARKER = ".vlnb-build"
+#: What vlnb itself puts in a build folder (a default ``_build`` from before the marker holds only these).
+BUILD_ENTRIES = {"src", "html", "runs", "jb", "jupyter-book.log", "timings.json", "timings.csv", BUILD_MARKER}
+
+
+def injectable(cfg, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The validated values of the ``params`` names, as plain JSON values (what papermill writes into the
+    notebook's injected cell: never the raw CLI/YAML objects)."""
+    dumped = json.loads(json.dumps(cfg.model_dump(mode="json"), allow_nan=False))
+    return {k: dumped[k] for k in params if k in dumped}
+
+
+def is_run_dir(path: Path) -> bool:
+    """A folder a vlnb run wrote (its ``run.json`` names the notebook)."""
+    try:
+        rec = json.loads((Path(path) / "run.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(rec, dict) and "notebook" in rec and "profile" in rec
+
+
+def prepare_run_dir(out: Path, notebook: Path, force: bool = False) -> None:
+    """Create ``out`` for a run of ``notebook``, refusing folders whose files vlnb does not own."""
+    out = Path(out).resolve()
+    src_dirs = {notebook.parent.resolve(), notebooks_dir().resolve()}
+    if out in src_dirs or any(d in out.parents for d in src_dirs) or out == REPO_ROOT.resolve():
+        raise OutDirError(f"--out {out}: refusing to write a run into the notebooks' own folder (the executed "
+                          "copy would replace the source); choose a folder outside it, e.g. runs/<name>")
+    if out.exists() and not out.is_dir():
+        raise OutDirError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not is_run_dir(out):
+            raise OutDirError(f"--out {out}: folder is not empty and is not a vlnb run folder (no run.json); "
+                              "vlnb will not write into it: choose a new or empty folder")
+        if not force:
+            raise OutDirError(f"--out {out}: holds an earlier vlnb run; pass --force (force=True) to replace it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    # mark the folder as a run folder at once: a run killed before it ends can still be replaced with --force
+    atomic_write_text(out / "run.json", json.dumps({"notebook": notebook.name, "profile": None,
+                                                    "status": "running"}, indent=2))
+
+
 def run_notebook(
     notebook: str | os.PathLike,
     parameters: Mapping[str, Any] | None = None,
@@ -64,12 +112,18 @@ def run_notebook(
     out_dir: str | os.PathLike | None = None,
     progress: bool = True,
     log_output: bool = False,
+    force: bool = False,
 ) -> Path:
     """Execute ``notebook`` with papermill into ``out_dir`` and return the executed notebook's path.
 
     Parameters are validated first (unknown name / wrong type -> :class:`vlnb.config.ParameterError`
-    before anything runs). The run folder receives the executed notebook, ``run.json`` (parameters,
-    profile, versions, timing, git commit) and whatever the notebook writes (``results/``, ``figures/``).
+    before anything runs) and only the *validated* values, in JSON form, are injected into the notebook.
+    The run folder receives the executed notebook, ``run.json`` (parameters, profile, versions, timing,
+    git commit) and whatever the notebook writes (``results/``, ``figures/``).
+
+    ``out_dir`` must be new or empty; an existing vlnb run folder (one with ``run.json``) is replaced only
+    with ``force=True``, any other non-empty folder is refused (:class:`OutDirError`), and so is the
+    notebooks' own folder (the executed copy would replace the source).
     """
     import papermill as pm
 
@@ -77,11 +131,12 @@ def run_notebook(
     if not nb.exists():
         raise FileNotFoundError(f"notebook not found: {notebook}")
     params = dict(parameters or {})
-    resolve(nb.stem, profile=profile, **params)  # fail fast, naming the parameter
+    cfg = resolve(nb.stem, profile=profile, **params)  # fail fast, naming the parameter
     out = Path(out_dir or Path("runs") / f"{nb.stem}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_run_dir(out, nb, force=force)
     executed = out / nb.name
-    injected = {**params, "profile": profile, "out_dir": str(out)}
+    injected = {**injectable(cfg, params), "profile": profile, "out_dir": str(out)}
+    (out / "timings.json").unlink(missing_ok=True)  # this run's kernel writes a fresh one (vlnb.timing)
     t0 = time.time()
     record = {
         "notebook": nb.name,
@@ -93,7 +148,10 @@ def run_notebook(
     }
     # the kernel inherits these: its run folder, and no tqdm bars (thousands of lines of stderr in an
     # executed notebook / the rendered book); export TQDM_DISABLE=0 to keep them
-    env = {"VLNB_RUN_DIR": str(out), "TQDM_DISABLE": os.environ.get("TQDM_DISABLE", "1")}
+    env = {"VLNB_RUN_DIR": str(out), "TQDM_DISABLE": os.environ.get("TQDM_DISABLE", "1"),
+           # download links to results/ and figures/ (NotebookRun.link): relative to the executed notebook, or
+           # where a book build copies the run folder (build_book sets VLNB_LINK_BASE per chapter)
+           "VLNB_LINK_BASE": os.environ.get("VLNB_LINK_BASE", "")}
     env_before = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -118,8 +176,27 @@ def run_notebook(
             else:
                 os.environ[k] = v
         record["seconds"] = round(time.time() - t0, 1)
-        (out / "run.json").write_text(json.dumps(record, indent=2, default=str))
+        from .timing import breakdown, cpu_breakdown
+
+        # where the time went (vlnb.timing): training / decode / encoding / metrics / plotting / other / kernel,
+        # in wall seconds and in the kernel's CPU seconds
+        record["timing"] = breakdown(out, executed if executed.exists() else None, record["seconds"])
+        record["timing_cpu"] = cpu_breakdown(out)
+        atomic_write_text(out / "run.json", json.dumps(record, indent=2, default=str))
     return executed
+
+
+#: Folder of the HTML book that holds each chapter's tables and figures: ``<html>/runs/<stem>/{results,figures}``.
+RUN_FILES_DIR = "runs"
+
+
+def copy_run_files(runs: Path, dest: Path) -> None:
+    """Copy every run's ``results/`` and ``figures/`` into the HTML book, where the chapters' download links
+    (``NotebookRun.link``/``downloads``) point."""
+    for run_dir in sorted(p for p in Path(runs).iterdir() if p.is_dir()):
+        for sub in ("results", "figures"):
+            if (run_dir / sub).is_dir():
+                shutil.copytree(run_dir / sub, dest / run_dir.name / sub, dirs_exist_ok=True)
 
 
 def _prune_toc(toc: Path, stems: set[str]) -> None:
@@ -131,6 +208,30 @@ def _prune_toc(toc: Path, stems: set[str]) -> None:
             continue
         keep.append(line)
     toc.write_text("\n".join(keep) + "\n")
+
+
+def claim_build_dir(build: Path, default: bool = False) -> Path:
+    """The resolved build folder, created and marked as vlnb's; refuses a non-empty folder vlnb did not create.
+
+    The default ``<repo>/_build`` of a build from before the marker is adopted when it holds nothing but
+    what vlnb writes there (:data:`BUILD_ENTRIES`, with ``src/_toc.yml`` and ``html/index.html``).
+    """
+    build = build.resolve()
+    if build.exists() and not build.is_dir():
+        raise OutDirError(f"--build-dir {build}: exists and is not a folder")
+    marker = build / BUILD_MARKER
+    if build.is_dir() and not marker.exists():
+        entries = {p.name for p in build.iterdir()}
+        looks_built = (entries <= BUILD_ENTRIES and (not (build / "src").exists() or (build / "src" / "_toc.yml").is_file())
+                       and (not (build / "html").exists() or (build / "html" / "index.html").is_file()))
+        if entries and not (default and looks_built):
+            raise OutDirError(f"--build-dir {build}: folder is not empty and was not created by vlnb (no "
+                              f"{BUILD_MARKER} marker); vlnb deletes src/ and html/ of its build folder, so "
+                              "it will not use this one: choose a new or empty folder")
+    build.mkdir(parents=True, exist_ok=True)
+    if not marker.exists():
+        atomic_write_text(marker, "This folder was created by `vlnb book`; vlnb may delete src/, html/, runs/, jb/ here.\n")
+    return build
 
 
 def build_book(
@@ -145,8 +246,11 @@ def build_book(
     Layout under ``build_dir`` (default ``<repo>/_build``): ``runs/<notebook>/`` (run folders),
     ``src/`` (book sources + executed notebooks), ``html/index.html`` (the book).
     Returns the path of ``index.html``.
+
+    vlnb marks a build folder it creates (``.vlnb-build``) and only ever deletes inside a marked folder; a
+    non-empty folder without the marker is refused (:class:`OutDirError`).
     """
-    build = Path(build_dir or REPO_ROOT / "_build").resolve()
+    build = claim_build_dir(Path(build_dir or REPO_ROOT / "_build"), default=build_dir is None)
     src = build / "src"
     if src.exists():
         shutil.rmtree(src)
@@ -158,15 +262,31 @@ def build_book(
         else:
             shutil.copy2(s, src / name)
     (src / "notebooks").mkdir()
-    timings = {}
+    timings, parts, cpu_parts = {}, {}, {}
     for nb in notebooks or list_notebooks():
         t0 = time.time()
         print(f"[vlnb book] executing {nb.name} ({profile}) ...", flush=True)
-        executed = run_notebook(
-            nb, (parameters or {}).get(nb.stem, {}), profile=profile, out_dir=build / "runs" / nb.stem, progress=progress
-        )
+        if (build / "runs" / nb.stem).exists():  # the marked build folder is vlnb's: its old runs go
+            shutil.rmtree(build / "runs" / nb.stem)
+        link_before = os.environ.get("VLNB_LINK_BASE")
+        os.environ["VLNB_LINK_BASE"] = f"../{RUN_FILES_DIR}/{nb.stem}/"  # from html/notebooks/<stem>.html
+        try:
+            executed = run_notebook(
+                nb, (parameters or {}).get(nb.stem, {}), profile=profile, out_dir=build / "runs" / nb.stem,
+                progress=progress
+            )
+        finally:
+            if link_before is None:
+                os.environ.pop("VLNB_LINK_BASE", None)
+            else:
+                os.environ["VLNB_LINK_BASE"] = link_before
         shutil.copy2(executed, src / "notebooks" / nb.name)
         timings[nb.stem] = round(time.time() - t0, 1)
+        try:
+            rec = json.loads((executed.parent / "run.json").read_text())
+            parts[nb.stem], cpu_parts[nb.stem] = rec["timing"], rec.get("timing_cpu") or {}
+        except (OSError, ValueError, KeyError):
+            pass
         print(f"[vlnb book] {nb.name}: {timings[nb.stem]} s", flush=True)
     _prune_toc(src / "_toc.yml", {nb.stem for nb in notebooks or list_notebooks()})
     html = build / "html"
@@ -182,7 +302,18 @@ def build_book(
     if proc.returncode != 0 or not (built / "index.html").exists():
         raise RunError(f"jupyter-book build failed (exit {proc.returncode}); see {log}\n{proc.stderr[-3000:]}")
     shutil.move(str(built), str(html))
+    copy_run_files(build / "runs", html / RUN_FILES_DIR)
     timings["jupyter-book"] = round(time.time() - t0, 1)
     (build / "timings.json").write_text(json.dumps(timings, indent=2))
+    if parts:  # where each chapter's time went (vlnb.timing), also as a CSV
+        from .timing import breakdown_table
+
+        table = breakdown_table(parts)
+        table.to_csv(build / "timings.csv", index_label="chapter")
+        print(f"[vlnb book] wall seconds per chapter and category:\n{table.to_string()}", flush=True)
+        if any(cpu_parts.values()):
+            cpu = breakdown_table({k: v for k, v in cpu_parts.items() if v})
+            cpu.to_csv(build / "timings_cpu.csv", index_label="chapter")
+            print(f"[vlnb book] kernel CPU seconds per chapter and category:\n{cpu.to_string()}", flush=True)
     print(f"[vlnb book] built {html / 'index.html'}  timings: {timings}", flush=True)
     return html / "index.html"

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .classnames import CIFAR100_CLASSNAMES
 from .images import empty_report, encode_png
 from .manifest import drop_bad_images, make_manifest
 
@@ -61,19 +62,53 @@ def _open_hf(source: str | os.PathLike, split: str):
     if p.is_absolute() or str(source).startswith(".") or p.suffix in (".parquet", ".npz", ".arrow"):
         raise FileNotFoundError(f"local data set not found: {p}")
     try:
+        if str(source) in SCRIPT_DATASETS:
+            return _parquet_conversion(str(source), split)
         try:
             return datasets.load_dataset(str(source), split=split)
-        except RuntimeError as e:
-            if "scripts are no longer supported" not in str(e):
+        except Exception as e:
+            if not _is_script_error(e):
                 raise
-            # script-based repos (e.g. nlphuji/flickr30k) keep the hub's parquet conversion on this branch
-            return datasets.load_dataset(str(source), split=split, revision="refs/convert/parquet")
+            return _parquet_conversion(str(source), split)
     except Exception as e:  # offline, unknown id, missing split ...
         raise RuntimeError(
             f"could not load {str(source)!r} (split {split!r}) from the Hugging Face hub: "
             f"{type(e).__name__}: {e}. "
             "Without internet, pass a local save_to_disk folder or parquet file of the data set instead."
         ) from e
+
+
+#: Hub data sets defined by a loading script. ``datasets`` >= 4 refuses scripts ("Dataset scripts are no longer
+#: supported"), < 4 asks for ``trust_remote_code=True`` (which vlnb never passes): their parquet conversion
+#: (branch :data:`PARQUET_REVISION`, made by the hub) is loaded directly instead, the same on every version.
+SCRIPT_DATASETS = frozenset({"nlphuji/flickr30k"})
+PARQUET_REVISION = "refs/convert/parquet"
+
+
+def _is_script_error(e: Exception) -> bool:
+    """The error ``datasets`` raises for a script-based repo: >= 4 no longer runs scripts, < 4 wants
+    ``trust_remote_code``."""
+    msg = str(e)
+    return ("scripts are no longer supported" in msg or "trust_remote_code" in msg
+            or "contains custom code" in msg)
+
+
+def _parquet_conversion(repo_id: str, split: str):
+    """Split ``split`` of the hub's parquet conversion of ``repo_id`` (``<config>/<split>/NNNN.parquet`` on the
+    ``refs/convert/parquet`` branch), downloaded through the HF cache and opened with the parquet builder: no
+    script runs."""
+    import datasets
+    from huggingface_hub import HfApi, hf_hub_download
+
+    files = [f for f in HfApi().list_repo_files(repo_id, repo_type="dataset", revision=PARQUET_REVISION)
+             if f.endswith(".parquet")]
+    of_split = sorted(f for f in files if f.split("/")[-2:-1] == [split] or Path(f).name.startswith(f"{split}-"))
+    if not of_split:
+        found = sorted({f.rsplit("/", 1)[0] for f in files})
+        raise ValueError(f"{repo_id}: its parquet conversion ({PARQUET_REVISION}) has no split {split!r}; "
+                         f"it has folders {found}")
+    local = [hf_hub_download(repo_id, f, repo_type="dataset", revision=PARQUET_REVISION) for f in of_split]
+    return datasets.load_dataset("parquet", data_files=local, split="train")
 
 
 def _encoded_bytes(v: Any) -> bytes:
@@ -140,7 +175,7 @@ def _finish(records: list[dict], name: str, meta: dict, check_images: bool, prog
 def _progress(it, progress: bool, desc: str, total: int):
     if not progress:
         return it
-    from tqdm.auto import tqdm
+    from ..progress import tqdm
 
     return tqdm(it, desc=desc, total=total, leave=False)
 
@@ -241,11 +276,45 @@ def _hf_label_names(ds, column: str) -> list[str]:
     return list(names)
 
 
+#: The official CIFAR-100 coarse (superclass) names, in label order (the data set's ``meta`` file).
+CIFAR100_COARSE_NAMES: tuple[str, ...] = (
+    "aquatic_mammals", "fish", "flowers", "food_containers", "fruit_and_vegetables", "household_electrical_devices",
+    "household_furniture", "insects", "large_carnivores", "large_man-made_outdoor_things",
+    "large_natural_outdoor_scenes", "large_omnivores_and_herbivores", "medium_mammals", "non-insect_invertebrates",
+    "people", "reptiles", "small_mammals", "trees", "vehicles_1", "vehicles_2",
+)
+#: Misspellings of copies in circulation -> the official name (``uoft-cs/cifar100`` spells class 26 "cra").
+CIFAR100_ALIASES = {"cra": "crab"}
+
+
+def cifar100_fine_names() -> list[str]:
+    """The official 100 fine class names in label order (``aquarium_fish``...): OpenAI's prompt names of
+    :data:`vlnb.data.classnames.CIFAR100_CLASSNAMES` with spaces back to underscores."""
+    return [n.replace(" ", "_") for n in CIFAR100_CLASSNAMES]
+
+
+def official_cifar100_names(names: Sequence[str], source, column: str = "fine_label") -> list[str]:
+    """``names`` (a copy's label names, by index) checked against the official CIFAR-100 names and returned as
+    those: label ``i`` *is* official class ``i``; a known misspelling (:data:`CIFAR100_ALIASES`) is accepted,
+    anything else is a ValueError naming the source, the label index and both names (never a silent drop)."""
+    coarse = column.startswith("coarse")
+    official = list(CIFAR100_COARSE_NAMES) if coarse else cifar100_fine_names()
+    names = [str(n) for n in names]
+    if len(names) != len(official):
+        raise ValueError(f"{source}: column {column!r} has {len(names)} label names; CIFAR-100 has {len(official)}")
+    for i, (n, o) in enumerate(zip(names, official)):
+        if CIFAR100_ALIASES.get(n, n).replace(" ", "_").lower() != o:
+            raise ValueError(f"{source}: {column} label {i} is named {n!r}, but CIFAR-100's class {i} is {o!r}; "
+                             "this copy's labels do not follow the official order")
+    return official
+
+
 def cifar100_class_names(source: str | os.PathLike = "uoft-cs/cifar100", split: str = "test") -> list[str]:
-    """The 100 fine class names (dataset order, e.g. ``"aquarium_fish"``) of an npz or HF source."""
+    """The 100 official fine class names (label order, e.g. ``"aquarium_fish"``), checked against an npz or HF
+    source's own names (:func:`official_cifar100_names`)."""
     if _is_npz(source):
-        return [str(n) for n in _npz(source)["fine_label_names"]]
-    return _hf_label_names(_open_hf(source, split), "fine_label")
+        return official_cifar100_names(_npz(source)["fine_label_names"], source)
+    return official_cifar100_names(_hf_label_names(_open_hf(source, split), "fine_label"), source)
 
 
 def load_cifar100(
@@ -265,10 +334,8 @@ def load_cifar100(
     if _is_npz(source):
         z = _npz(source)
         fine, coarse = z["fine_labels"].astype(int), z["coarse_labels"].astype(int)
-        fine_names, coarse_names = (
-            [str(n) for n in z["fine_label_names"]],
-            [str(n) for n in z["coarse_label_names"]],
-        )
+        fine_names = official_cifar100_names(z["fine_label_names"], source, "fine_label")
+        coarse_names = official_cifar100_names(z["coarse_label_names"], source, "coarse_label")
         images = (encode_png(a) for a in z["images"])
         extra = [{"filename": str(f)} for f in z["filenames"]] if "filenames" in z else [{}] * len(fine)
     else:
@@ -278,9 +345,17 @@ def load_cifar100(
             np.asarray(ds[fine_col], dtype=int),
             np.asarray(ds[_column(ds, ("coarse_label",), "coarse label")], dtype=int),
         )
-        fine_names, coarse_names = _hf_label_names(ds, fine_col), _hf_label_names(ds, "coarse_label")
+        # labels by index -> the official names (the hub's copy spells class 26 "cra": matched by name, every
+        # crab would silently become "unknown" and leave the zero-shot test set)
+        fine_names = official_cifar100_names(_hf_label_names(ds, fine_col), source, "fine_label")
+        coarse_names = official_cifar100_names(_hf_label_names(ds, "coarse_label"), source, "coarse_label")
         images = _image_bytes(ds, _column(ds, ("img", "image"), "image"))
         extra = [{}] * len(fine)
+    for col, ids, n in (("fine_label", fine, len(fine_names)), ("coarse_label", coarse, len(coarse_names))):
+        bad = np.flatnonzero((ids < 0) | (ids >= n))
+        if len(bad):
+            raise ValueError(f"{source}: row {int(bad[0])} has {col} {int(ids[bad[0]])}, outside 0..{n - 1} "
+                             f"({len(bad)} such rows)")
     records = [
         {
             "image_id": i,

@@ -22,6 +22,28 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 REPORT_COLUMNS = ["image_id", "path", "reason"]
 
+#: Images with more pixels than this are refused (a 120 KB PNG can declare 144 megapixels and decode to
+#: about 1 GB). Override with the environment variable ``VLNB_MAX_IMAGE_PIXELS`` (an int; ``0`` = no limit)
+#: or the ``max_pixels`` argument of :func:`open_rgb` / :func:`scan_images`.
+DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
+
+
+def max_image_pixels() -> int:
+    """The pixel limit in force: ``$VLNB_MAX_IMAGE_PIXELS`` or :data:`DEFAULT_MAX_IMAGE_PIXELS` (0 = none)."""
+    raw = os.environ.get("VLNB_MAX_IMAGE_PIXELS")
+    if raw is None or raw.strip() == "":
+        return DEFAULT_MAX_IMAGE_PIXELS
+    try:
+        value = int(raw.strip().replace("_", ""))
+    except ValueError:
+        value = -1
+    if value < 0:
+        from ..errors import ParameterError
+
+        raise ParameterError(f"environment variable VLNB_MAX_IMAGE_PIXELS: must be an int >= 0 (0 = no limit), "
+                             f"got {raw!r}")
+    return value
+
 
 class BadImageError(ValueError):
     """An image that cannot be used; ``reason`` is a short human-readable cause."""
@@ -63,12 +85,14 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def open_rgb(src: str | os.PathLike | bytes) -> Image.Image:
+def open_rgb(src: str | os.PathLike | bytes, max_pixels: int | None = None) -> Image.Image:
     """Decode ``src`` (a path or encoded bytes) to an RGB image with EXIF orientation applied.
 
-    Raises :class:`BadImageError` for missing, empty, non-image or truncated inputs.
+    Raises :class:`BadImageError` for missing, empty, non-image, truncated or too large inputs (more than
+    ``max_pixels``, default :func:`max_image_pixels`, checked from the header before anything is decoded).
     """
     desc = _describe(src)
+    limit = max_image_pixels() if max_pixels is None else max_pixels
     if isinstance(src, (bytes, bytearray, memoryview)):
         data = bytes(src)
         if len(data) == 0:
@@ -85,9 +109,16 @@ def open_rgb(src: str | os.PathLike | bytes) -> Image.Image:
         fh = p
     try:
         with Image.open(fh) as im:
+            w, h = im.size
+            if limit and w * h > limit:
+                raise BadImageError(
+                    f"image too large: {w}x{h} = {w * h / 1e6:.1f} megapixels, over the limit of "
+                    f"{limit / 1e6:g} (set VLNB_MAX_IMAGE_PIXELS to change it)", desc)
             im.load()
             im = ImageOps.exif_transpose(im)
             return _to_rgb(im)
+    except BadImageError:
+        raise
     except UnidentifiedImageError:
         raise BadImageError("not an image (unrecognised format)", desc) from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -97,10 +128,10 @@ def open_rgb(src: str | os.PathLike | bytes) -> Image.Image:
         raise BadImageError(f"cannot decode image ({type(e).__name__}: {msg})", desc) from None
 
 
-def try_open_rgb(src) -> tuple[Image.Image | None, str | None]:
+def try_open_rgb(src, max_pixels: int | None = None) -> tuple[Image.Image | None, str | None]:
     """Like :func:`open_rgb` but returns ``(image, None)`` or ``(None, reason)``."""
     try:
-        return open_rgb(src), None
+        return open_rgb(src, max_pixels), None
     except BadImageError as e:
         return None, e.reason
 
@@ -110,20 +141,22 @@ def empty_report() -> pd.DataFrame:
 
 
 def scan_images(
-    image_ids: Sequence, sources: Sequence, workers: int | None = None, progress: bool = False
+    image_ids: Sequence, sources: Sequence, workers: int | None = None, progress: bool = False,
+    max_pixels: int | None = None,
 ) -> pd.DataFrame:
     """Fully decode every source; return the report of the ones that fail (empty when all are fine)."""
     workers = workers or min(8, (os.cpu_count() or 1) * 2)
+    limit = max_image_pixels() if max_pixels is None else max_pixels
 
     def check(src):
-        return try_open_rgb(src)[1]
+        return try_open_rgb(src, limit)[1]
 
     it: Iterable = zip(image_ids, sources)
     rows = []
     with ThreadPoolExecutor(max_workers=workers) as ex:
         reasons = ex.map(check, list(sources))
         if progress:
-            from tqdm.auto import tqdm
+            from ..progress import tqdm
 
             reasons = tqdm(reasons, total=len(sources), desc="checking images", leave=False)
         for (iid, src), reason in zip(it, reasons):

@@ -15,6 +15,7 @@ and travel with the parquet file.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -107,12 +108,20 @@ def save_manifest(df: pd.DataFrame, path: str | os.PathLike, report: pd.DataFram
     meta = dict(table.schema.metadata or {})
     meta[_META_KEY] = json.dumps(manifest_meta(df), default=str).encode()
     table = table.replace_schema_metadata(meta)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    from ..paths import atomic_write, clean_stale_temp
+
+    clean_stale_temp(path.parent, path.name)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))  # unique temp name: concurrent writers never collide
     if report is not None:
-        report.to_csv(report_path(path), index=False)
+        save_report(report, report_path(path))
     return path
+
+
+def save_report(report: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a bad-image report CSV atomically."""
+    from ..paths import atomic_write
+
+    return atomic_write(path, lambda tmp: report.to_csv(tmp, index=False))
 
 
 def report_path(manifest_path: str | os.PathLike) -> Path:
@@ -139,9 +148,7 @@ def drop_bad_images(df: pd.DataFrame, workers: int | None = None, progress: bool
     report = scan_images(list(df["image_id"]), list(df["image"]), workers=workers, progress=progress)
     if len(report) == 0:
         return df, empty_report()
-    attrs = df.attrs
-    good = df[~df["image_id"].isin(set(report["image_id"]))].reset_index(drop=True)
-    good.attrs = attrs
+    good = subset(df, ~df["image_id"].isin(set(report["image_id"])).to_numpy())
     return good, report[REPORT_COLUMNS]
 
 
@@ -159,6 +166,35 @@ def fingerprint(df: pd.DataFrame) -> str:
         h.update("\x1f".join(caps).encode())
         h.update("\x1e".join(labels).encode())
     return h.hexdigest()[:16]
+
+
+def subset(df: pd.DataFrame, rows) -> pd.DataFrame:
+    """Some rows of a manifest as a manifest of their own: ``rows`` a slice, integer positions (in the order
+    given) or a boolean mask of ``len(df)``; the index is reset and the attrs -- the provenance every later
+    step reads (source, annotations, world config) -- are kept as a deep copy, so editing one never
+    changes the other. The one way the package takes a subset, a split or the head of a manifest."""
+    if isinstance(rows, slice):
+        out = df.iloc[rows]
+    else:
+        r = np.asarray(rows)
+        if r.dtype == bool:
+            if r.shape != (len(df),):
+                raise ValueError(f"a boolean row mask must have one entry per row ({len(df)}), got shape {r.shape}")
+        elif r.size and not np.issubdtype(r.dtype, np.integer):
+            raise ValueError(f"rows must be a slice, integer positions or a boolean mask, got dtype {r.dtype}")
+        out = df.iloc[r.astype(np.int64) if r.dtype != bool else r]
+    out = out.reset_index(drop=True)
+    out.attrs = copy.deepcopy(df.attrs)
+    return out
+
+
+def subset_ids(df: pd.DataFrame, image_ids) -> pd.DataFrame:
+    """:func:`subset` of the rows with these ``image_ids``, in that order (an unknown id is an error naming it)."""
+    pos = {iid: i for i, iid in enumerate(df["image_id"])}
+    missing = [i for i in image_ids if i not in pos]
+    if missing:
+        raise KeyError(f"{len(missing)} image id(s) are not in the manifest, e.g. {missing[0]!r}")
+    return subset(df, np.asarray([pos[i] for i in image_ids], dtype=np.int64))
 
 
 def texts_and_targets(df: pd.DataFrame) -> tuple[list[str], np.ndarray]:

@@ -8,9 +8,11 @@ import pandas as pd
 
 from .builder import build_manifest
 from .images import REPORT_COLUMNS
+from .manifest import subset
+from .world import REFERENCE_WORLD
 
 
-def _resolve(path: str | None) -> str | None:
+def repo_path(path: str | None) -> str | None:
     """Relative paths in parameters are relative to the repository (the run folder is elsewhere)."""
     if path is None:
         return None
@@ -18,6 +20,29 @@ def _resolve(path: str | None) -> str | None:
 
     p = Path(path)
     return str(p if p.is_absolute() or p.exists() else REPO_ROOT / p)
+
+
+def coco_source(coco_root: str | None, coco_karpathy_split: str | None, default_split="val2017",
+                subset: str | tuple = "test") -> dict:
+    """``build_manifest("coco", **kwargs)`` arguments of a chapter's COCO parameters, resolved in one place.
+
+    ``coco_root`` / ``coco_karpathy_split``: relative paths are relative to the repository (None root: the
+    shared coco-mini). A Karpathy split file (Karpathy's ``dataset_coco.json`` or LAVIS's
+    ``coco_karpathy_test.json``; ``""`` or None: none) selects its ``subset`` and the folders its images live
+    in: val2014 alone for the 5k test when ``root`` has the 2014 layout, else train2017 + val2017 (the same
+    images under the same ids). Without one the folders are ``default_split``.
+    """
+    from .coco import coco_split_folders
+
+    root = repo_path(coco_root)
+    ks = repo_path(coco_karpathy_split) if coco_karpathy_split else None
+    kw: dict = {"root": root}
+    if ks:
+        kw.update(karpathy_split=ks, karpathy_subset=subset,
+                  split=coco_split_folders(root, ks, subset) if root else ("train2017", "val2017"))
+    else:
+        kw["split"] = default_split
+    return kw
 
 
 def profile_manifests(cfg, progress: bool = True) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
@@ -41,9 +66,8 @@ def profile_manifests(cfg, progress: bool = True) -> tuple[dict[str, pd.DataFram
         add("coco-mini", *build_manifest("coco", split=("train2017", "val2017"), progress=progress))
         add("cifar100", *build_manifest("cifar100"))
     else:
-        kw = {"karpathy_split": _resolve(cfg.coco_karpathy_split)} if cfg.coco_karpathy_split else {}
-        add("coco", *build_manifest("coco", root=_resolve(cfg.coco_root), split=("train2017", "val2017"),
-                                    progress=progress, **kw))
+        add("coco", *build_manifest("coco", progress=progress,
+                                    **coco_source(cfg.coco_root, cfg.coco_karpathy_split, ("train2017", "val2017"))))
         if cfg.flickr30k_source:
             add("flickr30k", *build_manifest("flickr30k", root=cfg.flickr30k_source, split="test"))
         if cfg.pokemon_source:
@@ -72,20 +96,17 @@ def evaluation_manifest(name: str, cfg=None, max_images: int | None = None) -> t
     ``flickr30k`` (1k test of ``cfg.flickr30k_source``), ``cifar100`` (``cfg.cifar100_source`` test split),
     ``pokemon`` (``cfg.pokemon_source``). ``max_images`` keeps the first that many rows.
     """
-    get = lambda key: getattr(cfg, key, None) if cfg is not None else None  # noqa: E731
+    get = lambda key: getattr(cfg, key, None) if cfg is not None else None
     if name == "world":
-        from ..zoo import reference_data
-
-        df, report = reference_data("scratch-world")["test"], pd.DataFrame(columns=REPORT_COLUMNS)
+        world, _ = build_manifest("world", **REFERENCE_WORLD)
+        df, report = subset(world, (world["split"] == "test").to_numpy()), pd.DataFrame(columns=REPORT_COLUMNS)
     elif name == "coco-mini":
         df, report = build_manifest("coco", split="val2017")
     elif name == "coco":
-        kw = {"karpathy_split": _resolve(get("coco_karpathy_split"))} if get("coco_karpathy_split") else {}
-        df, report = build_manifest("coco", root=_resolve(get("coco_root")),
-                                    split=("train2017", "val2017") if kw else "val2017", **kw)
+        df, report = build_manifest("coco", **coco_source(get("coco_root"), get("coco_karpathy_split")))
     elif name == "cifar100":
         src = get("cifar100_source")
-        df, report = build_manifest("cifar100", root=_resolve(src) if src and Path(str(src)).suffix else src)
+        df, report = build_manifest("cifar100", root=repo_path(src) if src and Path(str(src)).suffix else src)
     elif name in ("flickr30k", "pokemon"):
         src = get(f"{name}_source")
         if not src:
@@ -95,7 +116,5 @@ def evaluation_manifest(name: str, cfg=None, max_images: int | None = None) -> t
         raise ValueError(f"unknown evaluation data set {name!r}: offline world | coco-mini | cifar100; "
                          "full coco | flickr30k | cifar100 | pokemon")
     if max_images is not None and len(df) > max_images:
-        attrs = dict(df.attrs)
-        df = df.iloc[:max_images].reset_index(drop=True)
-        df.attrs = attrs
+        df = subset(df, slice(0, max_images))
     return df, report

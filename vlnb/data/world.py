@@ -86,6 +86,9 @@ RELATION_PHRASES = {
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six")
 #: A relation is only stated when one axis' centre distance is this many times the other's.
 CLEAR_RATIO = 1.25
+#: The world split the book's reference models train and test on (the ``*-world`` recipes of :mod:`vlnb.zoo`,
+#: and the ``world`` evaluation set of :func:`vlnb.data.profiles.evaluation_manifest`).
+REFERENCE_WORLD = {"n_train": 2000, "n_test": 500, "image_size": 64, "seed": 0}
 _PLURAL = {"cross": "crosses"}
 _MARGIN = 1  # pixels between any object and the border
 _LAYOUT_TRIES = 200
@@ -524,7 +527,7 @@ def generate(config: WorldConfig, split: str, n: int, start: int = 0, progress: 
         raise ValueError(f"n and start must be >= 0, got n={n}, start={start}")
     it = range(start, start + n)
     if progress:
-        from tqdm.auto import tqdm
+        from ..progress import tqdm
 
         it = tqdm(it, desc=f"world {split}", leave=False)
     return [render(config, split, i) for i in it]

@@ -1,12 +1,15 @@
 """Evaluation: retrieval Recall@K, cross-encoder re-ranking, zero-shot classification, a feature cache.
 
 - :mod:`vlnb.eval.retrieval` -- exact, tie-pessimistic Recall@K in both directions (fast, chunked)
+- :mod:`vlnb.eval.chance`    -- the exact chance level of Recall@K and zero-shot top-k (one definition for every chapter)
 - :mod:`vlnb.eval.rerank`    -- re-rank a dual encoder's top-k with a cross encoder (LAVIS protocol)
 - :mod:`vlnb.eval.zeroshot`  -- prompt-ensemble classifiers, top-k accuracy, mean per-class recall
-- :mod:`vlnb.eval.templates` -- OpenAI's CLIP prompt templates (ImageNet 80, CIFAR 18) and class names
+- :mod:`vlnb.eval.templates` -- OpenAI's CLIP prompt templates (ImageNet 80, CIFAR 18)
 - :mod:`vlnb.eval.features`  -- image/text embeddings cached on disk, keyed by weights + data + preprocessing
 """
 
+from ..data.classnames import CIFAR100_CLASSNAMES
+from .chance import manifest_recall_chance, recall_chance, recall_chance_from_counts, zeroshot_chance
 from .features import FeatureSet, image_features, text_features
 from .rerank import rerank_similarity, reranked_recall
 from .retrieval import (
@@ -18,7 +21,6 @@ from .retrieval import (
     retrieval_table,
 )
 from .templates import (
-    CIFAR100_CLASSNAMES,
     CIFAR_TEMPLATES,
     OPENAI_IMAGENET_TEMPLATES,
     SIMPLE_TEMPLATES,
@@ -41,17 +43,21 @@ __all__ = [
     "classification_metrics",
     "get_templates",
     "image_features",
+    "manifest_recall_chance",
     "mean_rank",
     "median_rank",
     "multilabel_targets",
     "primary_targets",
     "recall_at_k",
+    "recall_chance",
+    "recall_chance_from_counts",
     "recall_from_ranks",
     "rerank_similarity",
     "reranked_recall",
     "retrieval_ranks",
     "retrieval_table",
     "text_features",
+    "zeroshot_chance",
     "zeroshot_classifier",
     "zeroshot_scores",
 ]

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .retrieval import DIRECTIONS, _check_ks
+from ..timing import timer
+from .retrieval import DIRECTIONS, check_ks
 
 
 @dataclass
@@ -88,6 +89,7 @@ def percentile_interval(samples, level: float = 0.95) -> tuple[np.ndarray, np.nd
     return np.nanquantile(s, a, axis=0), np.nanquantile(s, 1 - a, axis=0)
 
 
+@timer("metrics")
 def bootstrap_ci(
     statistic: Callable[[np.ndarray], float | np.ndarray],
     n_units: int,
@@ -130,6 +132,7 @@ def _per_image_hits(ranks: Mapping, text_to_image: np.ndarray, n_images: int, ks
     return {"i2t": (i2t_hit, has_cap), "t2i": (t2i_hit, n_caps)}
 
 
+@timer("metrics")
 def bootstrap_recall(
     ranks: Mapping | Sequence[Mapping],
     text_to_image,
@@ -150,7 +153,7 @@ def bootstrap_recall(
     test set), and with ``return_samples=True`` also ``{(direction, k): draws (n_boot,)}`` for paired
     comparisons (the same ``seed`` and test set give the same draws).
     """
-    ks = _check_ks(ks)
+    ks = check_ks(ks)
     many = list(ranks) if not isinstance(ranks, Mapping) else [ranks]
     if not many:
         raise ValueError("bootstrap_recall needs at least one set of ranks")

@@ -18,14 +18,44 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..data.classnames import CIFAR100_CLASSNAMES
+from ..data.manifest import subset
+from .chance import recall_chance, zeroshot_chance
 from .features import image_features, text_features
 from .rerank import rerank_similarity, reranked_recall
-from .retrieval import recall_at_k, retrieval_ranks
-from .templates import CIFAR100_CLASSNAMES, get_templates
+from .retrieval import recall_at_k, retrieval_ranks, retrieval_table
+from .templates import get_templates
 from .zeroshot import classification_metrics, multilabel_targets, zeroshot_classifier, zeroshot_scores
 
 #: Prompts for the offline world: its captions' own vocabulary (a word-level tokenizer knows no "photo").
 WORLD_TEMPLATES = ("a {}", "a large {}", "a small {}", "one {}", "a {} on a background")
+
+#: LAVIS's re-rank depth ``k_test`` per (model family, data set): lavis/projects/blip/eval/ret_{coco,flickr}_eval
+#: (BLIP: 256 on COCO, 128 on Flickr30k) and lavis/projects/blip2/eval/ret_{coco,flickr}_eval (BLIP-2: 128).
+LAVIS_RERANK_K: dict[tuple[str, str], int] = {
+    ("blip", "coco"): 256, ("blip", "flickr30k"): 128, ("blip2", "coco"): 128, ("blip2", "flickr30k"): 128,
+}
+#: Depth for every other (model, data set) with ``rerank_k="lavis"`` (e.g. ViLT, which LAVIS does not evaluate).
+DEFAULT_RERANK_K = 128
+
+
+def rerank_depth(rerank_k, family: str | None, dataset: str) -> int:
+    """The re-rank depth k of a cross encoder of ``family`` on ``dataset``: ``rerank_k`` itself when it is an
+    int, ``{data set: k}`` looked up by data set (else :data:`DEFAULT_RERANK_K`), or ``"lavis"``: LAVIS's
+    ``k_test`` (:data:`LAVIS_RERANK_K`)."""
+    if isinstance(rerank_k, bool):
+        raise TypeError(f"rerank_k must be an int, a {{data set: k}} dict or 'lavis', got {rerank_k!r}")
+    if isinstance(rerank_k, (int, np.integer)):
+        k = int(rerank_k)
+    elif isinstance(rerank_k, dict):
+        k = int(rerank_k.get(dataset, DEFAULT_RERANK_K))
+    elif rerank_k == "lavis":
+        k = LAVIS_RERANK_K.get((str(family), dataset), DEFAULT_RERANK_K)
+    else:
+        raise ValueError(f"rerank_k must be an int, a {{data set: k}} dict or 'lavis', got {rerank_k!r}")
+    if k < 0:
+        raise ValueError(f"re-rank depth must be >= 0 (0: no re-ranking), got {k} for {family} on {dataset}")
+    return k
 
 
 @dataclass
@@ -94,36 +124,52 @@ def evaluate_retrieval(
         sim = model.similarity(feats.embeddings, txt).float().cpu()
     meta = {"model": name, "dataset": dataset, "n_images": len(feats.image_ids), "n_texts": len(texts)}
     run = RetrievalRun(name, dataset, sim, list(feats.image_ids), texts, owner, skipped=feats.skipped)
-    run.results.append({**meta, "protocol": protocol, **recall_at_k(sim, owner, ks)})
+    run.results.append({**meta, "protocol": protocol, "stage": "itc", "hub_id": _checkpoint(model),
+                        **recall_at_k(sim, owner, ks)})
     if cross_encoder is not None:
-        proto = rerank_protocol or f"{protocol} top-{rerank_k} → {getattr(cross_encoder, 'name', 'ITM')} ITM rerank"
+        proto = rerank_protocol or rerank_label(protocol, rerank_k, getattr(cross_encoder, "name", "ITM"), "itm+itc")
         add_rerank(run, cross_encoder, manifest, name, proto, rerank_k, ks, progress)
     return run
 
 
+def rerank_label(first_stage: str, k: int, scorer: str, combine: str) -> str:
+    """The protocol of a re-ranked row: what ranked first, how deep, who re-scored, and how the score is made
+    (``"itm"``: the ITM score alone; ``"itm+itc"``: ITM + ITC, LAVIS's BLIP / BLIP-2 protocol)."""
+    score = {"itm": "ITM score alone", "itm+itc": "ITM + ITC"}[combine]
+    return f"{first_stage} top-{k} → {scorer} rerank ({score})"
+
+
+def _checkpoint(model) -> str | None:
+    """The hub id / folder a model was loaded from (what published numbers are joined on)."""
+    name = getattr(model, "name", None)
+    return str(name) if name is not None else None
+
+
 def add_rerank(run: RetrievalRun, cross_encoder, manifest: pd.DataFrame, model_name: str, protocol: str,
-               k: int = 128, ks: Sequence[int] = (1, 5, 10), progress: bool = True) -> dict:
+               k: int = 128, ks: Sequence[int] = (1, 5, 10), progress: bool = True, combine: str = "itm+itc") -> dict:
     """Re-rank the top-``k`` of ``run``'s ITC similarities with ``cross_encoder`` and append the result row
-    (``model_name``, ``protocol``, the pair count) to ``run.results``; returns that row."""
+    (``model_name``, ``protocol``, the pair count, ``combine``) to ``run.results``; returns that row.
+
+    ``combine``: ``"itm+itc"`` (ITM logit + ITC similarity: LAVIS's BLIP / BLIP-2 protocol, for a model
+    re-ranking its *own* ITC top-k) or ``"itm"`` (the cross encoder's score alone: a pure cross encoder such
+    as ViLT, whose scores must not be mixed with another model's cosine).
+    """
     pixels = _pixels_for(cross_encoder, manifest, run.image_ids)
-    reranked, n_pairs = rerank_similarity(run.similarity, cross_encoder, pixels, run.texts, k=k, progress=progress)
+    reranked, n_pairs = rerank_similarity(run.similarity, cross_encoder, pixels, run.texts, k=k, combine=combine,
+                                          progress=progress)
     row = {"model": model_name, "dataset": run.dataset, "n_images": len(run.image_ids), "n_texts": len(run.texts),
-           "protocol": protocol, "n_pairs": n_pairs, **reranked_recall(reranked, run.text_to_image, ks)}
+           "protocol": protocol, "stage": "itm", "hub_id": _checkpoint(cross_encoder), "rerank_k": int(k),
+           "combine": combine, "n_pairs": n_pairs, **reranked_recall(reranked, run.text_to_image, ks)}
     run.results.append(row)
     return row
 
 
 def _pixels_for(cross_encoder, manifest: pd.DataFrame, image_ids: Sequence):
-    """A loader of the cross encoder's own preprocessed pixels for rows of ``image_ids``."""
-    from ..data.images import open_rgb
+    """A loader of the cross encoder's own preprocessed pixels for rows of ``image_ids`` (decoded once,
+    through the pixel cache: :func:`vlnb.data.pixels.pixel_loader`)."""
+    from ..data.pixels import pixel_loader
 
-    src = dict(zip(manifest["image_id"], manifest["image"]))
-    order = [src[i] for i in image_ids]
-
-    def load(rows: list[int]) -> torch.Tensor:
-        return cross_encoder.preprocess([open_rgb(order[r]) for r in rows])
-
-    return load
+    return pixel_loader(cross_encoder.preprocess, manifest, image_ids)
 
 
 # ---------------------------------------------------------------------------------------------- zero-shot
@@ -162,9 +208,29 @@ def zeroshot_task(dataset: str, manifest: pd.DataFrame, coco_templates: str | Se
         })
     if "cifar" in kind or dataset.startswith("cifar"):
         names = list(CIFAR100_CLASSNAMES)  # OpenAI's prompt names ("aquarium fish" for the label "aquarium_fish")
-        labels = [str(labs[0]).replace("_", " ") if len(labs) else "" for labs in manifest["labels"]]
-        return ZeroShotTask(dataset, names, get_templates("cifar"), {"label": _index(labels, names)})
+        return ZeroShotTask(dataset, names, get_templates("cifar"), {"label": cifar100_targets(manifest, dataset)})
     raise ValueError(f"no zero-shot task is defined for data set {dataset!r} (source {kind!r})")
+
+
+def cifar100_targets(manifest: pd.DataFrame, dataset: str = "cifar100") -> np.ndarray:
+    """Class index (0..99, the official CIFAR-100 order) of every image: the loader's ``fine_label_id`` when it
+    is there (labels by index, so a copy's misspelt names cannot drop images), else the label name mapped to
+    the official names. An image whose label matches no class is a ValueError naming it, never a target -1
+    that silently leaves the accuracy's denominator."""
+    from ..data.hub import CIFAR100_ALIASES, cifar100_fine_names
+
+    if "fine_label_id" in manifest.columns:
+        t = pd.to_numeric(manifest["fine_label_id"], errors="coerce").to_numpy(dtype=float)
+    else:
+        pos = {n: i for i, n in enumerate(cifar100_fine_names())}
+        t = np.asarray([pos.get(CIFAR100_ALIASES.get(str(labs[0]), str(labs[0])).replace(" ", "_"), np.nan)
+                        if len(labs) else np.nan for labs in manifest["labels"]], dtype=float)
+    bad = np.flatnonzero(~np.isfinite(t) | (t < 0) | (t >= len(CIFAR100_CLASSNAMES)))
+    if len(bad):
+        r = int(bad[0])
+        raise ValueError(f"{dataset}: {len(bad)} image(s) have a label that is no CIFAR-100 class, e.g. image "
+                         f"{manifest['image_id'].iloc[r]!r} with labels {list(manifest['labels'].iloc[r])}")
+    return t.astype(np.int64)
 
 
 def coco_category_names(manifest: pd.DataFrame) -> list[str]:
@@ -215,7 +281,7 @@ def evaluate_zeroshot(
         m = classification_metrics(scores, t, ks=ks)
         rows.append({"model": name, "dataset": dataset, "protocol": "zero-shot", "variant": variant,
                      "n_classes": len(task.class_names), "n_templates": len(task.templates),
-                     "chance_top1": _chance(t, len(task.class_names)), **m})
+                     "chance_top1": zeroshot_chance(t, len(task.class_names))["top1"], **m})
     return rows
 
 
@@ -224,31 +290,17 @@ def _rows(manifest: pd.DataFrame, image_ids: Sequence) -> np.ndarray:
     return np.asarray([pos[i] for i in image_ids], dtype=np.int64)
 
 
-def _chance(targets, n_classes: int) -> float:
-    """Expected top-1 of a uniformly random guess: mean share of an image's classes among all classes."""
-    t = np.asarray(targets)
-    if t.dtype == bool:
-        has = t.any(axis=1)
-        return float(t[has].sum(axis=1).mean() / n_classes) if has.any() else float("nan")
-    return 1.0 / n_classes
-
-
-def retrieval_chance(n_images: int, n_texts: int, k: int) -> dict[str, float]:
-    """Recall@k (percent) of a random ranking: i2t with ~n_texts/n_images captions per image, t2i one image."""
-    per = n_texts / max(n_images, 1)
-    i2t = 1 - np.prod([(n_texts - per - j) / (n_texts - j) for j in range(min(k, n_texts))]) if n_texts else 0
-    return {"i2t": float(100 * i2t), "t2i": float(100 * min(k, n_images) / max(n_images, 1))}
-
-
 def tidy_retrieval(runs: Sequence[RetrievalRun]) -> pd.DataFrame:
-    """One row per (model, dataset, protocol, direction, k) with the chance level beside the recall."""
-    from .retrieval import retrieval_table
-
-    df = retrieval_table([r for run in runs for r in run.results])
-    if len(df):
-        df["chance"] = [retrieval_chance(n, m, k)[d] for n, m, k, d in zip(df["n_images"], df["n_texts"], df["k"],
-                                                                          df["direction"])]
-    return df
+    """One row per (model, dataset, protocol, direction, k) with the chance level beside the recall (exact,
+    :func:`vlnb.eval.chance.recall_chance` of each run's own images and captions)."""
+    parts = []
+    for run in runs:
+        df = retrieval_table(run.results)
+        if len(df):
+            ch = recall_chance(run.text_to_image, len(run.image_ids), sorted(set(df["k"])))
+            df["chance"] = [ch[f"{d}_R@{k}"] for d, k in zip(df["direction"], df["k"])]
+        parts.append(df)
+    return pd.concat(parts, ignore_index=True) if parts else retrieval_table([])
 
 
 # ---------------------------------------------------------------------------------------------- the chapter loop
@@ -266,7 +318,7 @@ def run_comparison(
     models: dict,
     manifests: dict[str, pd.DataFrame],
     first_stage: str | None = None,
-    rerank_k: int = 128,
+    rerank_k: int | dict | str = "lavis",
     coco_templates: str = "openai_imagenet",
     max_unknown_words: float = 0.5,
     batch_size: int = 64,
@@ -277,8 +329,10 @@ def run_comparison(
     ``(retrieval table, zero-shot table, {(model, dataset): RetrievalRun}, coverage table)``.
 
     Dual encoders: retrieval (data sets with captions) and zero-shot (data sets with a task), plus an
-    ITC→ITM re-ranked row when the model has its own ITM head (BLIP, BLIP-2). Cross encoders (ViLT)
-    re-rank the ITC top-``rerank_k`` of dual encoder ``first_stage``. A model with a word-level tokenizer
+    ITC→ITM re-ranked row when the model has its own ITM head (BLIP, BLIP-2; score ITM + ITC, as LAVIS). Cross
+    encoders (ViLT) re-rank the ITC top-k of dual encoder ``first_stage`` by their own ITM score alone. The depth
+    k: ``rerank_k`` (an int, ``{data set: k}``, or ``"lavis"``: LAVIS's ``k_test`` per model family and data
+    set, :func:`rerank_depth`). A model with a word-level tokenizer
     is not evaluated on data whose captions are mostly unknown words to it (> ``max_unknown_words``): the
     coverage table records every (model, data set) pair, evaluated or not, and why.
     """
@@ -302,9 +356,11 @@ def run_comparison(
             kw = {"batch_size": batch_size, "cache_dir": cache_dir, "progress": progress}
             if has_caps:
                 cross = model.cross_encoder() if hasattr(model, "cross_encoder") else None
-                run = evaluate_retrieval(model, df, ds, name, protocol="ITC", cross_encoder=cross, rerank_k=rerank_k,
-                                         rerank_protocol=f"ITC top-{rerank_k} → own ITM rerank" if cross else None,
-                                         **kw)
+                k = rerank_depth(rerank_k, getattr(model, "family", None), ds)
+                cross = cross if k > 0 else None
+                run = evaluate_retrieval(model, df, ds, name, protocol="ITC", cross_encoder=cross, rerank_k=k,
+                                         rerank_protocol=rerank_label("ITC", k, "own ITM", "itm+itc") if cross
+                                         else None, **kw)
                 runs[(name, ds)] = run
             try:
                 task = zeroshot_task(ds, df, coco_templates)
@@ -318,8 +374,12 @@ def run_comparison(
                 cover.append({"model": name, "dataset": ds, "evaluated": False,
                               "why": f"needs a first-stage dual encoder run ({first_stage!r}) with captions"})
                 continue
-            add_rerank(base, cross, df, name, f"{first_stage} ITC top-{rerank_k} → ITM rerank", rerank_k,
-                       progress=progress)
+            k = rerank_depth(rerank_k, getattr(cross, "family", None), ds)
+            if k == 0:
+                cover.append({"model": name, "dataset": ds, "evaluated": False, "why": "rerank_k is 0"})
+                continue
+            add_rerank(base, cross, df, name, rerank_label(f"{first_stage} ITC", k, "ITM", "itm"), k,
+                       progress=progress, combine="itm")
             cover.append({"model": name, "dataset": ds, "evaluated": True, "why": ""})
     ret_df = tidy_retrieval(list(runs.values()))
     return ret_df, pd.DataFrame(zs), runs, pd.DataFrame(cover)
@@ -338,13 +398,8 @@ def split_manifest(manifest: pd.DataFrame, test_fraction: float = 0.2, seed: int
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     order = np.random.default_rng(seed).permutation(len(manifest))
-    n_test = max(1, int(round(test_fraction * len(manifest))))
-    parts = []
-    for rows in (np.sort(order[n_test:]), np.sort(order[:n_test])):
-        part = manifest.iloc[rows].reset_index(drop=True)
-        part.attrs = dict(manifest.attrs)
-        parts.append(part)
-    return parts[0], parts[1]
+    n_test = max(1, round(test_fraction * len(manifest)))
+    return subset(manifest, np.sort(order[n_test:])), subset(manifest, np.sort(order[:n_test]))
 
 
 def text_to_image_experiment(
@@ -380,10 +435,7 @@ def text_to_image_experiment(
     baseline.eval()
     entries = [(n, m, "zero-shot, ITC") for n, m in models.items() if not isinstance(m, CrossEncoder)]
     entries.append((baseline.name, baseline, f"trained on the {dataset} train split ({len(train)} images)"))
-    rows = []
-    for name, model, proto in entries:
-        r = evaluate_retrieval(model, test, dataset, name, protocol=proto, ks=ks, batch_size=batch_size,
-                               cache_dir=cache_dir, progress=progress)
-        rows += r.results
-    df = tidy_retrieval([RetrievalRun("", dataset, torch.empty(0, 0), [], [], np.empty(0), rows)])
+    runs = [evaluate_retrieval(model, test, dataset, name, protocol=proto, ks=ks, batch_size=batch_size,
+                               cache_dir=cache_dir, progress=progress) for name, model, proto in entries]
+    df = tidy_retrieval(runs)
     return df[df["direction"] == "t2i"].reset_index(drop=True), history

@@ -37,6 +37,7 @@ import torch
 from ..data.images import REPORT_COLUMNS, empty_report, try_open_rgb
 from ..data.manifest import fingerprint as manifest_fingerprint
 from ..paths import cache_dir as default_cache_dir
+from ..timing import timed
 
 FORMAT_VERSION = 1
 
@@ -92,7 +93,7 @@ class FeatureSet:
 # --------------------------------------------------------------------------------------------- cache
 
 
-def _jsonable(v):
+def jsonable(v):
     return v.item() if isinstance(v, np.generic) else v
 
 
@@ -102,6 +103,12 @@ def _cache_key(payload: dict) -> str:
 
 def _tensor_digest(t: torch.Tensor) -> str:
     return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
+
+
+def _meta_digest(meta: dict) -> str:
+    """Checksum of a sidecar's content except the checksum itself (image ids, shape, tensor digest...)."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _cache_paths(directory: Path, key: str) -> tuple[Path, Path]:
@@ -120,6 +127,8 @@ def _load_cache(directory: Path, key: str) -> tuple[torch.Tensor, dict] | None:
         if meta.get("key") != key or meta.get("format") != FORMAT_VERSION:
             raise ValueError("sidecar key/format does not match")
         emb = load_file(str(tpath))["embeddings"]
+        if meta.get("meta_sha256") != _meta_digest(meta):
+            raise ValueError("sidecar checksum mismatch (its image ids or metadata were changed)")
         if list(emb.shape) != meta["shape"] or _tensor_digest(emb) != meta["sha256"]:
             raise ValueError("tensor checksum/shape mismatch")
         return emb, meta
@@ -134,12 +143,15 @@ def _save_cache(directory: Path, key: str, emb: torch.Tensor, meta: dict) -> Non
     directory.mkdir(parents=True, exist_ok=True)
     tpath, jpath = _cache_paths(directory, key)
     emb = emb.contiguous()
+    from ..paths import atomic_write, clean_stale_temp
+
     meta = {**meta, "key": key, "format": FORMAT_VERSION, "shape": list(emb.shape), "sha256": _tensor_digest(emb)}
+    meta = json.loads(json.dumps(meta, default=jsonable))
+    meta["meta_sha256"] = _meta_digest(meta)  # the sidecar (image ids, skipped, ...) is covered too
+    clean_stale_temp(directory)
     for path, write in ((tpath, lambda p: save_file({"embeddings": emb}, str(p))),
-                        (jpath, lambda p: p.write_text(json.dumps(meta, default=_jsonable)))):
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        write(tmp)
-        os.replace(tmp, path)  # the sidecar is written last: it commits the entry
+                        (jpath, lambda p: p.write_text(json.dumps(meta)))):
+        atomic_write(path, write)  # unique temp name; the sidecar is written last: it commits the entry
 
 
 def _cached(kind: str, payload: dict, cache_dir, compute: Callable[[], tuple[torch.Tensor, dict]]):
@@ -163,7 +175,7 @@ def _splits_uint8(pre) -> bool:
     return all(callable(getattr(pre, a, None)) for a in ("to_uint8", "unit_from_uint8", "normalize"))
 
 
-class _ImageDataset(torch.utils.data.Dataset):
+class ImageDataset(torch.utils.data.Dataset):
     """Decode + preprocess one manifest row; failures come back as a reason, not an exception.
 
     ``mode``: ``"uint8"`` (resized/cropped uint8 pixels; the model's device finishes the preprocessing),
@@ -176,23 +188,24 @@ class _ImageDataset(torch.utils.data.Dataset):
         return len(self.sources)
 
     def __getitem__(self, i: int):
-        img, reason = try_open_rgb(self.sources[i])
-        if img is None:
-            return i, None, reason
-        try:
-            fn = {"uint8": getattr(self.preprocess, "to_uint8", None), "unit": getattr(self.preprocess, "to_unit", None),
-                  "full": self.preprocess}[self.mode]
-            x = fn([img])
-            return i, x[0], None
-        except Exception as e:  # noqa: BLE001 -- a failed image is reported, not fatal
-            return i, None, f"preprocessing failed ({type(e).__name__}: {e})"
+        with timed("decode"):
+            img, reason = try_open_rgb(self.sources[i])
+            if img is None:
+                return i, None, reason
+            try:
+                fn = {"uint8": getattr(self.preprocess, "to_uint8", None),
+                      "unit": getattr(self.preprocess, "to_unit", None), "full": self.preprocess}[self.mode]
+                x = fn([img])
+                return i, x[0], None
+            except Exception as e:  # noqa: BLE001 -- a failed image is reported, not fatal
+                return i, None, f"preprocessing failed ({type(e).__name__}: {e})"
 
 
 def _perturb(perturbation, pixels: torch.Tensor, batch_ids: list) -> torch.Tensor:
     """Apply ``perturbation``; one that sets ``accepts_ids`` also gets the batch's image ids (``ids=``), so
     random perturbations can seed per image and not depend on batch composition (vlnb.robustness)."""
     if getattr(perturbation, "accepts_ids", False):
-        return perturbation(pixels, ids=[_jsonable(i) for i in batch_ids])
+        return perturbation(pixels, ids=[jsonable(i) for i in batch_ids])
     return perturbation(pixels)
 
 
@@ -251,21 +264,52 @@ def image_features(
     ids = list(manifest["image_id"])
     sources = list(manifest["image"])
 
+    def compute_from_pixels():
+        # decoded once per (manifest, preprocessing geometry) in the pixel cache; normalised on the device
+        from ..data.pixels import decoded_pixels
+
+        px_dir = None if cache_dir is None else Path(cache_dir) / "pixels"
+        px = decoded_pixels(manifest, pre, cache_dir=px_dir, workers=num_workers, progress=progress)
+        device, ok = model_device(model), px.ok_rows
+        # batches of manifest rows minus the bad ones, exactly as the decoding loader forms them (same bits)
+        starts = range(0, len(ids), batch_size)
+        if progress:
+            from ..progress import tqdm
+
+            starts = tqdm(starts, desc="encoding images", leave=False)
+        chunks = []
+        with timed("encoding"), torch.inference_mode(), autocast_for(model):
+            for s in starts:
+                rows = np.flatnonzero(px.valid[s : s + batch_size]) + s
+                if len(rows) == 0:
+                    continue
+                pixels = px.unit(rows, device)
+                if perturbation is not None:
+                    pixels = _perturb(perturbation, pixels, [ids[i] for i in rows])
+                chunks.append(model.encode_image(pre.normalize(pixels)).float().cpu())
+        emb = torch.cat(chunks) if chunks else torch.empty((0, *_embed_dim(model)))
+        skipped = [{c: jsonable(v) for c, v in r.items()} for r in px.skipped.to_dict("records")]
+        return emb, {"image_ids": [jsonable(ids[i]) for i in ok], "skipped": skipped}
+
     def compute():
+        from ..data.pixels import cacheable
+
+        if cacheable(pre):
+            return compute_from_pixels()
         device = model_device(model)
         mode = "uint8" if _splits_uint8(pre) else ("unit" if perturbation is not None else "full")
         loader = torch.utils.data.DataLoader(
-            _ImageDataset(sources, pre, mode), batch_size=batch_size,
+            ImageDataset(sources, pre, mode), batch_size=batch_size,
             num_workers=num_workers, collate_fn=_collate, shuffle=False, pin_memory=device.type == "cuda",
         )
         if progress:
-            from tqdm.auto import tqdm
+            from ..progress import tqdm
 
             loader = tqdm(loader, desc="encoding images", leave=False)
         rows, chunks, skipped = [], [], []
-        with torch.inference_mode(), autocast_for(model):
+        with timed("encoding"), torch.inference_mode(), autocast_for(model):
             for idx, pixels, bad in loader:
-                skipped += [{"image_id": _jsonable(ids[i]), "path": _describe(sources[i]), "reason": r} for i, r in bad]
+                skipped += [{"image_id": jsonable(ids[i]), "path": _describe(sources[i]), "reason": r} for i, r in bad]
                 if pixels is None:
                     continue
                 pixels = pixels.to(device, non_blocking=True)
@@ -277,7 +321,7 @@ def image_features(
                 chunks.append(model.encode_image(pixels).float().cpu())
                 rows += idx
         emb = torch.cat(chunks) if chunks else torch.empty((0, *_embed_dim(model)))
-        return emb, {"image_ids": [_jsonable(ids[i]) for i in rows], "skipped": skipped}
+        return emb, {"image_ids": [jsonable(ids[i]) for i in rows], "skipped": skipped}
 
     emb, meta, key, hit = _cached("image", payload, cache_dir, compute)
     skipped = pd.DataFrame(meta["skipped"], columns=REPORT_COLUMNS) if meta["skipped"] else empty_report()
@@ -304,7 +348,7 @@ def text_features(
     def compute():
         if not texts:
             return torch.empty((0, *_embed_dim(model))), {}
-        with torch.inference_mode(), autocast_for(model):
+        with timed("encoding"), torch.inference_mode(), autocast_for(model):
             emb = model.encode_texts(texts, batch_size=batch_size, progress=progress)
         return emb.float().cpu(), {}
 

@@ -21,8 +21,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..timing import timer
 from .features import autocast_for, model_device
-from .retrieval import DIRECTIONS, _as_tensor, recall_at_k
+from .retrieval import DIRECTIONS, as_tensor, recall_at_k
 
 COMBINE = ("itm+itc", "itm")
 
@@ -40,11 +41,12 @@ def _pixel_loader(images, n_images: int) -> Callable[[list[int]], torch.Tensor]:
     )
 
 
-def _score_pairs(cross_encoder, load, texts, img_idx, txt_idx, batch_size, progress) -> torch.Tensor:
+@timer("encoding")
+def score_pixel_text_pairs(cross_encoder, load, texts, img_idx, txt_idx, batch_size, progress) -> torch.Tensor:
     device, out = model_device(cross_encoder), []
     starts = range(0, len(img_idx), batch_size)
     if progress:
-        from tqdm.auto import tqdm
+        from ..progress import tqdm
 
         starts = tqdm(starts, desc="re-ranking pairs", leave=False)
     with torch.inference_mode(), autocast_for(cross_encoder):
@@ -91,7 +93,7 @@ def rerank_similarity(
         raise ValueError(f"combine must be one of {COMBINE}, got {combine!r}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    sim = _as_tensor(dual_similarity).float().cpu()
+    sim = as_tensor(dual_similarity).float().cpu()
     if sim.ndim != 2:
         raise ValueError(f"dual_similarity must be (n_images, n_texts), got shape {tuple(sim.shape)}")
     n, m = sim.shape
@@ -108,7 +110,7 @@ def rerank_similarity(
         "t2i": (top_images * m + torch.arange(m)[None, :]).flatten(),
     }
     pairs, inverse = torch.unique(torch.cat([flat["i2t"], flat["t2i"]]), return_inverse=True)
-    scores = _score_pairs(cross_encoder, load, list(texts), pairs // m, pairs % m, batch_size, progress)
+    scores = score_pixel_text_pairs(cross_encoder, load, list(texts), pairs // m, pairs % m, batch_size, progress)
     if combine == "itm+itc":
         scores = scores + sim.flatten()[pairs]
     out, offset = {}, 0

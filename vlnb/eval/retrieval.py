@@ -30,17 +30,19 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..timing import timer
+
 DIRECTIONS = ("i2t", "t2i")
 _KEY = re.compile(r"^(i2t|t2i)_R@(\d+)$")
 # elements compared per block: small blocks stay in CPU cache (measured fastest); GPUs prefer big ones
 _CHUNK_ELEMENTS = {"cpu": 1 << 19, "cuda": 1 << 26}
 
 
-def _as_tensor(x) -> torch.Tensor:
+def as_tensor(x) -> torch.Tensor:
     return x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.ascontiguousarray(x))
 
 
-def _check_ks(ks: Iterable[int]) -> tuple[int, ...]:
+def check_ks(ks: Iterable[int]) -> tuple[int, ...]:
     ks = tuple(ks)
     if not ks or any(not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1 for k in ks):
         raise ValueError(f"ks must be a non-empty sequence of positive ints, got {ks!r}")
@@ -48,13 +50,13 @@ def _check_ks(ks: Iterable[int]) -> tuple[int, ...]:
 
 
 def _prepare(similarity, text_to_image) -> tuple[torch.Tensor, torch.Tensor]:
-    sim = _as_tensor(similarity)
+    sim = as_tensor(similarity)
     if sim.ndim != 2:
         raise ValueError(f"similarity must be 2-D (n_images, n_texts), got shape {tuple(sim.shape)}")
     if not sim.is_floating_point():
         sim = sim.to(torch.float64)
     n_images, n_texts = sim.shape
-    t2i = _as_tensor(text_to_image)
+    t2i = as_tensor(text_to_image)
     if t2i.ndim != 1 or t2i.is_floating_point() or t2i.dtype == torch.bool:
         raise ValueError(
             f"text_to_image must be a 1-D integer array (one image index per text), got "
@@ -84,6 +86,7 @@ def _prepare(similarity, text_to_image) -> tuple[torch.Tensor, torch.Tensor]:
     return sim, t2i
 
 
+@timer("metrics")
 def retrieval_ranks(similarity, text_to_image, chunk_size: int | None = None) -> dict[str, np.ndarray]:
     """Pessimistic 0-based ranks of every query (see the module docstring).
 
@@ -121,7 +124,7 @@ def recall_from_ranks(ranks, ks: Sequence[int] = (1, 5, 10)) -> dict[int, float]
     ranks = np.asarray(ranks)
     if ranks.size == 0:
         raise ValueError("no ranks given: recall is undefined for zero queries")
-    return {k: float(100.0 * np.mean(ranks < k)) for k in _check_ks(ks)}
+    return {k: float(100.0 * np.mean(ranks < k)) for k in check_ks(ks)}
 
 
 def mean_rank(ranks) -> float:
@@ -134,6 +137,7 @@ def median_rank(ranks) -> float:
     return float(np.median(np.asarray(ranks)) + 1.0)
 
 
+@timer("metrics")
 def recall_at_k(
     similarity,
     text_to_image,
@@ -154,7 +158,7 @@ def recall_at_k(
     ``(metrics, ranks)`` where ``ranks`` is :func:`retrieval_ranks`' dict (0-based per-query ranks, for
     bootstrap confidence intervals via :func:`recall_from_ranks`).
     """
-    ks = _check_ks(ks)
+    ks = check_ks(ks)
     ranks = retrieval_ranks(similarity, text_to_image, chunk_size=chunk_size)
     out = {}
     for d in DIRECTIONS:

@@ -5,8 +5,7 @@
   ``OPENAI_IMAGENET_TEMPLATES``).
 - :data:`CIFAR_TEMPLATES`: the 18 CIFAR-10/CIFAR-100 templates from OpenAI's CLIP repository,
   ``data/prompts.md`` (CLIP: Radford et al., 2021, MIT licence).
-- :data:`CIFAR100_CLASSNAMES`: the CIFAR-100 class names as CLIP used them (``data/prompts.md``): the
-  official fine label names with ``_`` replaced by a space, in label order.
+- The CIFAR-100 class names these prompts fill in: :data:`vlnb.data.classnames.CIFAR100_CLASSNAMES`.
 - :data:`SIMPLE_TEMPLATES`: the single prompt ``"a photo of a {}."``.
 
 Every template is a ``str.format`` pattern with one ``{}`` for the class name.
@@ -132,18 +131,6 @@ OPENAI_IMAGENET_7_TEMPLATES: tuple[str, ...] = (
     "a photo of the small {}.",
 )
 
-CIFAR100_CLASSNAMES: tuple[str, ...] = (
-    "apple", "aquarium fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
-    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
-    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur",
-    "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard",
-    "lamp", "lawn mower", "leopard", "lion", "lizard", "lobster", "man", "maple tree", "motorcycle", "mountain",
-    "mouse", "mushroom", "oak tree", "orange", "orchid", "otter", "palm tree", "pear", "pickup truck", "pine tree",
-    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket",
-    "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
-    "squirrel", "streetcar", "sunflower", "sweet pepper", "table", "tank", "telephone", "television", "tiger",
-    "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow tree", "wolf", "woman", "worm",
-)
 
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     "openai_imagenet": OPENAI_IMAGENET_TEMPLATES,

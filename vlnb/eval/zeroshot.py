@@ -16,13 +16,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..timing import timer
 from .features import autocast_for
-from .retrieval import _check_ks
+from .retrieval import check_ks
 
 Template = str | Callable[[str], str]
 
 
-def _fill(template: Template, name: str) -> str:
+def fill_template(template: Template, name: str) -> str:
     if callable(template):
         return template(name)
     if "{}" not in template:
@@ -30,6 +31,7 @@ def _fill(template: Template, name: str) -> str:
     return template.format(name)
 
 
+@timer("encoding")
 def zeroshot_classifier(
     model, class_names: Sequence[str], templates: Sequence[Template], batch_size: int = 256, progress: bool = False
 ) -> torch.Tensor:
@@ -40,7 +42,7 @@ def zeroshot_classifier(
     class_names, templates = list(class_names), list(templates)
     if not class_names or not templates:
         raise ValueError(f"need at least one class name and one template (got {len(class_names)} and {len(templates)})")
-    prompts = [_fill(t, c) for c in class_names for t in templates]
+    prompts = [fill_template(t, c) for c in class_names for t in templates]
     with torch.inference_mode(), autocast_for(model):
         emb = model.encode_texts(prompts, batch_size=batch_size, progress=progress)
     emb = F.normalize(emb.float().cpu(), dim=-1).reshape(len(class_names), len(templates), -1)
@@ -102,7 +104,7 @@ def primary_targets(objects: Sequence, class_names: Sequence[str]) -> np.ndarray
     return out
 
 
-def _target_matrix(targets, n: int, c: int) -> np.ndarray:
+def target_matrix(targets, n: int, c: int) -> np.ndarray:
     """Targets (int labels with -1 = none, a bool (N, C) matrix, or label-index sets) -> bool (N, C)."""
     if isinstance(targets, torch.Tensor):
         targets = targets.cpu().numpy()
@@ -132,6 +134,7 @@ def _target_matrix(targets, n: int, c: int) -> np.ndarray:
     return out
 
 
+@timer("metrics")
 def classification_metrics(scores, targets, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
     """Top-k accuracy and mean per-class recall, as **proportions in [0, 1]**.
 
@@ -150,8 +153,8 @@ def classification_metrics(scores, targets, ks: Sequence[int] = (1, 5)) -> dict[
         raise ValueError(f"scores must be (N, C), got shape {s.shape}")
     if np.isnan(s).any():
         raise ValueError(f"scores contain {int(np.isnan(s).sum())} NaN value(s)")
-    ks = _check_ks(ks)
-    y = _target_matrix(targets, *s.shape)
+    ks = check_ks(ks)
+    y = target_matrix(targets, *s.shape)
     keep = y.any(axis=1)
     if not keep.any():
         raise ValueError("no row has a label: nothing to evaluate")

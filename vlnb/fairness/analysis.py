@@ -81,7 +81,21 @@ def subgroup_analysis(
                 gap_rows.append(gap_table(out, g, grouping, n_perm=n_perm, **kw))
     cat = lambda parts: pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) \
         else pd.DataFrame()
-    return SubgroupResult(cat(groups_rows), cat(gap_rows), outs, labels)
+    return SubgroupResult(cat(groups_rows), adjust_gap_tests(cat(gap_rows), level), outs, labels)
+
+
+def adjust_gap_tests(gaps: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Multiple testing: one permutation test per (model, data set, grouping, metric) is a family of tests, so
+    ``p_holm`` is Holm's adjusted p-value over the whole table and ``gap_detected`` means ``p_holm < 1 - level``
+    (family-wise error rate at most ``1 - level``); ``p_value`` stays the unadjusted one."""
+    from .stats import holm_adjust
+
+    if gaps.empty or "p_value" not in gaps:
+        return gaps
+    gaps = gaps.copy()
+    gaps["p_holm"] = holm_adjust(gaps["p_value"].to_numpy(dtype=float))
+    gaps["gap_detected"] = (gaps["p_holm"] < 1 - level).fillna(False).astype(bool)
+    return gaps
 
 
 def gap_headline(gaps: pd.DataFrame) -> dict[str, str]:
@@ -98,20 +112,21 @@ def gap_headline(gaps: pd.DataFrame) -> dict[str, str]:
     else:
         r = zs.loc[zs["gap"].idxmax()]
         out["top_gap"] = (f"{r['gap']:.2f} (interval {r['gap_lo']:.2f} to {r['gap_hi']:.2f}, permutation p = "
-                          f"{r['p_value']:.3f}): {r['model']}, {r['metric']} by {r['grouping']}, "
+                          f"{r['p_value']:.3f}" + (f", Holm-adjusted {r['p_holm']:.3f}" if "p_holm" in r else "")
+                          + f"): {r['model']}, {r['metric']} by {r['grouping']}, "
                           f"{r['best_group']} {r['best']:.2f} versus {r['worst_group']} {r['worst']:.2f}")
     return out
 
 
 # ---------------------------------------------------------------------------------------------- chapter glue
 def resolve_device(device: str = "auto") -> str:
-    """``"auto"`` -> ``"cuda"`` when available, else ``"cpu"``."""
-    import torch
+    """The chapter's device (:func:`vlnb.device.resolve_device`: ``"auto"`` = CUDA when available, else CPU)."""
+    from ..device import resolve_device as repo_path
 
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    return repo_path(device)
 
 
-def chapter_models(cfg, device: str = "cpu", progress: bool = True) -> dict:
+def chapter_models(cfg, device: str = "auto", progress: bool = True) -> dict:
     """The dual encoders of a chapter-7 run: offline the reference models (``cfg.models`` names a subset);
     full the hub models (a dict replaces / adds / drops entries of :data:`vlnb.zoo.HUB_MODELS`, a list keeps
     those display names). Cross encoders (ViLT) are left out: they have no zero-shot classifier and no
@@ -155,7 +170,7 @@ def gender_sources(cfg) -> dict[str, pd.DataFrame]:
     from pathlib import Path
 
     from ..data import build_manifest
-    from ..data.profiles import _resolve
+    from ..data.profiles import repo_path
     from ..paths import shared_data_dir
     from .gender import read_coco_captions
 
@@ -167,7 +182,7 @@ def gender_sources(cfg) -> dict[str, pd.DataFrame]:
         if files is None:
             files = [str(shared_data_dir(required=True) / "coco-captions-val2017" / "captions_val2017.json")]
     for f in files or []:
-        path = Path(_resolve(f))
+        path = Path(repo_path(f))
         out[f"{path.stem} (all images)"] = read_coco_captions(path)
     return out
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from ..data.manifest import subset
 from ..data.world import WorldConfig, build_world_manifest
 from .metrics import Outcomes, evaluate_outcomes, gap_table, group_contrast, group_table
 
@@ -158,7 +159,7 @@ def rarity_experiment(
     runs = [(f, s) for f in fractions for s in seeds]
     bar = runs
     if progress:
-        from tqdm.auto import tqdm
+        from ..progress import tqdm
 
         bar = tqdm(runs, desc="rarity experiment")
     groups, contrasts, gaps, training, outs = [], [], [], [], {}
@@ -168,9 +169,8 @@ def rarity_experiment(
             worlds[f], _ = build_world_manifest(n_train=n_train, n_test=n_test, image_size=image_size,
                                                 seed=world_seed, rare_attribute=(attribute, value), rare_fraction=f)
         df = worlds[f]
-        tr = df[df["split"] == "train"].reset_index(drop=True)
-        te = df[df["split"] == "test"].reset_index(drop=True)
-        te.attrs = dict(df.attrs)
+        tr = subset(df, (df["split"] == "train").to_numpy())
+        te = subset(df, (df["split"] == "test").to_numpy())
         t0 = time.perf_counter()
         net, hist = train_world_model(tr, seed=s, model=model, train_cfg=train, image_size=image_size)
         seconds = time.perf_counter() - t0

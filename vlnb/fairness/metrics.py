@@ -34,6 +34,7 @@ import torch
 
 from ..eval.bootstrap import bootstrap_weights
 from ..eval.bootstrap import percentile_interval as _percentile_interval
+from ..timing import timer
 from .stats import binomial_interval
 
 UNGROUPED = "(none)"
@@ -127,7 +128,7 @@ def evaluate_outcomes(
     from ..eval.compare import _rows, captions_table, zeroshot_task
     from ..eval.features import image_features, text_features
     from ..eval.retrieval import retrieval_ranks
-    from ..eval.zeroshot import _target_matrix, zeroshot_classifier, zeroshot_scores
+    from ..eval.zeroshot import target_matrix, zeroshot_classifier, zeroshot_scores
 
     name = model_name or getattr(model, "name", type(model).__name__)
     feats = image_features(model, manifest, batch_size=batch_size, cache_dir=cache_dir, progress=progress)
@@ -144,7 +145,7 @@ def evaluate_outcomes(
                            f"known: {list(task.targets)}")
         clf = zeroshot_classifier(model, task.class_names, task.templates)
         scores = zeroshot_scores(model, feats.embeddings, clf).numpy()
-        targets = _target_matrix(np.asarray(task.targets[variant])[keep], *scores.shape)
+        targets = target_matrix(np.asarray(task.targets[variant])[keep], *scores.shape)
         hit = _pessimistic_top1(scores, targets)
         out.add(f"{metric} top-1", np.nan_to_num(hit), (~np.isnan(hit)).astype(np.float64), binary=True)
     if retrieval:
@@ -223,6 +224,7 @@ def _valid(outcomes: Outcomes, metric: str, g: np.ndarray) -> np.ndarray:
     return (outcomes.den[metric] > 0) & np.asarray([x is not None for x in g])
 
 
+@timer("metrics")
 def group_table(
     outcomes: Outcomes,
     groups,
@@ -281,6 +283,7 @@ def group_table(
     return df
 
 
+@timer("metrics")
 def gap_table(
     outcomes: Outcomes,
     groups,
@@ -344,6 +347,7 @@ def gap_table(
     return pd.DataFrame(rows)
 
 
+@timer("metrics")
 def group_contrast(
     outcomes: Outcomes,
     groups,

@@ -73,3 +73,19 @@ def binomial_interval(k, n, level: float = 0.95, method: str = "wilson"):
 
 
 __all__ = ["BINOMIAL_INTERVALS", "binomial_interval", "clopper_pearson_interval", "wilson_interval"]
+
+
+def holm_adjust(p_values) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error control, valid under any dependence between the
+    tests). NaN entries (untestable comparisons) stay NaN and are not counted in the family."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = ~np.isnan(p)
+    m = int(ok.sum())
+    if m == 0:
+        return out
+    idx = np.flatnonzero(ok)
+    order = idx[np.argsort(p[idx], kind="stable")]
+    adj = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out[order] = adj
+    return out

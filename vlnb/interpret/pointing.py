@@ -244,7 +244,7 @@ def score_pairs(model, model_name: str, pairs: Sequence[PointingPair], methods: 
     recs, examples = [], []
     starts = range(0, len(pairs), batch_size)
     if progress:
-        from tqdm.auto import tqdm
+        from ..progress import tqdm
 
         starts = tqdm(starts, desc=f"pointing game: {model_name}", leave=False)
     for s in starts:

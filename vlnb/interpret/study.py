@@ -8,7 +8,6 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 from .explain import cnn_grid, entropy_table, explain, supported_methods
 from .pointing import PointingPair, coco_pairs, score_pairs, world_pairs
@@ -76,7 +75,7 @@ def grid_row(model, name: str, pair: PointingPair) -> dict:
 def entropy_of(model, name: str, pairs: Sequence[PointingPair], n: int = 8) -> pd.DataFrame:
     """Attention entropy per layer/head on the first ``n`` pairs' images (with their texts, which ViLT's
     joint attention depends on); empty for models without attention (the CNN towers)."""
-    if model.family not in ("scratch", "clip", "blip", "blip2", "vilt") or not pairs:
+    if model.family not in ("scratch", "clip", "blip", "blip2", "vilt", "fusion") or not pairs:
         return pd.DataFrame()
     batch = list(pairs[:n])
     tr = trace_attention(model, model.preprocess([p.image for p in batch]), [p.text for p in batch])
@@ -134,10 +133,11 @@ def entropy_summary(table: pd.DataFrame) -> pd.DataFrame:
             .reset_index())
 
 
-def pick_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+def pick_device(device: str = "auto") -> str:
+    """The chapter's device (:func:`vlnb.device.resolve_device`: ``"auto"`` = CUDA when available, else CPU)."""
+    from ..device import resolve_device
+
+    return resolve_device(device)
 
 
 

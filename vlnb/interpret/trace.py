@@ -14,6 +14,8 @@ Per family:
 - ``blip2``: the ViT's ``self_attn`` modules, plus the Q-Former's self- and cross-attention in forward
   order (cross-attention = 32 queries over the image tokens); the ViT CLS readout is kept for rollout, but
   BLIP-2's ITC reads the queries, not the ViT CLS (the Q-Former methods do);
+- ``fusion`` (vlnb's from-scratch ViLT-/BLIP-/Q-Former-like models): the image tower's blocks like ``scratch``
+  (BLIP-like: its own ViT; Q-Former: its frozen ViT), the ViLT-like single stream like ``vilt`` below;
 - ``vilt``: the joint text+image transformer; ViLT *shuffles* the image tokens (HF's ``visual_embed`` draws a
   random permutation even when every patch is kept), so each token's patch comes from the permutation it
   drew (captured per call); readout = the text ``[CLS]`` token (ViLT's pooler, the ITM/rank head's input).
@@ -30,7 +32,7 @@ import torch
 
 from ..models.vilt import PatchGridError
 
-ATTENTION_FAMILIES = ("scratch", "clip", "blip", "blip2", "vilt")
+ATTENTION_FAMILIES = ("scratch", "clip", "blip", "blip2", "vilt", "fusion")
 
 
 @dataclass
@@ -272,8 +274,50 @@ def _trace_vilt(model, pixels, texts):
                           key_mask=key_mask, score=score)
 
 
+def _trace_fusion(model, pixels, texts):
+    """vlnb's fusion models (:mod:`vlnb.models.fusion`): the BLIP-like ITC image tower (its own ViT) and the
+    Q-Former's frozen ViT are read like ``scratch`` (CLS readout, ITC score; the Q-Former's is the max over
+    queries); the ViLT-like single stream like ``vilt`` (text tokens first, then the patches in grid order,
+    readout = the first text token, the ITM pooler's input, score = the ITM "match" logit)."""
+    arch = model.config.arch
+    if arch != "vilt":
+        tower = model.visual if arch == "blip" else model.backbone
+        mods = [blk.attn for blk in tower.blocks]
+        run = lambda: model.encode_image(pixels)
+    else:
+        if texts is None:
+            raise ValueError(f"{model.name}: a single-stream model's attention depends on the text: pass texts=...")
+        mods = [blk.attn for blk in model.blocks]
+        tokens = model.tokenize(list(texts))
+        run = lambda: model.itm_logits(pixels, **tokens)[:, 1]
+    for a in mods:
+        a.keep_weights, a.weights = True, None
+    try:
+        out = run()
+        weights = [a.weights for a in mods]
+    finally:
+        for a in mods:
+            a.keep_weights, a.weights = False, None
+    if any(w is None for w in weights):
+        raise RuntimeError(f"{model.name}: an attention block kept no weights")
+    grid = _grid_of(pixels, model.config.vit_config().patch_size, model.name)
+    if arch != "vilt":
+        _check_grid(weights[0].shape[-1], 1, grid, model.name)
+        positions = _sequential_positions(len(pixels), 1, grid, pixels.device)
+        score, best = _dual_score(model, out, texts)
+        return AttentionTrace("scratch", weights, grid, tuple(pixels.shape[-2:]), positions, [0], 1, score=score,
+                              best_query=best)
+    n_text = tokens["input_ids"].shape[1]
+    _check_grid(weights[0].shape[-1], n_text, grid, model.name)
+    positions = _sequential_positions(len(pixels), n_text, grid, pixels.device)
+    key_mask = torch.cat([tokens["attention_mask"].bool(),
+                          torch.ones(len(pixels), grid[0] * grid[1], dtype=torch.bool)], dim=1).to(pixels.device)
+    return AttentionTrace("vilt", weights, grid, tuple(pixels.shape[-2:]), positions, [0], n_text,
+                          key_mask=key_mask, score=out)
+
+
 _TRACERS = {"scratch": _trace_scratch, "clip": _trace_hf_vit, "blip": _trace_hf_vit, "blip2": _trace_blip2,
-            "vilt": _trace_vilt}
+            "vilt": _trace_vilt, "fusion": _trace_fusion}
 
 
 def trace_attention(model, pixel_values: torch.Tensor, texts: Sequence[str] | None = None,

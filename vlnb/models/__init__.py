@@ -22,7 +22,7 @@ from .transforms import ImagePreprocess
 from .vilt import PatchGridError, ViLTAdapter
 
 ADAPTERS = {"clip": CLIPAdapter, "blip": BLIPAdapter, "blip2": BLIP2Adapter, "vilt": ViLTAdapter}
-_SAVED_FAMILIES = ("towers", "scratch")  # vlnb's own save formats
+_SAVED_FAMILIES = ("towers", "scratch", "fusion")  # vlnb's own save formats (fusion: vlnb.models.fusion)
 FAMILIES = (*ADAPTERS, *_SAVED_FAMILIES)
 _MODEL_TYPES = {"clip": "clip", "blip": "blip", "blip-2": "blip2", "blip_2": "blip2", "vilt": "vilt"}
 
@@ -41,6 +41,23 @@ def _vlnb_family(path) -> str | None:
     return None
 
 
+def refuse_custom_code(name_or_path) -> None:
+    """Refuse a local folder whose ``config.json`` asks for custom code (``auto_map``), before transformers
+    sees it: vlnb passes ``trust_remote_code=False`` everywhere and never runs a checkpoint's code."""
+    cfg = Path(str(name_or_path)) / "config.json"
+    if not cfg.is_file():
+        return
+    try:
+        data = json.loads(cfg.read_text())
+    except (OSError, ValueError) as e:
+        from ..errors import ArtifactError
+
+        raise ArtifactError(f"{cfg}: damaged config, not readable JSON ({type(e).__name__}: {e})") from None
+    if isinstance(data, dict) and data.get("auto_map"):
+        raise ValueError(f"{cfg}: carries custom code (auto_map {data['auto_map']}); vlnb never runs code that "
+                         "comes with a checkpoint (trust_remote_code=False)")
+
+
 def infer_family(name_or_path: str) -> str:
     """The family of a vlnb save folder (``towers``, ``scratch``), else of the HF config's ``model_type``."""
     family = _vlnb_family(name_or_path)
@@ -48,24 +65,40 @@ def infer_family(name_or_path: str) -> str:
         return family
     from transformers import AutoConfig
 
-    model_type = AutoConfig.from_pretrained(name_or_path).model_type
+    refuse_custom_code(name_or_path)
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)
+    if getattr(config, "auto_map", None):
+        raise ValueError(f"{name_or_path}: its config carries custom code (auto_map {config.auto_map}); vlnb "
+                         "never runs code that comes with a checkpoint")
+    model_type = config.model_type
     if model_type not in _MODEL_TYPES:
         raise ValueError(f"{name_or_path}: model_type {model_type!r} is not supported; vlnb knows {sorted(_MODEL_TYPES)}")
     return _MODEL_TYPES[model_type]
 
 
-def load_model(name_or_path: str, family: str | None = None, device="cpu", attn_implementation: str | None = None,
+def load_model(name_or_path: str, family: str | None = None, device="auto", attn_implementation: str | None = None,
                **kw) -> VLModel:
     """Load a checkpoint (hub id or local folder) as a vlnb model on ``device``, in eval mode.
+
+    ``device``: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``... (see
+    :func:`vlnb.device.resolve_device`).
 
     ``attn_implementation``: None lets transformers choose (sdpa where supported); pass ``"eager"`` when
     attention maps are needed. Other keyword arguments go to the adapter (``dtype``, ``allow_missing``,
     BLIP's ``itm_first_token``, ``max_length``...).
     """
+    from ..device import resolve_device
+
+    device = resolve_device(device)
+    refuse_custom_code(name_or_path)
     family = family or infer_family(name_or_path)
     if family in _SAVED_FAMILIES:
         if attn_implementation is not None or kw:
             raise ValueError(f"{family} folders take no attn_implementation or extra arguments")
+        if family == "fusion":  # ViLT-/BLIP-/Q-Former-like models trained from scratch (vlnb.models.fusion)
+            from .fusion import load_fusion
+
+            return load_fusion(name_or_path, device=device).eval()
         if family == "scratch":
             from .scratch import ScratchDualEncoder as cls
         else:

@@ -84,7 +84,7 @@ class VLModel(nn.Module):
         """Hex hash of family/kind, config, adapter settings, tokenizer and every weight (see
         :func:`weights_fingerprint`). The name/path is left out, so a moved checkpoint keeps its caches."""
         extra = {"family": self.family, "kind": self.kind, "config": self.hf_config(),
-                 "adapter": self.adapter_config(), "tokenizer": _tokenizer_id(getattr(self, "tokenizer", None))}
+                 "adapter": self.adapter_config(), "tokenizer": tokenizer_id(getattr(self, "tokenizer", None))}
         return weights_fingerprint(self, extra)
 
     @property
@@ -164,7 +164,7 @@ class DualEncoder(TextMixin, VLModel):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         starts = range(0, len(texts), batch_size)
         if progress:
-            from tqdm.auto import tqdm
+            from ..progress import tqdm
 
             starts = tqdm(starts, desc="encoding texts", leave=False)
         out = []
@@ -236,7 +236,7 @@ class ITMView(CrossEncoder):
         return self.dual.itm_score(pixel_values, list(texts), output=self.output, pair_index=pair_index)
 
 
-def _tokenizer_id(tok) -> dict | None:
+def tokenizer_id(tok) -> dict | None:
     """A cheap identity of a tokenizer (class, size, specials, hash of its serialised vocabulary)."""
     if tok is None:
         return None
@@ -276,7 +276,7 @@ def load_hf_strict(model_cls, name: str, allow_missing: bool = False, **kw):
     A checkpoint of another head type (e.g. a BLIP captioner loaded as a retrieval model) would otherwise
     come with freshly initialised projection/ITM heads and silently produce meaningless scores.
     """
-    model, info = model_cls.from_pretrained(name, output_loading_info=True, **kw)
+    model, info = model_cls.from_pretrained(name, output_loading_info=True, trust_remote_code=False, **kw)
     missing = list(info.get("missing_keys", []))
     if missing and not allow_missing:
         raise ValueError(

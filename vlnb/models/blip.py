@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..device import resolve_device
 from .base import DualEncoder, ITMView, hf_load_kwargs, load_hf_strict
 from .transforms import ImagePreprocess
 
@@ -80,13 +81,13 @@ class BLIPAdapter(LavisTextMixin, DualEncoder):
                              if itm_first_token == "enc" else None)
 
     @classmethod
-    def from_pretrained(cls, name: str, device="cpu", attn_implementation=None, dtype=None, allow_missing=False,
+    def from_pretrained(cls, name: str, device="auto", attn_implementation=None, dtype=None, allow_missing=False,
                         **kw):
         from transformers import AutoTokenizer, BlipForImageTextRetrieval
 
         kwargs = hf_load_kwargs(attn_implementation, dtype)
         model = load_hf_strict(BlipForImageTextRetrieval, name, allow_missing, **kwargs)
-        return cls(model, AutoTokenizer.from_pretrained(name), ImagePreprocess.from_hf(name), name, **kw).to(device)
+        return cls(model, AutoTokenizer.from_pretrained(name, trust_remote_code=False), ImagePreprocess.from_hf(name), name, **kw).to(resolve_device(device))
 
     def adapter_config(self) -> dict:
         return {"max_length": self.max_length, "max_words": self.max_words, "itm_first_token": self.itm_first_token,

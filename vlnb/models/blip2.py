@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..device import resolve_device
 from .base import DualEncoder, hf_load_kwargs, load_hf_strict
 from .blip import LAVIS_RETRIEVAL_MAX_LENGTH, LavisTextMixin
 from .transforms import ImagePreprocess
@@ -41,13 +42,13 @@ class BLIP2Adapter(LavisTextMixin, DualEncoder):
         self.max_length = int(max_length)
 
     @classmethod
-    def from_pretrained(cls, name: str, device="cpu", attn_implementation=None, dtype=None, allow_missing=False,
+    def from_pretrained(cls, name: str, device="auto", attn_implementation=None, dtype=None, allow_missing=False,
                         **kw):
         from transformers import AutoTokenizer, Blip2ForImageTextRetrieval
 
         kwargs = hf_load_kwargs(attn_implementation, dtype)
         model = load_hf_strict(Blip2ForImageTextRetrieval, name, allow_missing, **kwargs)
-        return cls(model, AutoTokenizer.from_pretrained(name), ImagePreprocess.from_hf(name), name, **kw).to(device)
+        return cls(model, AutoTokenizer.from_pretrained(name, trust_remote_code=False), ImagePreprocess.from_hf(name), name, **kw).to(resolve_device(device))
 
     def adapter_config(self) -> dict:
         return {"max_length": self.max_length, "max_words": self.max_words}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..device import resolve_device
 from .base import DualEncoder, hf_load_kwargs, load_hf_strict
 from .transforms import ImagePreprocess
 
@@ -38,11 +39,11 @@ class CLIPAdapter(DualEncoder):
         self.max_length = int(min(tokenizer.model_max_length, model.config.text_config.max_position_embeddings))
 
     @classmethod
-    def from_pretrained(cls, name: str, device="cpu", attn_implementation=None, dtype=None, allow_missing=False):
+    def from_pretrained(cls, name: str, device="auto", attn_implementation=None, dtype=None, allow_missing=False):
         from transformers import AutoTokenizer, CLIPModel
 
         model = load_hf_strict(CLIPModel, name, allow_missing, **hf_load_kwargs(attn_implementation, dtype))
-        return cls(model, AutoTokenizer.from_pretrained(name), ImagePreprocess.from_hf(name), name).to(device)
+        return cls(model, AutoTokenizer.from_pretrained(name, trust_remote_code=False), ImagePreprocess.from_hf(name), name).to(resolve_device(device))
 
     def adapter_config(self) -> dict:
         return {"max_length": self.max_length}

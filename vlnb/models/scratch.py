@@ -15,13 +15,13 @@ projection. Attention masks (always combined with the padding mask; every token 
 - ``causal=False``: bidirectional; pooled by masked mean (or the first token, ``text_pooling="cls"``).
 - ``text_attention="local"``: sparse/local attention, token ``t`` sees only tokens within
   ``local_window`` positions (``t - w .. t`` if causal, ``t - w .. t + w`` otherwise).
-- ``text_attention="cross"``: every text block adds a cross-attention sub-layer whose keys/values are
-  ``n_memory`` *learned* memory slots (Perceiver-style latents shared by all texts). The text embedding
-  still never sees the image, so the model stays a true dual encoder (retrieval = one matrix product).
-  Cross-attending to the *image's* patch tokens instead would make every (image, text) pair need its own
-  text forward pass -- O(N x M) passes for retrieval -- which is what fusion encoders such as BLIP's ITM
-  head do (see the BLIP chapter and :class:`vlnb.models.base.CrossEncoder`); it is deliberately not
-  offered here as a "dual encoder".
+- ``text_attention="memory"`` (called ``"cross"`` before; a saved config with that name still loads):
+  every text block adds a cross-attention sub-layer whose keys/values are ``n_memory`` *learned* memory
+  slots (Perceiver-style latents shared by all texts). This is not cross-*modal* attention: the text
+  embedding never sees the image, so the model stays a true dual encoder (retrieval = one matrix product).
+  Cross-attending to the *image's* patch tokens makes every (image, text) pair need its own text forward
+  pass -- O(N x M) passes for retrieval -- which is what fusion encoders do: that text encoder is
+  :class:`vlnb.models.fusion.ScratchBLIP` (BLIP's image-grounded text encoder with an ITM head).
 
 Tokenizers: ``tokenizer="clip"`` is the real CLIP BPE (49,408 tokens, from the shared
 ``clip-vit-base-patch32`` files); ``"word"`` is :class:`WordTokenizer`, a small word-level vocabulary fit
@@ -79,10 +79,10 @@ class ScratchConfig:
     causal: bool = True
     #: "auto" = "eot" (last real token) when causal, "mean" when bidirectional
     text_pooling: Literal["auto", "eot", "mean", "cls"] = "auto"
-    text_attention: Literal["self", "cross", "local"] = "self"
+    text_attention: Literal["self", "memory", "local"] = "self"
     #: half-width of the local attention window (text_attention="local")
     local_window: int = 4
-    #: learned memory slots the text cross-attends to (text_attention="cross")
+    #: learned memory slots the text cross-attends to (text_attention="memory")
     n_memory: int = 8
     tokenizer: Literal["word", "clip"] = "word"
     #: initial log logit scale: log(1 / 0.07) as in CLIP
@@ -107,7 +107,12 @@ class ScratchConfig:
             self.text_pooling in ("auto", "eot", "mean", "cls"), f"unknown text_pooling {self.text_pooling!r}"
         )
         need(
-            self.text_attention in ("self", "cross", "local"),
+            self.text_attention != "cross",
+            "text_attention 'cross' (learned memory slots) is now called 'memory'; a text encoder that "
+            "cross-attends to the image's patches is vlnb.models.fusion.ScratchBLIP",
+        )
+        need(
+            self.text_attention in ("self", "memory", "local"),
             f"unknown text_attention {self.text_attention!r}",
         )
         need(
@@ -139,6 +144,8 @@ class ScratchConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown ScratchConfig field(s) {unknown}; known: {sorted(known)}")
+        if d.get("text_attention") == "cross":  # saved before the memory-slot variant was renamed
+            d = {**d, "text_attention": "memory"}
         return cls(**d)
 
 
@@ -230,28 +237,35 @@ class WordTokenizer:
         return {"input_ids": ids, "attention_mask": (ids != self.PAD).long()}
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"type": "vlnb-word", "vocab": self.vocab}))
+        from ..paths import atomic_write_text
+
+        atomic_write_text(path, json.dumps({"type": "vlnb-word", "vocab": self.vocab}))
 
     @classmethod
     def load(cls, path: str | Path) -> WordTokenizer:
-        d = json.loads(Path(path).read_text())
-        if d.get("type") != "vlnb-word":
-            raise ValueError(f"{path} is not a vlnb WordTokenizer file")
+        from ..errors import ArtifactError, read_json_artifact
+
+        d = read_json_artifact(path, "tokenizer file")
+        if not isinstance(d, dict) or d.get("type") != "vlnb-word" or not isinstance(d.get("vocab"), list):
+            raise ArtifactError(f"{path}: not a vlnb WordTokenizer file (damaged or of another kind)")
         return cls(d["vocab"])
 
 
 def clip_tokenizer(path: str | Path | None = None):
-    """The real CLIP BPE tokenizer (``CLIPTokenizerFast``) from a local folder (default: the shared
-    ``clip-vit-base-patch32`` files)."""
+    """The real CLIP BPE tokenizer (``CLIPTokenizerFast``) from a local folder or a hub id such as
+    ``openai/clip-vit-base-patch32`` (the full profile's source); default: the shared offline
+    ``clip-vit-base-patch32`` files."""
     from transformers import CLIPTokenizerFast
 
     if path is None:
         from ..paths import shared_data_dir
 
         path = shared_data_dir(required=True) / "clip-vit-base-patch32"
-    if not Path(path).is_dir():
-        raise FileNotFoundError(f"no CLIP tokenizer folder at {path}")
-    return CLIPTokenizerFast.from_pretrained(str(path))
+    p = Path(path)
+    if not p.is_dir() and (p.is_absolute() or str(path).startswith(".") or p.exists() or str(path).count("/") != 1):
+        raise FileNotFoundError(f"no CLIP tokenizer folder at {path} (give a folder or a hub id like "
+                                "'openai/clip-vit-base-patch32')")
+    return CLIPTokenizerFast.from_pretrained(str(path), trust_remote_code=False)
 
 
 # ---------------------------------------------------------------------------------------------- layers
@@ -353,7 +367,7 @@ class TextTransformer(nn.Module):
     def __init__(self, c: ScratchConfig, vocab_size: int):
         super().__init__()
         self.c = c
-        cross = c.text_attention == "cross"
+        cross = c.text_attention == "memory"
         self.token_embedding = nn.Embedding(vocab_size, c.text_width)
         self.pos_emb = nn.Parameter(torch.randn(c.context_length, c.text_width) * 0.01)
         self.memory = nn.Parameter(torch.randn(c.n_memory, c.text_width) * 0.02) if cross else None
@@ -399,7 +413,7 @@ class TextTransformer(nn.Module):
         return self.proj(pooled)
 
 
-def _init_tower(tower: nn.Module, width: int, layers: int) -> None:
+def init_tower(tower: nn.Module, width: int, layers: int) -> None:
     """CLIP's initialisation (OpenAI ``model.py``): stds that scale with the width and depth, so that
     even a narrow tower starts with input-dependent outputs (a fixed 0.02 would leave a 32-wide ViT's
     CLS output nearly constant and stall the first hundred steps)."""
@@ -437,8 +451,8 @@ class ScratchDualEncoder(DualEncoder):
         self.visual = VisionTransformer(config)
         self.text = TextTransformer(config, vocab_size=len(tokenizer))
         nn.init.normal_(self.text.token_embedding.weight, std=0.02)
-        _init_tower(self.visual, config.width, config.layers)
-        _init_tower(self.text, config.text_width, config.text_layers)
+        init_tower(self.visual, config.width, config.layers)
+        init_tower(self.text, config.text_width, config.text_layers)
         self.log_logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
 
     @classmethod
@@ -501,13 +515,15 @@ class ScratchDualEncoder(DualEncoder):
 
     # ------------------------------------------------------------------------------------------ files
     def save(self, directory: str | Path) -> Path:
-        """Write ``model.safetensors``, ``config.json`` and the tokenizer into ``directory``."""
+        """Write ``model.safetensors``, ``config.json`` and the tokenizer into ``directory`` (each file atomically)."""
         from safetensors.torch import save_file
+
+        from ..paths import atomic_write, atomic_write_text
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(d / WEIGHTS_FILE), metadata={"format": str(SAVE_FORMAT)})
+        atomic_write(d / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": str(SAVE_FORMAT)}))
         if isinstance(self.tokenizer, WordTokenizer):
             self.tokenizer.save(d / WORD_VOCAB_FILE)
             tok = "word"
@@ -521,28 +537,41 @@ class ScratchDualEncoder(DualEncoder):
             "tokenizer_files": tok,
             "config": asdict(self.config),
         }
-        (d / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        atomic_write_text(d / CONFIG_FILE, json.dumps(meta, indent=2))
         return d
 
     @classmethod
-    def load(cls, directory: str | Path, device="cpu") -> ScratchDualEncoder:
-        """Rebuild a model written by :meth:`save` (strict: every weight must be present and match)."""
-        from safetensors.torch import load_file
+    def load(cls, directory: str | Path, device="auto") -> ScratchDualEncoder:
+        """Rebuild a model written by :meth:`save` (strict: every weight must be present and match).
+
+        A damaged file (garbage or truncated JSON, tokenizer or safetensors) raises
+        :class:`vlnb.errors.ArtifactError` naming it."""
+        from ..errors import ArtifactError, load_safetensors_artifact, read_json_artifact
 
         d = Path(directory)
         if not (d / CONFIG_FILE).is_file() or not (d / WEIGHTS_FILE).is_file():
             raise FileNotFoundError(
                 f"{d} does not hold a saved ScratchDualEncoder ({CONFIG_FILE} + {WEIGHTS_FILE})"
             )
-        meta = json.loads((d / CONFIG_FILE).read_text())
-        if meta.get("family") != cls.family or meta.get("format") != SAVE_FORMAT:
-            raise ValueError(f"{d / CONFIG_FILE} is not a vlnb scratch model (format {SAVE_FORMAT})")
-        if meta["tokenizer_files"] == "word":
+        meta = read_json_artifact(d / CONFIG_FILE, "model config")
+        if not isinstance(meta, dict) or meta.get("family") != cls.family or meta.get("format") != SAVE_FORMAT:
+            raise ArtifactError(f"{d / CONFIG_FILE} is not a vlnb scratch model (format {SAVE_FORMAT})")
+        if meta.get("tokenizer_files") == "word":
             tokenizer = WordTokenizer.load(d / WORD_VOCAB_FILE)
         else:
             from transformers import AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(str(d / BPE_DIR))
-        model = cls(ScratchConfig.from_dict(meta["config"]), tokenizer, meta.get("name", str(d)))
-        model.load_state_dict(load_file(str(d / WEIGHTS_FILE)))
-        return model.to(device).eval()
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(str(d / BPE_DIR), trust_remote_code=False)
+            except Exception as e:  # noqa: BLE001 -- tokenizers/JSON errors name no file
+                raise ArtifactError(f"{d / BPE_DIR}: damaged tokenizer files ({type(e).__name__}: {e})") from None
+        state = load_safetensors_artifact(d / WEIGHTS_FILE)
+        try:
+            model = cls(ScratchConfig.from_dict(meta["config"]), tokenizer, meta.get("name", str(d)))
+            model.load_state_dict(state)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise ArtifactError(f"{d}: {WEIGHTS_FILE} does not match {CONFIG_FILE} ({type(e).__name__}: "
+                                f"{str(e)[:300]})") from None
+        from ..device import resolve_device
+
+        return model.to(resolve_device(device)).eval()

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import DualEncoder
+from .memo import FeatureMemo, mean_pool
 from .transforms import ImagePreprocess
 
 TOWERS_CONFIG = "towers_config.json"
@@ -102,8 +103,8 @@ class TowersDualEncoder(DualEncoder):
 
         super().__init__(name, lite0_preprocess())
         self.image_tower = load_efficientnet_lite0()
-        self.text_tower = AutoModel.from_pretrained(str(minilm_path())).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()))
+        self.text_tower = AutoModel.from_pretrained(str(minilm_path()), trust_remote_code=False).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()), trust_remote_code=False)
         self.embed_dim, self.head_kind, self.hidden_dim = int(embed_dim), head, hidden_dim
         self.max_length = int(max_length)
         self.image_head = make_head(head, IMAGE_DIM, self.embed_dim, hidden_dim)
@@ -177,11 +178,11 @@ class TowersDualEncoder(DualEncoder):
     # ---------------------------------------------------------------------------------- raw tower features
     # ---------------------------------------------------------------------------------- frozen-feature memo
     def enable_feature_memo(self, enabled: bool = True, max_items: int = 50_000) -> TowersDualEncoder:
-        """Remember the outputs of *fully locked* towers per input (training heads over frozen towers then
-        encodes each image and caption once instead of once per epoch). Off by default: hooks on the towers
-        (Grad-CAM) need the towers to run. Keys are digests of the exact input values, so results are
-        identical with and without the memo."""
-        self._memo = {"image": {}, "text": {}, "max": int(max_items)} if enabled else None
+        """Remember the outputs of *fully locked* towers per input (:class:`vlnb.models.memo.FeatureMemo`:
+        training heads over frozen towers then encodes each image and caption once instead of once per
+        epoch). Off by default: hooks on the towers (Grad-CAM) need the towers to run. Keys are digests of
+        the exact input values, so results are identical with and without the memo."""
+        self._memo = {"image": FeatureMemo(max_items), "text": FeatureMemo(max_items)} if enabled else None
         return self
 
     def _memoized(self, kind: str, locked: bool, rows, compute) -> torch.Tensor:
@@ -190,23 +191,7 @@ class TowersDualEncoder(DualEncoder):
         memo = getattr(self, "_memo", None)
         if memo is None or not locked:
             return compute(None)
-        import hashlib
-
-        keys = [hashlib.blake2b(r.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).digest()
-                for r in rows()]
-        store = memo[kind]
-        todo = [i for i, k in enumerate(keys) if k not in store]
-        if todo:
-            fresh = compute(torch.tensor(todo)).detach()
-            for j, i in enumerate(todo):
-                if len(store) < memo["max"]:
-                    store[keys[i]] = fresh[j]
-                else:
-                    break
-            got = dict(zip(todo, fresh))
-        else:
-            got = {}
-        return torch.stack([got[i] if i in got else store[k] for i, k in enumerate(keys)]).to(self.device)
+        return memo[kind](rows(), compute, self.device)
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Pooled EfficientNet-Lite0 features ``(B, 1280)`` (the input of its ImageNet classifier)."""
@@ -233,8 +218,7 @@ class TowersDualEncoder(DualEncoder):
         kw = {"token_type_ids": token_type_ids.to(self.device)} if token_type_ids is not None else {}
         mask = attention_mask.to(self.device)
         h = self.text_tower(input_ids=input_ids.to(self.device), attention_mask=mask, **kw).last_hidden_state
-        m = mask.unsqueeze(-1).to(h.dtype)
-        return F.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)
+        return mean_pool(h, mask, normalize=True)
 
     # ---------------------------------------------------------------------------------- heads
     def project_image(self, features: torch.Tensor) -> torch.Tensor:
@@ -259,43 +243,50 @@ class TowersDualEncoder(DualEncoder):
         buffers of the unlocked tower layers, when any; locked ones come from the installed packages)."""
         from safetensors.torch import save_file
 
+        from ..paths import atomic_write, atomic_write_text
+
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         heads = {k: v for k, v in state.items() if not k.startswith(("image_tower.", "text_tower."))}
-        save_file(heads, str(d / HEADS_FILE))
+        atomic_write(d / HEADS_FILE, lambda tmp: save_file(heads, str(tmp)))
         unlocked = tuple(self.unlocked_prefixes())
         if unlocked:
-            save_file({k: v for k, v in state.items() if k.startswith(unlocked)}, str(d / TOWERS_FILE))
+            atomic_write(d / TOWERS_FILE,
+                         lambda tmp: save_file({k: v for k, v in state.items() if k.startswith(unlocked)}, str(tmp)))
         elif (d / TOWERS_FILE).exists():
             (d / TOWERS_FILE).unlink()  # a stale file from an earlier save would not match this config
-        (d / TOWERS_CONFIG).write_text(json.dumps(self.config_dict(), indent=2))
+        atomic_write_text(d / TOWERS_CONFIG, json.dumps(self.config_dict(), indent=2))
         return d
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, device="cpu") -> TowersDualEncoder:
-        from safetensors.torch import load_file
+    def load(cls, directory: str | os.PathLike, device="auto") -> TowersDualEncoder:
+        from ..errors import ArtifactError, load_safetensors_artifact, read_json_artifact
 
         d = Path(directory)
-        cfg = json.loads((d / TOWERS_CONFIG).read_text())
+        cfg = read_json_artifact(d / TOWERS_CONFIG, "towers config")
+        if not isinstance(cfg, dict):
+            raise ArtifactError(f"{d / TOWERS_CONFIG}: damaged towers config (not a JSON object)")
         if cfg.get("format") != FORMAT or cfg.get("image_tower") != IMAGE_TOWER or cfg.get("text_tower") != TEXT_TOWER:
             raise ValueError(f"{d / TOWERS_CONFIG} is not a {FORMAT} folder for {IMAGE_TOWER} + {TEXT_TOWER}: {cfg}")
         model = cls(cfg["embed_dim"], cfg["head"], cfg.get("hidden_dim"), cfg.get("freeze_towers", True),
                     cfg.get("max_length", 256), name=str(d), lock_image=cfg.get("lock_image"),
                     lock_text=cfg.get("lock_text"), image_unlocked_groups=cfg.get("image_unlocked_groups", 0),
                     text_unlocked_layers=cfg.get("text_unlocked_layers", 0))
-        state = load_file(str(d / HEADS_FILE))
+        state = load_safetensors_artifact(d / HEADS_FILE)
         unlocked = tuple(model.unlocked_prefixes())
         if unlocked:
             if not (d / TOWERS_FILE).exists():
                 raise FileNotFoundError(f"{d} trains tower layers ({', '.join(unlocked[:3])}...) but has no {TOWERS_FILE}")
-            state.update(load_file(str(d / TOWERS_FILE)))
+            state.update(load_safetensors_artifact(d / TOWERS_FILE))
         missing, unexpected = model.load_state_dict(state, strict=False)
         # locked tower layers keep the pretrained weights the constructor loaded; everything else must be in the files
         bad = [k for k in missing if not k.startswith(("image_tower.", "text_tower.")) or k.startswith(unlocked)]
         if bad or unexpected:
             raise ValueError(f"{d} does not match its {TOWERS_CONFIG}: missing {bad[:8]}, unexpected {list(unexpected)[:8]}")
-        return model.to(device)
+        from ..device import resolve_device
+
+        return model.to(resolve_device(device))
 
 
 def is_towers_dir(path) -> bool:

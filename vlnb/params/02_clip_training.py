@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-from ..config import NotebookParams, register
+from pydantic import Field, field_validator
+
+from ..config import Device, NotebookParams, check_recipes, register
 
 
 @register("02_clip_training")
@@ -18,18 +20,31 @@ class ClipTrainingParams(NotebookParams):
     #: Redraw the learning curves after every epoch while training.
     live_plot: bool = True
     #: Text-encoder attention variants compared on a small world (empty list: skip the comparison).
-    attention_variants: list[str] = ["self", "cross", "local"]
-    variant_n_train: int = 600
-    variant_n_test: int = 200
-    variant_image_size: int = 32
-    variant_epochs: int = 5
+    #: "memory" = learned memory slots (a dual encoder still); "cross" = text layers cross-attending to the image's
+    #: patches (a BLIP-like fusion encoder, re-ranking its ITC top-k with its ITM head).
+    attention_variants: list[Literal["self", "memory", "cross", "local"]] = ["self", "memory", "cross", "local"]
+    variant_n_train: int = Field(600, ge=2)
+    variant_n_test: int = Field(200, ge=2)
+    variant_image_size: int = Field(32, ge=24)
+    variant_epochs: int = Field(5, ge=1)
+    #: Training seeds per variant (initialisation and data order): the table reports means with intervals.
+    variant_seeds: list[int] = [0, 1, 2]
+    #: Linear-warmup steps of the variants' schedule; it must fit in the run (vlnb.train.schedule).
+    variant_warmup_steps: int = Field(5, ge=0)
+    #: Pairs per batch of the variants (each sample is contrasted with batch - 1 negatives).
+    variant_batch_size: int = Field(64, ge=2)
     #: Paired CIFAR-100 (two real CIFAR images side by side, caption naming both) with the text tower frozen.
     paired_cifar: bool = True
-    paired_n_train: int = 600
-    paired_n_test: int = 200
-    paired_epochs: int = 6
+    paired_n_train: int = Field(600, ge=2)
+    paired_n_test: int = Field(200, ge=2)
+    paired_epochs: int = Field(6, ge=1)
     #: Also classify each test pair among all 9,900 ordered class-pair prompts (slow on a CPU).
     paired_classify: bool = False
+    #: CIFAR-100 the pairs are made from: None = the 916 shared offline test images; a hub id (full profile:
+    #: "uoft-cs/cifar100", its test split) or a local npz / parquet / save_to_disk copy.
+    paired_source: str | None = None
+    #: Where the chapter computes ("auto": CUDA when available, else CPU; "cpu", "cuda", "cuda:1"...).
+    device: Device = "auto"
 
     PROFILE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
         "full": {
@@ -38,9 +53,17 @@ class ClipTrainingParams(NotebookParams):
             "variant_n_test": 2000,
             "variant_image_size": 64,
             "variant_epochs": 20,
+            "variant_warmup_steps": 200,
             "paired_n_train": 5000,
             "paired_n_test": 1000,
             "paired_epochs": 20,
             "paired_classify": True,
+            "paired_source": "uoft-cs/cifar100",
         }
     }
+
+    @field_validator("recipes")
+    @classmethod
+    def _known_recipes(cls, v: list[str]) -> list[str]:
+        check_recipes(v, "recipe")
+        return v

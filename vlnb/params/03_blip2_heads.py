@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from vlnb.config import NotebookParams, register
+from vlnb.config import Device, NotebookParams, register
 
 
 @register("03_blip2_heads")
@@ -26,8 +26,8 @@ class Blip2HeadsParams(NotebookParams):
     #: Test images per data set (None: the whole test split).
     n_test_images: int | None = Field(150, ge=2)
     #: Head kinds and the seeds each is trained with (>= 3 seeds for a spread).
-    heads: list[Literal["linear", "mlp"]] = ["linear", "mlp"]
-    seeds: list[int] = [0, 1, 2]
+    heads: list[Literal["linear", "mlp"]] = Field(["linear", "mlp"], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0)]] = Field([0, 1, 2], min_length=1)
     #: Output size of both heads; the MLP's hidden width (None: 2 x embed_dim).
     embed_dim: int = Field(256, ge=1)
     hidden_dim: int | None = Field(None, ge=1)
@@ -47,8 +47,8 @@ class Blip2HeadsParams(NotebookParams):
     n_gallery: int = Field(3, ge=1)
     #: Images per batch when extracting frozen features.
     feature_batch_size: int = Field(32, ge=1)
-    #: None: CUDA when available, else CPU.
-    device: str | None = None
+    #: Where the chapter computes ("auto": CUDA when available, else CPU; "cpu", "cuda", "cuda:1"...).
+    device: Device = "auto"
 
     PROFILE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
         "offline": {

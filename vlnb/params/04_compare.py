@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
-from ..config import NotebookParams, register
+from pydantic import Field, field_validator
+
+from ..config import EVAL_DATASETS, Datasets, Device, NotebookParams, register
 
 
 @register("04_compare")
@@ -16,40 +18,45 @@ class CompareParams(NotebookParams):
     models: dict[str, Any] | None = None
     #: Data sets: offline "world" (the scratch model's test split), "coco-mini" (val2017), "cifar100";
     #: full "coco" (Karpathy 5k test), "flickr30k" (1k test), "cifar100".
-    datasets: list[str] = ["world", "coco-mini", "cifar100"]
+    datasets: Datasets = ["world", "coco-mini", "cifar100"]
     #: Keep at most this many images per data set (None: all).
-    max_images: int | None = None
+    max_images: int | None = Field(None, ge=1)
     #: Which dual encoder's ITC top-k a cross encoder without its own ITC (ViLT) re-ranks.
     first_stage: str | None = None
-    #: Candidates re-ranked per query by ITM heads / cross encoders (LAVIS: 256 COCO, 128 Flickr30k).
-    rerank_k: int = 16
+    #: Candidates re-ranked per query by ITM heads / cross encoders: an int (0: no re-ranking), {data set: k},
+    #: or "lavis": LAVIS's k_test per model and data set (BLIP 256 on COCO / 128 on Flickr30k, BLIP-2 128;
+    #: others 128). Own ITM heads score ITM + ITC (LAVIS); a pure cross encoder (ViLT) its ITM score alone.
+    rerank_k: Annotated[int, Field(ge=0)] | dict[str, Annotated[int, Field(ge=0)]] | Literal["lavis"] = 16
     #: Template set for COCO zero-shot ("openai_imagenet" 80, "openai_imagenet_7", "cifar" 18, "simple" 1);
     #: CIFAR-100 always uses the 18 CIFAR templates, the world its own.
-    coco_templates: str = "openai_imagenet_7"
+    coco_templates: Literal["openai_imagenet", "openai_imagenet_7", "cifar", "simple"] = "openai_imagenet_7"
     #: Full-profile data locations.
     coco_root: str | None = None
-    #: Karpathy's dataset_coco.json (full profile: its 5k test split); "" evaluates on val2017 instead.
+    #: Karpathy split file, Karpathy's dataset_coco.json or LAVIS's coco_karpathy_test.json (full profile: the
+    #: 5k test, fetched by `vlnb prepare coco --download`); "" evaluates on val2017 instead.
     coco_karpathy_split: str | None = None
     flickr30k_source: str | None = None
     cifar100_source: str | None = None
     pokemon_source: str | None = None
     #: Text→image top-K experiment (zero-shot models vs a trained BERT+CNN baseline) on this data set
-    #: (full: "pokemon"); None skips it. Any evaluation data set name works (e.g. "coco-mini").
+    #: (full: "pokemon"); "" skips it. Any evaluation data set name works (e.g. "coco-mini").
     t2i_dataset: str | None = None
-    t2i_test_fraction: float = 0.2
-    baseline_epochs: int = 10
-    batch_size: int = 64
+    t2i_test_fraction: float = Field(0.2, gt=0, lt=1)
+    baseline_epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
     #: Captions shown in each retrieval gallery.
-    n_gallery: int = 4
+    n_gallery: int = Field(4, ge=0)
+    #: Where the chapter computes ("auto": CUDA when available, else CPU; "cpu", "cuda", "cuda:1"...).
+    device: Device = "auto"
 
     PROFILE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
         "full": {
             "datasets": ["coco", "flickr30k", "cifar100"],
             "first_stage": "CLIP ViT-B/32",
-            "rerank_k": 128,
+            "rerank_k": "lavis",
             "coco_templates": "openai_imagenet",
             "coco_root": "data/coco",
-            "coco_karpathy_split": "data/coco/dataset_coco.json",
+            "coco_karpathy_split": "data/coco/coco_karpathy_test.json",
             "flickr30k_source": "nlphuji/flickr30k",
             "cifar100_source": "uoft-cs/cifar100",
             "pokemon_source": "reach-vb/pokemon-blip-captions",
@@ -57,3 +64,10 @@ class CompareParams(NotebookParams):
             "batch_size": 256,
         }
     }
+
+    @field_validator("t2i_dataset")
+    @classmethod
+    def _known_t2i_dataset(cls, v: str | None) -> str | None:
+        if v and v not in EVAL_DATASETS:  # "" skips the experiment (None is the profile's default)
+            raise ValueError(f"unknown data set {v!r}; known: {', '.join(EVAL_DATASETS)}")
+        return v

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from vlnb.config import Ks, NotebookParams, register
+from vlnb.config import Datasets, Device, Ks, NotebookParams, register
 
 #: Every family the sweep knows (vlnb.robustness.perturbations.CORRUPTIONS) plus "occlusion", which
 #: means occlusion_<occlusion> (the ``occlusion`` parameter picks random / centre / object).
@@ -26,8 +26,8 @@ class RobustnessParams(NotebookParams):
     models: list[str] | dict[str, str | None] | None = None
     #: data sets each model is evaluated on: a list (every model on each) or {model: [data sets]}.
     #: offline names: world, coco-mini; full: coco, flickr30k (see vlnb.data.profiles.evaluation_manifest).
-    datasets: list[str] | dict[str, list[str]] = ["world", "coco-mini"]
-    #: corruption families swept (a sweep over a subset = several runs with -p corruptions '[...]').
+    datasets: Datasets = ["world", "coco-mini"]
+    #: corruption families swept (split over several runs: `vlnb sweep` with a grid such as sweeps/robustness.yaml).
     corruptions: list[str] = [
         "shot_noise", "defocus_blur", "motion_blur", "jpeg_compression", "pixelate", "brightness", "contrast",
         "occlusion",
@@ -46,13 +46,13 @@ class RobustnessParams(NotebookParams):
     #: the model whose errors normalise the mCE (None: the first model).
     baseline: str | None = None
     #: spatial constants (blur sizes) are ImageNet-C's at this image side and scale with the input side.
-    reference_size: int | None = 224
+    reference_size: int | None = Field(224, ge=1)
     #: Recall@K cut-offs.
     ks: Ks = [1, 5]
     #: images per encoder batch; None: 128 on CUDA, about 256k pixels on a CPU (see sweep.auto_batch_size).
     batch_size: int | None = None
-    #: "cpu", "cuda" or "auto" (cuda when available).
-    device: str = "auto"
+    #: Where the chapter computes ("auto": CUDA when available, else CPU; "cpu", "cuda", "cuda:1"...).
+    device: Device = "auto"
     #: full profile: COCO root / Karpathy split / Flickr30k source (as chapter 1).
     coco_root: str | None = None
     coco_karpathy_split: str | None = None
@@ -73,7 +73,7 @@ class RobustnessParams(NotebookParams):
             "cross_max_images": 100,
             "baseline": "CLIP ViT-B/32",
             "coco_root": "data/coco",
-            "coco_karpathy_split": "data/coco/dataset_coco.json",
+            "coco_karpathy_split": "data/coco/coco_karpathy_test.json",
             "flickr30k_source": "nlphuji/flickr30k",
         },
     }

@@ -6,7 +6,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from vlnb.config import NotebookParams, register
+from vlnb.config import Device, NotebookParams, register
 
 _METHODS = ("cls_attention", "rollout_mean", "rollout_max", "chefer", "qformer_attention", "gradcam")
 
@@ -38,18 +38,18 @@ class InterpretabilityParams(NotebookParams):
     #: how maps are upsampled from the patch grid to the image
     upsample: Literal["bilinear", "nearest", "bicubic"] = "bilinear"
     #: pointing-game tolerance in pixels of the model input (Zhang et al. use 15 px at full resolution)
-    tolerance: int = 0
+    tolerance: int = Field(0, ge=0)
     #: first layer Chefer's rule accumulates (0 = all layers, as in the paper)
-    chefer_start_layer: int = 0
+    chefer_start_layer: int = Field(0, ge=0)
     #: bootstrap resamples (over images) for the intervals
     n_bootstrap: int = 1000
     batch_size: int = 16
-    #: "auto" = cuda when available
-    device: str = "auto"
+    #: Where the chapter computes ("auto": CUDA when available, else CPU; "cpu", "cuda", "cuda:1"...).
+    device: Device = "auto"
     progress: bool = True
 
     PROFILE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
-        "full": {"n_images": 500, "n_overlays": 6, "overlay_methods": ["rollout_mean", "chefer", "qformer_attention"], "n_entropy": 32, "coco_root": "data/coco", "batch_size": 16},
+        "full": {"n_images": 500, "n_overlays": 6, "overlay_methods": ["rollout_mean", "chefer", "qformer_attention"], "n_entropy": 32, "coco_root": "data/coco", "coco_split": "val2014", "batch_size": 16},
     }
 
     @field_validator("methods", "overlay_methods")

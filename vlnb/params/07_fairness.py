@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from vlnb.config import Ks, NotebookParams, register
+from vlnb.config import Datasets, Device, Ks, NotebookParams, register
 
 
 @register("07_fairness")
@@ -18,13 +18,13 @@ class FairnessParams(NotebookParams):
     #: Cross encoders (ViLT) are left out: per-group zero-shot and retrieval need a dual encoder.
     models: list[str] | dict[str, str | None] | None = None
     #: test sets: a list (every model on each) or {model: [data sets]}; offline world, coco-mini; full coco.
-    datasets: list[str] | dict[str, list[str]] = ["coco"]
+    datasets: Datasets = ["coco"]
     #: groupings per data set (None: world colour/shape/background, COCO supercategory/gender).
     groupings: dict[str, list[str]] | None = None
     #: images per data set (the first n of its test manifest; None: all).
-    max_images: int | None = None
+    max_images: int | None = Field(None, ge=1)
     #: zero-shot template set for COCO ("simple" 1, "openai_imagenet" 80).
-    templates: str = "simple"
+    templates: Literal["openai_imagenet", "openai_imagenet_7", "cifar", "simple"] = "simple"
     #: Recall@K cut-offs of the per-group retrieval metrics.
     ks: Ks = [1, 5]
     #: groups with fewer images are flagged and not ranked.
@@ -44,17 +44,17 @@ class FairnessParams(NotebookParams):
     rare_attribute: str = "colour"
     rare_value: str = "purple"
     rare_fractions: list[float] = [1.0, 0.3, 0.1, 0.03]
-    rare_seeds: list[int] = [0, 1]
+    rare_seeds: list[Annotated[int, Field(ge=0)]] = [0, 1]
     rare_n_train: int = 1000
     rare_n_test: int = 400
-    rare_image_size: int = 32
+    rare_image_size: int = Field(32, ge=24)
     rare_epochs: int = 15
     #: full profile: COCO root / Karpathy split (as chapter 1).
     coco_root: str | None = None
     coco_karpathy_split: str | None = None
     batch_size: int = 64
-    #: "cpu", "cuda" or "auto" (cuda when available).
-    device: str = "auto"
+    #: Where the chapter computes ("auto": CUDA when available, else CPU; "cpu", "cuda", "cuda:1"...).
+    device: Device = "auto"
     #: feature cache folder (None: vlnb's cache).
     cache_dir: str | None = None
 
@@ -66,15 +66,14 @@ class FairnessParams(NotebookParams):
             "min_group_size": 50,
             "n_boot": 2000,
             "n_perm": 2000,
-            "gender_caption_files": ["data/coco/annotations/captions_train2017.json",
-                                     "data/coco/annotations/captions_val2017.json"],
+            "gender_caption_files": ["data/coco/annotations/captions_val2014.json"],  # the 5k test is in val2014
             "rare_fractions": [1.0, 0.3, 0.1, 0.03, 0.01],
             "rare_seeds": [0, 1, 2, 3, 4],
             "rare_n_train": 4000,
             "rare_n_test": 1000,
             "rare_epochs": 20,
             "coco_root": "data/coco",
-            "coco_karpathy_split": "data/coco/dataset_coco.json",
+            "coco_karpathy_split": "data/coco/coco_karpathy_test.json",
             "batch_size": 256,
         },
     }

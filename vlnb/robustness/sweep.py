@@ -33,10 +33,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..data.manifest import subset
+from ..device import resolve_device  # the chapter's device resolver, re-exported
+from ..eval.chance import recall_chance, zeroshot_chance
 from .perturbations import CORRUPTIONS, REFERENCE_SIZE, ObjectMasks, corruption
 
 RESULT_COLUMNS = ["model", "dataset", "task", "metric", "corruption", "severity", "value", "clean", "relative",
-                  "n_images"]
+                  "n_images", "chance"]
 SUMMARY_COLUMNS = ["model", "dataset", "task", "metric", "clean", "mean_corrupted", "relative_robustness",
                    "mCE", "relative_mCE", "baseline", "n_corruptions"]
 
@@ -76,9 +79,7 @@ def _head(df: pd.DataFrame, n: int | None) -> pd.DataFrame:
         return df
     if n < 1:
         raise ValueError(f"n_images must be >= 1, got {n}")
-    out = df.iloc[:n].reset_index(drop=True)
-    out.attrs = dict(df.attrs)
-    return out
+    return subset(df, slice(0, n))
 
 
 def _multilabel(column, classes) -> np.ndarray:
@@ -138,9 +139,9 @@ def make_task(dataset: str, manifest: pd.DataFrame, n_images: int | None = None,
 
 # ---------------------------------------------------------------------------------------------- metrics
 def _ks(ks) -> tuple[int, ...]:
-    from ..eval.retrieval import _check_ks
+    from ..eval.retrieval import check_ks
 
-    return _check_ks(ks)
+    return check_ks(ks)
 
 
 def _zeroshot_metrics(scores: torch.Tensor, targets: np.ndarray) -> dict[str, float]:
@@ -170,9 +171,9 @@ class _TextSide:
         self.classifiers: dict[str, torch.Tensor] = {}
         self.prompts: dict[str, list[str]] = {}
         if cross:  # a cross encoder scores image x prompt pairs: one prompt (the first template) per class
-            from ..eval.zeroshot import _fill
+            from ..eval.zeroshot import fill_template
 
-            self.prompts = {n: [_fill(ls.templates[0], c) for c in ls.classes] for n, ls in task.label_sets.items()}
+            self.prompts = {n: [fill_template(ls.templates[0], c) for c in ls.classes] for n, ls in task.label_sets.items()}
             return
         for n, ls in task.label_sets.items():
             self.classifiers[n] = zeroshot_classifier(model, ls.classes, ls.templates, batch_size=batch_size)
@@ -181,14 +182,18 @@ class _TextSide:
                                           progress=False)
 
 
-def _cell_metrics(model, task: EvalTask, text: _TextSide, image_ids: list, scores_for: Callable, ks) -> dict:
-    """Metrics of one cell; ``scores_for(kind, name)`` gives ``(n_kept_images, n_texts_or_classes)`` scores."""
+def _cell_metrics(model, task: EvalTask, text: _TextSide, image_ids: list, scores_for: Callable,
+                  ks) -> tuple[dict, dict]:
+    """Metrics of one cell and their exact chance levels (:mod:`vlnb.eval.chance`, percent, on the images
+    and captions the cell evaluated); ``scores_for(kind, name)`` gives ``(n_kept_images, n_texts_or_classes)``
+    scores."""
     pos = {iid: r for r, iid in enumerate(task.manifest["image_id"])}
     rows = np.asarray([pos[i] for i in image_ids], dtype=np.int64)
-    out = {}
+    out, chance = {}, {}
     for name, ls in task.label_sets.items():
         for m, v in _zeroshot_metrics(scores_for("zeroshot", name), ls.targets[rows]).items():
             out[(f"zeroshot:{name}", m)] = v
+            chance[(f"zeroshot:{name}", m)] = 100.0 * zeroshot_chance(ls.targets[rows], len(ls.classes))["top1"]
     if task.retrieval and len(text.texts):
         # captions of skipped images have no image to retrieve: drop them, renumber the rest
         new = np.full(len(task.manifest), -1, dtype=np.int64)
@@ -198,7 +203,8 @@ def _cell_metrics(model, task: EvalTask, text: _TextSide, image_ids: list, score
         sim = scores_for("retrieval", None)[:, torch.from_numpy(keep)]
         for m, v in _retrieval_metrics(sim, t2i[keep], ks).items():
             out[("retrieval", m)] = v
-    return out
+        chance.update({("retrieval", m): v for m, v in recall_chance(t2i[keep], len(rows), ks).items()})
+    return out, chance
 
 
 def _dual_cell(model, task, text: _TextSide, perturbation, ks, batch_size, cache_dir, num_workers):
@@ -213,7 +219,7 @@ def _dual_cell(model, task, text: _TextSide, perturbation, ks, batch_size, cache
         with torch.inference_mode():
             return model.similarity(fs.embeddings, text.text_emb).float().cpu()
 
-    return _cell_metrics(model, task, text, fs.image_ids, scores_for, ks), len(fs)
+    return *_cell_metrics(model, task, text, fs.image_ids, scores_for, ks), len(fs)
 
 
 class _CrossPixels:
@@ -221,29 +227,40 @@ class _CrossPixels:
 
     def __init__(self, model, task: EvalTask):
         from ..data.images import try_open_rgb
+        from ..data.pixels import cacheable, decoded_pixels
 
         pre = model.preprocess
+        if cacheable(pre):  # the shared pixel cache (vlnb.data.pixels): decoded once for every cell and chapter
+            px = decoded_pixels(task.manifest, pre, progress=False)
+            ok = px.ok_rows
+            self.ids = [px.image_ids[r] for r in ok]
+            self.pixels = px.unit(ok) if len(ok) else torch.empty(0, 3, 1, 1)
+            return
         ids, xs = [], []
         for iid, src in zip(task.manifest["image_id"], task.manifest["image"]):
             img, _ = try_open_rgb(src)
             if img is not None:
                 ids.append(iid)
                 xs.append(pre.to_unit([img])[0])
-        self.ids, self.pixels = ids, torch.stack(xs) if xs else torch.empty(0, 3, 1, 1)
+        # images of different sizes (ViLT keeps each aspect ratio) stay a list, scored one at a time
+        same = len({tuple(x.shape) for x in xs}) <= 1
+        self.ids, self.pixels = ids, (torch.stack(xs) if same else xs) if xs else torch.empty(0, 3, 1, 1)
 
 
 def _cross_cell(model, task, text: _TextSide, pixels: _CrossPixels, perturbation, ks, batch_size):
-    from ..eval.features import _jsonable, autocast_for, model_device
+    from ..eval.features import autocast_for, jsonable, model_device
 
     pre, dev = model.preprocess, model_device(model)
-    ids = [_jsonable(i) for i in pixels.ids]
+    ids = [jsonable(i) for i in pixels.ids]
     cache: dict[str, torch.Tensor] = {}
 
     def score_matrix(texts: list[str]) -> torch.Tensor:
         out = torch.empty(len(ids), len(texts))
         with torch.inference_mode(), autocast_for(model):
-            for s in range(0, len(ids), max(1, batch_size // 8)):
-                x = pixels.pixels[s : s + max(1, batch_size // 8)].to(dev)
+            step = max(1, batch_size // 8) if isinstance(pixels.pixels, torch.Tensor) else 1
+            for s in range(0, len(ids), step):
+                batch = pixels.pixels[s : s + step]
+                x = (batch if isinstance(batch, torch.Tensor) else torch.stack(batch)).to(dev)
                 if perturbation is not None:
                     x = perturbation(x, ids=ids[s : s + len(x)])
                 x = pre.normalize(x)
@@ -260,7 +277,7 @@ def _cross_cell(model, task, text: _TextSide, pixels: _CrossPixels, perturbation
             cache[key] = score_matrix(text.prompts[name] if kind == "zeroshot" else list(text.texts))
         return cache[key]
 
-    return _cell_metrics(model, task, text, pixels.ids, scores_for, ks), len(ids)
+    return *_cell_metrics(model, task, text, pixels.ids, scores_for, ks), len(ids)
 
 
 # ---------------------------------------------------------------------------------------------- sweep
@@ -323,7 +340,7 @@ def run_sweep(
     total = sum(len(t) for t in per_model.values()) * (1 + len(cells))
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from ..progress import tqdm
 
         bar = tqdm(total=total, desc="robustness sweep")
     rows = []
@@ -347,21 +364,21 @@ def run_sweep(
                     bar.set_postfix_str(f"{mname} / {task.dataset} / {c} {s}")
                 t0 = time.perf_counter()
                 if cross:
-                    metrics, n = _cross_cell(model, task, text, pixels, p, ks, bs)
+                    metrics, chance, n = _cross_cell(model, task, text, pixels, p, ks, bs)
                 else:
-                    metrics, n = _dual_cell(model, task, text, p, ks, bs, cache_dir, num_workers)
+                    metrics, chance, n = _dual_cell(model, task, text, p, ks, bs, cache_dir, num_workers)
                 if timings is not None:
                     timings.append({"model": mname, "dataset": task.dataset, "corruption": c, "severity": s,
                                     "seconds": time.perf_counter() - t0})
                 if clean is None:
-                    clean = metrics
+                    clean, clean_chance = metrics, chance
                     continue
                 for (tname, metric), v in metrics.items():
                     base = clean[(tname, metric)]
                     rel = v / base if base > 0 else float("nan")
                     rows.append({"model": mname, "dataset": task.dataset, "task": tname, "metric": metric,
                                  "corruption": c, "severity": s, "value": v, "clean": base, "relative": rel,
-                                 "n_images": n})
+                                 "n_images": n, "chance": clean_chance[(tname, metric)]})
                 if bar is not None:
                     bar.update(1)
             if bar is not None:
@@ -369,7 +386,7 @@ def run_sweep(
             for (tname, metric), v in clean.items():  # severity 0 of every corruption = the clean value
                 rows += [{"model": mname, "dataset": task.dataset, "task": tname, "metric": metric, "corruption": c,
                           "severity": 0, "value": v, "clean": v, "relative": 1.0 if v > 0 else float("nan"),
-                          "n_images": n} for c in dict.fromkeys(corruptions)]
+                          "n_images": n, "chance": clean_chance[(tname, metric)]} for c in dict.fromkeys(corruptions)]
             if masks.missing:
                 import warnings
 
@@ -451,34 +468,27 @@ def monotonicity(results: pd.DataFrame, tolerance: float = 0.0) -> pd.DataFrame:
 
 
 def chance_levels(tasks: Mapping[str, Sequence[EvalTask]] | Sequence[EvalTask]) -> pd.DataFrame:
-    """Expected zero-shot top-1 accuracy (percent) of random scores per data set and label set: the mean,
-    over labelled images, of (labels of the image) / (classes)."""
+    """Expected zero-shot top-1 accuracy (percent) of random scores per data set and label set on the tasks'
+    whole manifests (:func:`vlnb.eval.chance.zeroshot_chance`: the mean, over labelled images, of (labels of
+    the image) / (classes))."""
     seen, rows = set(), []
     for t in (t for ts in (tasks.values() if isinstance(tasks, Mapping) else [tasks]) for t in ts):
         for name, ls in t.label_sets.items():
             if (t.dataset, name) in seen:
                 continue
             seen.add((t.dataset, name))
-            y = ls.targets[ls.targets.any(axis=1)]
             rows.append({"dataset": t.dataset, "task": f"zeroshot:{name}", "classes": len(ls.classes),
-                         "chance_top1": float(100 * y.sum(axis=1).mean() / len(ls.classes)) if len(y) else np.nan})
+                         "chance_top1": 100.0 * zeroshot_chance(ls.targets, len(ls.classes))["top1"]})
     return pd.DataFrame(rows, columns=["dataset", "task", "classes", "chance_top1"])
 
 
-def chance_table(results: pd.DataFrame, tasks) -> pd.DataFrame:
-    """Chance level (percent) of every (model, data set, task, metric) in ``results``: zero-shot top-1 from
-    :func:`chance_levels`; Recall@K ~ ``100 * K / n_images`` (exact for text->image with random scores,
-    a close approximation for image->text)."""
-    zs = chance_levels(tasks).set_index(["dataset", "task"])["chance_top1"]
-    rows = []
-    for (m, d, t, met), g in results.groupby(["model", "dataset", "task", "metric"], sort=False):
-        if t.startswith("zeroshot:"):
-            c = float(zs.get((d, t), np.nan))
-        else:
-            k, n = int(met.split("@")[1]), int(g["n_images"].iloc[0])
-            c = 100.0 * min(1.0, k / n) if n else np.nan
-        rows.append({"model": m, "dataset": d, "task": t, "metric": met, "chance": c})
-    return pd.DataFrame(rows, columns=["model", "dataset", "task", "metric", "chance"])
+def chance_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Chance level (percent) of every (model, data set, task, metric) in ``results``: the exact level
+    :func:`run_sweep` recorded for the images and captions it evaluated (:mod:`vlnb.eval.chance`)."""
+    keys = ["model", "dataset", "task", "metric"]
+    if "chance" not in results.columns:
+        raise KeyError("results lack the 'chance' column; pass the table run_sweep returns")
+    return results.drop_duplicates(keys)[keys + ["chance"]].reset_index(drop=True)
 
 
 def headline_metrics(results: pd.DataFrame, k: int = 5) -> list[tuple[str, str]]:
@@ -523,14 +533,7 @@ def noise_tolerance(results: pd.DataFrame) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- chapter glue
-def resolve_device(device: str = "auto") -> str:
-    """``"auto"`` -> ``"cuda"`` when available, else ``"cpu"``; anything else is returned unchanged."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def chapter_models(cfg, device: str = "cpu", progress: bool = True) -> dict:
+def chapter_models(cfg, device: str = "auto", progress: bool = True) -> dict:
     """The models of a :class:`~vlnb.params.05_robustness.RobustnessParams` run (see
     :func:`vlnb.zoo.chapter_models`)."""
     from ..zoo import chapter_models as _models
@@ -571,7 +574,14 @@ def chapter_tasks(cfg, model_names: Sequence[str]) -> dict[str, list[EvalTask]]:
 def unit_pixels(manifest: pd.DataFrame, preprocess, n: int = 4) -> tuple[torch.Tensor, list]:
     """The first ``n`` decodable images of ``manifest`` as ``[0, 1]`` pixels under ``preprocess`` and their ids."""
     from ..data.images import try_open_rgb
+    from ..data.pixels import cacheable, decoded_pixels
 
+    if cacheable(preprocess):
+        px = decoded_pixels(manifest, preprocess, progress=False)
+        ok = px.ok_rows[:n]
+        if not len(ok):
+            raise ValueError("no decodable image in the manifest")
+        return px.unit(ok), [manifest["image_id"].iloc[r] for r in ok]
     xs, ids = [], []
     for iid, src in zip(manifest["image_id"], manifest["image"]):
         img, _ = try_open_rgb(src)
@@ -621,7 +631,7 @@ __all__ = [
     "monotonicity",
     "noise_tolerance",
     "read_results",
-    "resolve_device",
+    "resolve_device",  # re-exported from vlnb.device
     "run_sweep",
     "summarize",
     "unit_pixels",

@@ -58,21 +58,19 @@ def seed_everything(seed: int) -> None:
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``state`` atomically (temporary file + ``os.replace``) and return the path."""
+    from ..paths import atomic_write, clean_stale_temp
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    clean_stale_temp(path.parent, path.name)  # left by a writer killed mid-write (SIGKILL, power loss)
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``; a clear error if it is missing or unsafe."""
+    from ..paths import clean_stale_temp
+
     path = Path(path)
+    clean_stale_temp(path.parent, path.name)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:

@@ -53,12 +53,21 @@ def clip_logits(
 
 
 def clip_loss(
-    image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale, max_scale: float = MAX_LOGIT_SCALE
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    logit_scale,
+    max_scale: float = MAX_LOGIT_SCALE,
+    neg_text_emb: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE of ``N`` matched pairs (row ``i`` of both inputs is pair ``i``).
 
     ``(CE(logits, arange(N)) + CE(logits.T, arange(N))) / 2`` with :func:`clip_logits`; the embeddings
     are used as given (the models return them L2-normalised).
+
+    ``neg_text_emb`` (``(M, D)``, NegCLIP, Yuksekgonul et al. 2023): extra *text* negatives -- e.g. each
+    caption with two attributes swapped -- appended to the texts every image chooses among, so the
+    image->text cross-entropy runs over ``N + M`` texts; the text->image direction is unchanged (a foil has
+    no image of its own).
     """
     if image_emb.shape[0] != text_emb.shape[0]:
         raise ValueError(
@@ -69,7 +78,10 @@ def clip_loss(
         raise ValueError(f"clip loss needs at least 2 pairs (one negative each), got {image_emb.shape[0]}")
     logits = clip_logits(image_emb, text_emb, logit_scale, max_scale)
     labels = torch.arange(logits.shape[0], device=logits.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    if neg_text_emb is None or len(neg_text_emb) == 0:
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    i2t = torch.cat([logits, clip_logits(image_emb, neg_text_emb, logit_scale, max_scale)], dim=1)
+    return (F.cross_entropy(i2t, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
 def contrastive_loss(
@@ -78,6 +90,7 @@ def contrastive_loss(
     logit_scale,
     max_scale: float = MAX_LOGIT_SCALE,
     group=None,
+    neg_text_emb: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`clip_loss` over the *global* batch: in a process group the local embeddings of every
     rank are all-gathered with gradient first (rank order), otherwise it is plain :func:`clip_loss`.
@@ -86,10 +99,16 @@ def contrastive_loss(
     send to a rank's own embeddings (``world_size`` identical copies), and averaging the parameter
     gradients over ranks (:func:`vlnb.train.distributed.average_gradients`) turns that back into
     exactly the single-process gradient of the global batch.
+
+    ``neg_text_emb``: NegCLIP's extra text negatives (see :func:`clip_loss`); one process only, since ranks
+    may hold different numbers of them.
     """
     if world_size(group) > 1:
+        if neg_text_emb is not None:
+            raise NotImplementedError("extra text negatives (NegCLIP) are supported in one process only, not "
+                                      "across a process group")
         image_emb, text_emb = gather_with_grad(image_emb, group), gather_with_grad(text_emb, group)
-    return clip_loss(image_emb, text_emb, logit_scale, max_scale)
+    return clip_loss(image_emb, text_emb, logit_scale, max_scale, neg_text_emb=neg_text_emb)
 
 
 def chance_loss(n: int) -> float:

@@ -16,8 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.manifest import subset
 from ..models.base import DualEncoder
-from ..models.scratch import ScratchConfig, VisionTransformer, _init_tower
+from ..models.memo import FeatureMemo, mean_pool
+from ..models.scratch import ScratchConfig, VisionTransformer, init_tower
 from ..models.transforms import HALF, ImagePreprocess
 
 
@@ -41,13 +43,14 @@ class ScratchImageFrozenText(DualEncoder):
             if seed is not None:
                 torch.manual_seed(seed)
             self.visual = VisionTransformer(cfg)
-            _init_tower(self.visual, cfg.width, cfg.layers)
+            init_tower(self.visual, cfg.width, cfg.layers)
             self.text_head = nn.Linear(TEXT_DIM, cfg.embed_dim)
-        self.text_tower = AutoModel.from_pretrained(str(minilm_path())).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()))
+        self.text_tower = AutoModel.from_pretrained(str(minilm_path()), trust_remote_code=False).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()), trust_remote_code=False)
         for p in self.text_tower.parameters():
             p.requires_grad_(False)
         self.log_logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
+        self.text_memo = FeatureMemo(200_000)  # the frozen text tower's pooled features, per caption
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -69,25 +72,18 @@ class ScratchImageFrozenText(DualEncoder):
     def encode_text(self, input_ids, attention_mask=None, **_) -> torch.Tensor:
         input_ids = input_ids.to(self.device)
         mask = (attention_mask if attention_mask is not None else torch.ones_like(input_ids)).to(self.device)
-        return F.normalize(self.text_head(self._frozen_text(input_ids, mask)), dim=-1)
+        return F.normalize(self.text_head(self.frozen_text_features(input_ids, mask)), dim=-1)
 
     @torch.no_grad()
-    def _frozen_text(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean-pooled MiniLM features; the tower is frozen, so each distinct token sequence is encoded once
-        (captions repeat every epoch) and kept in a small in-memory cache."""
-        cache = self.__dict__.setdefault("_text_cache", {})
-        keys = [bytes(ids[m.bool()].cpu().numpy().astype("int32")) for ids, m in zip(input_ids, mask)]
-        todo = [i for i, k in enumerate(keys) if k not in cache]
-        if todo:
-            hidden = self.text_tower(input_ids=input_ids[todo], attention_mask=mask[todo]).last_hidden_state
-            m = mask[todo].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-            if len(cache) < 200_000:
-                cache.update({keys[i]: pooled[j].detach() for j, i in enumerate(todo)})
-            fresh = dict(zip(todo, pooled))
-        else:
-            fresh = {}
-        return torch.stack([fresh[i] if i in fresh else cache[k].to(input_ids.device) for i, k in enumerate(keys)])
+    def frozen_text_features(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean-pooled MiniLM features, deliberately *not* L2-normalised (the linear head reads the raw pooled
+        features; :class:`vlnb.models.towers.TowersDualEncoder` normalises, as the sentence embedding does).
+        The tower is frozen, so each distinct caption is encoded once (:class:`vlnb.models.memo.FeatureMemo`)."""
+        def compute(rows):
+            hidden = self.text_tower(input_ids=input_ids[rows], attention_mask=mask[rows]).last_hidden_state
+            return mean_pool(hidden, mask[rows], normalize=False)
+
+        return self.text_memo([ids[m.bool()] for ids, m in zip(input_ids, mask)], compute, input_ids.device)
 
 
 def pair_classification(model, test: pd.DataFrame, class_names, batch_size: int = 256, progress: bool = False) -> dict:
@@ -121,33 +117,32 @@ def pair_classification(model, test: pd.DataFrame, class_names, batch_size: int 
 
 
 def train_paired_cifar(manifest: pd.DataFrame, epochs: int = 6, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
-                       config: str = "tiny", classify: bool = True, progress: bool = True):
+                       config: str = "tiny", classify: bool = True, progress: bool = True, device: str = "auto"):
     """Train :class:`ScratchImageFrozenText` on the ``train`` pairs of a paired-CIFAR-100 manifest; returns
     ``(results table, History)`` with test retrieval R@1/5/10 (percent) and, with ``classify``, pair
     classification among all C·(C−1) class-pair prompts (proportions), each with its chance level."""
     from ..data.paired_cifar import pair_preprocess
-    from ..eval.compare import evaluate_retrieval, retrieval_chance
+    from ..eval.chance import recall_chance
+    from ..eval.compare import evaluate_retrieval
     from . import TrainConfig, train_contrastive
     from .trainer import PairDataset
 
-    train = manifest[manifest["split"] == "train"].reset_index(drop=True)
-    test = manifest[manifest["split"] == "test"].reset_index(drop=True)
-    train.attrs = test.attrs = dict(manifest.attrs)
+    train, test = (subset(manifest, (manifest["split"] == s).to_numpy()) for s in ("train", "test"))
     if len(train) == 0 or len(test) == 0:
         raise ValueError("the paired manifest needs both train and test pairs")
     model = ScratchImageFrozenText(config, seed=seed)
     model.preprocess = pair_preprocess(model.preprocess)
     cfg = TrainConfig(epochs=epochs, batch_size=min(batch_size, len(train)), lr=lr, warmup_steps=10, seed=seed,
-                      eval_every=max(1, epochs // 3))
+                      eval_every=max(1, epochs // 3), device=device)
     pairs = PairDataset(train, model.preprocess, cfg.caption_sampling, cfg.seed, cache=True)
     history = train_contrastive(model, pairs, val_data=test, config=cfg, progress=progress)
     model.eval()
-    ret = evaluate_retrieval(model, test, "paired-cifar100", model.name, progress=progress).results[0]
+    run = evaluate_retrieval(model, test, "paired-cifar100", model.name, progress=progress)
+    ret, chance = run.results[0], recall_chance(run.text_to_image, len(run.image_ids))
     rows = []
     for d in ("i2t", "t2i"):
         for k in (1, 5, 10):
-            rows.append({"metric": f"{d} R@{k} (%)", "value": ret[f"{d}_R@{k}"],
-                         "chance": retrieval_chance(len(test), len(test), k)[d]})
+            rows.append({"metric": f"{d} R@{k} (%)", "value": ret[f"{d}_R@{k}"], "chance": chance[f"{d}_R@{k}"]})
     if classify:
         names = manifest.attrs.get("vlnb", {}).get("class_names") or sorted(
             set(manifest["left_class"]) | set(manifest["right_class"]))

@@ -49,12 +49,15 @@ def live_plot():
     handle = None
 
     def callback(history):
+        from ..timing import timed
+
         nonlocal handle
-        fig = plot_history(history)
-        if handle is None:
-            handle = display(fig, display_id=True)
-        else:
-            handle.update(fig)
-        plt.close(fig)
+        with timed("plotting"):
+            fig = plot_history(history)
+            if handle is None:
+                handle = display(fig, display_id=True)
+            else:
+                handle.update(fig)
+            plt.close(fig)
 
     return callback

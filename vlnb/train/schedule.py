@@ -3,6 +3,7 @@
 The multiplier of the base learning rate at optimizer step ``t`` (0-based: the ``t``-th update) is
 
 - ``(t + 1) / warmup_steps`` while ``t < warmup_steps``;
+  a warmup that does not fit (``warmup_steps >= total_steps``) is a ``ValueError``;
 - ``min_ratio + (1 - min_ratio) * (1 + cos(pi * p)) / 2`` afterwards, with
   ``p = (t - warmup_steps) / (total_steps - 1 - warmup_steps)``, reaching ``min_ratio`` at the last
   step ``t = total_steps - 1``.
@@ -11,7 +12,6 @@ The multiplier of the base learning rate at optimizer step ``t`` (0-based: the `
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 
@@ -27,10 +27,11 @@ class WarmupCosine:
         if not 0.0 <= min_ratio <= 1.0:
             raise ValueError(f"min_ratio must be in [0, 1], got {min_ratio}")
         if warmup_steps >= total_steps:
-            warnings.warn(
-                f"warmup_steps={warmup_steps} >= total_steps={total_steps}: the learning rate never "
-                "reaches its peak; lower warmup_steps",
-                stacklevel=3,
+            # an error, not a warning: such a run never reaches its peak learning rate and never decays, so
+            # whatever it measures is a mistrained model (lower warmup_steps, or train for more steps)
+            raise ValueError(
+                f"warmup_steps={warmup_steps} >= total_steps={total_steps}: the warmup does not fit in the "
+                "run, so the learning rate never reaches its peak; lower warmup_steps or train for more steps"
             )
         self.warmup_steps = int(warmup_steps)
         self.total_steps = int(total_steps)

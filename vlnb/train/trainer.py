@@ -16,7 +16,7 @@ What :func:`train_contrastive` does, and why:
 - **Data parallel** (torchrun, :mod:`vlnb.train.distributed`): every rank embeds its slice, embeddings
   are gathered with gradient, the loss is over the global batch, gradients are averaged.
 - AdamW without weight decay on norms, biases, embeddings and the temperature; linear warmup + cosine
-  decay; gradient clipping; bf16 autocast on CUDA (fp16 + GradScaler on request); only parameters with
+  decay; gradient clipping; autocast on CUDA (bf16 from compute capability 8, fp16 + GradScaler below); only parameters with
   ``requires_grad`` are trained (frozen towers); the temperature is clamped at ``max_logit_scale``.
 - **Exact resume**: an atomic checkpoint per epoch (model, optimizer, scheduler, scaler, RNG states,
   history) loadable with ``weights_only=True``; the data order and caption choice of epoch ``e`` depend
@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..data.images import BadImageError, open_rgb
 from ..data.manifest import texts_and_targets
+from ..timing import timed, timer
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from .distributed import DistInfo, average_gradients, barrier, broadcast_parameters, init_distributed
 from .loss import MAX_LOGIT_SCALE, contrastive_loss
@@ -76,7 +77,8 @@ class TrainConfig(BaseModel):
     seed: int = 0
     #: Mixed precision on CUDA (autocast with ``amp_dtype``); ignored on CPU, which trains in float32.
     amp: bool = True
-    amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"
+    #: "auto": bf16 on GPUs of compute capability >= 8, fp16 (with GradScaler) on older ones such as the T4.
+    amp_dtype: Literal["auto", "bfloat16", "float16"] = "auto"
     #: Upper bound of exp(logit_scale) (CLIP: 100).
     max_logit_scale: float = Field(MAX_LOGIT_SCALE, gt=0)
     #: How a manifest's captions become pairs: a random caption per image per epoch, or always the first.
@@ -85,7 +87,7 @@ class TrainConfig(BaseModel):
     #: Evaluate retrieval on ``val_data`` every this many epochs (and after the last one).
     eval_every: int = Field(1, ge=1)
     eval_batch_size: int = Field(256, ge=1)
-    #: None: ``cuda:LOCAL_RANK`` when CUDA is available, else CPU.
+    #: None / "auto": ``cuda:LOCAL_RANK`` when CUDA is available, else CPU (see :mod:`vlnb.device`).
     device: str | None = None
 
     def global_batch(self, world_size: int = 1) -> int:
@@ -95,7 +97,8 @@ class TrainConfig(BaseModel):
 # ---------------------------------------------------------------------------------------------- data
 def _pixels(src, preprocess, image_id) -> torch.Tensor:
     try:
-        return preprocess([open_rgb(src)])[0]
+        with timed("decode"):
+            return preprocess([open_rgb(src)])[0]
     except BadImageError as e:
         raise BadImageError(
             f"image_id {image_id!r}: {e.reason} (drop bad images from the manifest first: "
@@ -145,6 +148,13 @@ class PairDataset(torch.utils.data.Dataset):
         self.captions = [list(manifest["captions"].iloc[i]) for i in keep]
         self.preprocess, self.caption_sampling, self.seed = preprocess, caption_sampling, int(seed)
         self._cache: dict[int, torch.Tensor] | None = {} if cache else None
+        # an ImagePreprocess: every image decoded once into the shared pixel cache (vlnb.data.pixels), for
+        # every epoch, worker and later run; other preprocess callables decode on access
+        self._px, self._rows = None, np.asarray(keep, dtype=np.int64)
+        from ..data.pixels import cacheable, decoded_pixels
+
+        if cacheable(preprocess):
+            self._px, self._cache = decoded_pixels(manifest, preprocess, progress=False), None
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -158,6 +168,8 @@ class PairDataset(torch.utils.data.Dataset):
         return self.captions[i][self._choice[i]]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
+        if self._px is not None:
+            return self._px.normalized(self._rows[i : i + 1])[0], self.caption(i)
         if self._cache is not None and i in self._cache:
             x = self._cache[i]
         else:
@@ -167,23 +179,34 @@ class PairDataset(torch.utils.data.Dataset):
         return x, self.caption(i)
 
 
-class _ImageDataset(torch.utils.data.Dataset):
+class ImageDataset(torch.utils.data.Dataset):
     def __init__(self, manifest: pd.DataFrame, preprocess):
+        from ..data.pixels import cacheable, decoded_pixels
+
         self.ids, self.images, self.preprocess = (
             list(manifest["image_id"]),
             list(manifest["image"]),
             preprocess,
         )
+        # decoded once (vlnb.data.pixels), not at every evaluation of every epoch
+        self._px = decoded_pixels(manifest, preprocess, progress=False) if cacheable(preprocess) else None
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i):
+        if self._px is not None:
+            return self._px.normalized([i])[0]
         return _pixels(self.images[i], self.preprocess, self.ids[i])
 
 
 def _collate_pairs(items):
-    return torch.stack([x for x, _ in items]), [str(c) for _, c in items]
+    """``(pixels, captions)``, or ``(pixels, captions, foils)`` for ``(pixels, caption, [foil, ...])`` items
+    (NegCLIP: every item's foils become extra text negatives of the whole batch)."""
+    pixels, captions = torch.stack([it[0] for it in items]), [str(it[1]) for it in items]
+    if all(len(it) == 2 for it in items):
+        return pixels, captions
+    return pixels, captions, [str(f) for it in items for f in (it[2] if len(it) > 2 else ())]
 
 
 def epoch_batches(
@@ -288,6 +311,7 @@ def _set_device_rng(device: torch.device, state) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
+@timer("encoding")
 @torch.no_grad()
 def evaluate_retrieval(
     model,
@@ -310,11 +334,14 @@ def evaluate_retrieval(
     device = next(model.parameters()).device
     ctx = autocast or contextlib.nullcontext()
     try:
-        loader = torch.utils.data.DataLoader(
-            _ImageDataset(manifest, model.preprocess), batch_size=batch_size, num_workers=num_workers
-        )
+        ds = ImageDataset(manifest, model.preprocess)
+        if ds._px is not None:  # cached pixels: whole batches straight from the memory map
+            loader = (ds._px.normalized(np.arange(s, min(s + batch_size, len(ds))))
+                      for s in range(0, len(ds), batch_size))
+        else:
+            loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers)
         if progress:
-            from tqdm.auto import tqdm
+            from ..progress import tqdm
 
             loader = tqdm(loader, desc="val images", leave=False)
         with ctx:
@@ -385,8 +412,13 @@ class _Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.scale_param = logit_scale_parameter(model)
         self.use_amp = cfg.amp and device.type == "cuda"
-        self.amp_dtype = getattr(torch, cfg.amp_dtype)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and cfg.amp_dtype == "float16")
+        if cfg.amp_dtype == "auto":
+            from ..device import autocast_dtype
+
+            self.amp_dtype = autocast_dtype(device) or torch.bfloat16  # (unused off CUDA: use_amp is False)
+        else:
+            self.amp_dtype = getattr(torch, cfg.amp_dtype)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
         self.optimizer = torch.optim.AdamW(
             param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps
         )
@@ -400,11 +432,20 @@ class _Trainer:
             out = self.model.encode_image(pixels) if tower == "image" else self.model.encode_text(**tokens)
         return out.float()
 
-    def loss(self, img, txt) -> torch.Tensor:
-        return contrastive_loss(img, txt, _log_scale(self.model), self.cfg.max_logit_scale)
+    def loss(self, img, txt, neg=None) -> torch.Tensor:
+        return contrastive_loss(img, txt, _log_scale(self.model), self.cfg.max_logit_scale, neg_text_emb=neg)
 
-    def backward_step(self, pixels: torch.Tensor, tokens: dict) -> float:
-        """Forward + backward of one step's local samples; returns the (global) loss."""
+    def backward_step(self, pixels: torch.Tensor, tokens: dict, neg_tokens: dict | None = None) -> float:
+        """Forward + backward of one step's local samples; returns the (global) loss. ``neg_tokens``: the
+        batch's extra text negatives (NegCLIP), one forward pass with gradient through the text tower."""
+        if neg_tokens is not None:
+            if self.cfg.accum_steps != 1:
+                raise ValueError("extra text negatives (NegCLIP) need accum_steps=1 (gradient caching does not "
+                                 "carry them); use a larger batch_size instead")
+            neg = self.encode("text", pixels, neg_tokens)
+            loss = self.loss(self.encode("image", pixels, tokens), self.encode("text", pixels, tokens), neg)
+            self.scaler.scale(loss).backward()
+            return loss.item()
         if self.cfg.accum_steps == 1:
             loss = self.loss(self.encode("image", pixels, tokens), self.encode("text", pixels, tokens))
             self.scaler.scale(loss).backward()
@@ -467,9 +508,10 @@ class _Trainer:
 
 
 def _resolve_device(cfg: TrainConfig, info: DistInfo) -> torch.device:
-    if cfg.device is not None:
-        return torch.device(cfg.device)
-    return torch.device(f"cuda:{info.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    from ..device import resolve_device
+
+    dev = resolve_device(cfg.device)  # None / "auto": CUDA when available, else the CPU
+    return torch.device(f"cuda:{info.local_rank}") if dev == "cuda" else torch.device(dev)
 
 
 def _check_resume(saved: dict, cfg: TrainConfig, path: Path) -> None:
@@ -491,6 +533,7 @@ def _check_resume(saved: dict, cfg: TrainConfig, path: Path) -> None:
         )
 
 
+@timer("training")
 def train_contrastive(
     model,
     train_data,
@@ -564,7 +607,7 @@ def train_contrastive(
 
     show = progress and info.is_main
     if show:
-        from tqdm.auto import tqdm
+        from ..progress import tqdm
     epochs = range(start_epoch, cfg.epochs)
     epoch_bar = tqdm(epochs, desc="epochs", initial=start_epoch, total=cfg.epochs) if show else epochs
     model.train()
@@ -577,9 +620,10 @@ def train_contrastive(
         )
         bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False) if show else loader
         t0, losses = time.perf_counter(), []
-        for pixels, captions in bar:
+        for pixels, captions, *foils in bar:
             lr = tr.optimizer.param_groups[0]["lr"]
-            loss = tr.backward_step(pixels.to(device), _to(model.tokenize(captions), device))
+            neg_tokens = _to(model.tokenize(foils[0]), device) if foils and foils[0] else None
+            loss = tr.backward_step(pixels.to(device), _to(model.tokenize(captions), device), neg_tokens)
             grad_norm = tr.optimizer_step()
             scheduler.step()
             step += 1

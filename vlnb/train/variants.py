@@ -1,11 +1,17 @@
 """Text-encoder attention variants of the from-scratch CLIP, trained alike and compared in one table.
 
 :func:`compare_text_attention` trains :class:`~vlnb.models.scratch.ScratchDualEncoder` once per
-``text_attention`` variant (``"self"``: full causal self-attention as CLIP; ``"cross"``: plus cross-attention to
-learned memory slots; ``"local"``: sparse attention within a window, see :mod:`vlnb.models.scratch`) with
-everything else equal -- architecture, initialisation seed, data order, optimiser, schedule -- and returns one
-row per variant: retrieval Recall@1/5/10 in both directions on the test manifest, training time, peak memory
-while training and parameter counts.
+``text_attention`` variant (``"self"``: full causal self-attention as CLIP; ``"memory"``: plus cross-attention to
+learned memory slots, which the text never shares with the image; ``"local"``: sparse attention within a window,
+see :mod:`vlnb.models.scratch`) with everything else equal -- architecture, initialisation seed, data order,
+optimiser, schedule -- and returns one row per variant: retrieval Recall@1/5/10 in both directions on the test
+manifest, training time, peak memory while training and parameter counts.
+
+``"cross"`` is the true cross-*modal* variant: the same widths and depths as a BLIP-like model
+(:class:`~vlnb.models.fusion.ScratchBLIP`), whose bidirectional text layers also cross-attend to the image's patch
+tokens, trained with ITC + ITM on hard negatives (:func:`vlnb.train.itm.train_fusion`). It is no longer a dual
+encoder, so its row is measured under another protocol (column ``protocol``): ITC top-``rerank_k`` re-ranked by
+the ITM head, one text forward pass per candidate pair.
 
 Peak memory is what training adds on top of the built model (weights): on CUDA ``torch.cuda.max_memory_allocated``
 above the allocation at the start; on CPU the process's resident set size (RSS) sampled every 2 ms, above its
@@ -31,13 +37,14 @@ from dataclasses import replace
 import pandas as pd
 import torch
 
-from ..data.manifest import texts_and_targets
+from ..data.manifest import subset, texts_and_targets
 from .trainer import TrainConfig, evaluate_retrieval, train_contrastive
 
-VARIANTS = ("self", "cross", "local")
+VARIANTS = ("self", "memory", "cross", "local")
 RECALL_COLUMNS = [f"{d}_R@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)]
-COLUMNS = ["variant", *RECALL_COLUMNS, "train_time_s", "peak_memory_mb", "memory_measure", "params",
+COLUMNS = ["variant", "protocol", *RECALL_COLUMNS, "train_time_s", "peak_memory_mb", "memory_measure", "params",
            "text_params", "final_train_loss", "epochs", "n_test_images", "device"]
+PROTOCOL_ITC = "ITC (dual encoder)"
 
 
 def _rss_bytes() -> int:
@@ -113,6 +120,7 @@ def compare_text_attention(
     eval_batch_size: int = 256,
     progress: bool = True,
     return_models: bool = False,
+    rerank_k: int = 16,
     **overrides,
 ):
     """Train the scratch model once per text-attention variant on ``train``; evaluate retrieval on ``test``.
@@ -123,6 +131,7 @@ def compare_text_attention(
     ``device`` come from the arguments). ``adapt_preprocess(model.preprocess)`` replaces each model's
     preprocessing (e.g. :func:`vlnb.data.paired_cifar.pair_preprocess`). Returns the table (columns
     :data:`COLUMNS`, one row per variant, in order), and ``{variant: model}`` too with ``return_models=True``.
+    ``rerank_k``: candidates per query the ``"cross"`` variant's ITM head re-ranks.
     """
     from ..models.scratch import ScratchConfig, ScratchDualEncoder
 
@@ -142,8 +151,9 @@ def compare_text_attention(
     if not texts_and_targets(test)[0]:
         raise ValueError("the test manifest has no captions: nothing to retrieve")
 
-    dev = torch.device(tc.device) if tc.device else (
-        torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    from ..device import resolve_device
+
+    dev = torch.device(resolve_device(tc.device))
     # untimed warm-up: one step of a throwaway model, so the first variant does not pay one-off start-up costs
     # (lazy imports and initialisation, thread pools, CUDA context and kernels, allocator growth)
     warm = ScratchDualEncoder.create(cfg, captions=captions, seed=seed, text_attention=variants[0])
@@ -152,28 +162,47 @@ def compare_text_attention(
     n_warm = min(len(train), tc.global_batch())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        train_contrastive(warm.to(dev), train.iloc[:n_warm], None, tc.model_copy(update={"epochs": 1}), progress=False)
+        train_contrastive(warm.to(dev), subset(train, slice(0, n_warm)), None, tc.model_copy(update={"epochs": 1, "warmup_steps": 0}),
+                          progress=False)
     del warm
 
     rows, models = [], {}
     for v in variants:
-        model = ScratchDualEncoder.create(cfg, captions=captions, seed=seed, name=f"scratch-{v}", text_attention=v)
+        if v == "cross":
+            model = _cross_modal_variant(cfg, captions, seed)
+        else:
+            model = ScratchDualEncoder.create(cfg, captions=captions, seed=seed, name=f"scratch-{v}",
+                                              text_attention=v)
         if adapt_preprocess is not None:
             model.preprocess = adapt_preprocess(model.preprocess)
         model.to(dev)
         meter = PeakMemory(dev)
         with meter:
             t0 = time.perf_counter()
-            history = train_contrastive(model, train, None, tc, progress=progress)
+            if v == "cross":
+                from .itm import train_fusion
+
+                history = train_fusion(model, train, tc.model_copy(update={"device": str(dev)}), progress=progress)
+            else:
+                history = train_contrastive(model, train, None, tc, progress=progress)
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             elapsed = time.perf_counter() - t0
-        recall = evaluate_retrieval(model, test, batch_size=eval_batch_size, progress=progress)
+        if v == "cross":
+            from .itm import evaluate_fusion
+
+            recall = evaluate_fusion(model, test, k=rerank_k, batch_size=eval_batch_size, progress=progress)
+            protocol = f"ITC top-{rerank_k} → ITM re-rank (cross encoder)"
+            text_params = _n_params(model.text) + _n_params(model.text_proj) + _n_params(model.itm_head)
+        else:
+            recall = evaluate_retrieval(model, test, batch_size=eval_batch_size, progress=progress)
+            protocol, text_params = PROTOCOL_ITC, _n_params(model.text)
         rows.append({
-            "variant": v, **{k: recall[k] for k in RECALL_COLUMNS}, "train_time_s": elapsed,
-            "peak_memory_mb": meter.peak_mb, "memory_measure": meter.measure, "params": _n_params(model),
-            "text_params": _n_params(model.text), "final_train_loss": history.epochs[-1]["train_loss"],
-            "epochs": len(history.epochs), "n_test_images": n_test, "device": str(dev),
+            "variant": v, "protocol": protocol, **{k: recall.get(k, float("nan")) for k in RECALL_COLUMNS},
+            "train_time_s": elapsed, "peak_memory_mb": meter.peak_mb, "memory_measure": meter.measure,
+            "params": _n_params(model), "text_params": text_params,
+            "final_train_loss": history.epochs[-1]["train_loss"], "epochs": len(history.epochs),
+            "n_test_images": n_test, "device": str(dev),
         })
         if return_models:
             models[v] = model.eval()
@@ -181,3 +210,76 @@ def compare_text_attention(
             del model
     table = pd.DataFrame(rows, columns=COLUMNS)
     return (table, models) if return_models else table
+
+
+def _cross_modal_variant(cfg, captions, seed: int):
+    """The ``"cross"`` variant: a BLIP-like model (:class:`~vlnb.models.fusion.ScratchBLIP`) of ``cfg``'s sizes."""
+    from ..models.fusion import FusionConfig, create_fusion
+
+    if cfg.tokenizer != "word" or cfg.width != cfg.text_width or cfg.heads != cfg.text_heads:
+        raise ValueError("the 'cross' variant (a BLIP-like text encoder over the image's patches) needs the word "
+                         f"tokenizer and one width/head count for both towers; got tokenizer={cfg.tokenizer!r}, "
+                         f"width {cfg.width} / text_width {cfg.text_width}, heads {cfg.heads} / {cfg.text_heads}")
+    fc = FusionConfig(arch="blip", image_size=cfg.image_size, patch_size=cfg.patch_size, width=cfg.width,
+                      layers=cfg.layers, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, text_layers=cfg.text_layers,
+                      context_length=cfg.context_length, embed_dim=cfg.embed_dim,
+                      init_logit_scale=cfg.init_logit_scale)
+    return create_fusion(fc, captions=captions, seed=seed, name="scratch-cross")
+
+
+def _t_interval(values, level: float) -> tuple[float, float, float]:
+    """Mean and Student-t interval of ``values`` (one per seed); the interval is (nan, nan) for one seed."""
+    import numpy as np
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    m = float(v.mean())
+    if len(v) < 2:
+        return m, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    return m, m - half, m + half
+
+
+def seed_summary(table: pd.DataFrame, metrics: Sequence[str] = ("t2i_R@1", "i2t_R@1", "t2i_R@5", "i2t_R@5"),
+                 level: float = 0.95, baseline: str | None = "self") -> pd.DataFrame:
+    """One row per (variant, metric) of a table with a ``seed`` column (several :func:`compare_text_attention`
+    runs): the mean over seeds, its Student-t interval, and the paired difference to ``baseline`` (same seed,
+    same data order) with its interval. ``distinguishable`` is False when the difference's interval contains 0:
+    the two variants cannot be told apart on this test set with these seeds."""
+    rows = []
+    base = table[table["variant"] == baseline].set_index("seed") if baseline is not None else None
+    for v, t in table.groupby("variant", sort=False):
+        t = t.set_index("seed")
+        for metric in metrics:
+            m, lo, hi = _t_interval(t[metric], level)
+            row = {"variant": v, "metric": metric, "seeds": len(t), "mean": m, "ci_lo": lo, "ci_hi": hi,
+                   "seed_sd": float(t[metric].std(ddof=1)) if len(t) > 1 else float("nan")}
+            if base is not None and v != baseline:
+                common = t.index.intersection(base.index)
+                d, dlo, dhi = _t_interval(t.loc[common, metric] - base.loc[common, metric], level)
+                row.update({f"diff_vs_{baseline}": d, "diff_lo": dlo, "diff_hi": dhi,
+                            "distinguishable": bool(dlo > 0 or dhi < 0)})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def variant_verdict(summary: pd.DataFrame, metric: str = "t2i_R@1") -> dict[str, str]:
+    """Glue-ready sentences from :func:`seed_summary`: the number of seeds, and per variant its mean with the
+    interval and whether its paired difference to the baseline can be told apart from zero."""
+    s = summary[summary["metric"] == metric]
+    diff_col = next((c for c in s.columns if c.startswith("diff_vs_")), None)
+    parts = []
+    for r in s.itertuples(index=False):
+        r = r._asdict()
+        text = f"{r['variant']} {r['mean']:.1f}"
+        if r["ci_lo"] == r["ci_lo"]:  # not nan: at least two seeds
+            text += f" (95 % CI {r['ci_lo']:.1f} to {r['ci_hi']:.1f})"
+        if diff_col and r.get(diff_col) == r.get(diff_col) and r.get(diff_col) is not None:
+            d = r[diff_col]
+            told = "distinguishable" if r["distinguishable"] else "cannot be told apart"
+            if r["diff_lo"] == r["diff_lo"]:
+                text += f", {d:+.1f} points vs {diff_col[8:]} ({r['diff_lo']:+.1f} to {r['diff_hi']:+.1f}: {told})"
+            else:
+                text += f", {d:+.1f} points vs {diff_col[8:]} (one seed: no interval)"
+        parts.append(text)
+    return {"variant_n_seeds": str(int(s["seeds"].max())) if len(s) else "0", "variant_verdict": "; ".join(parts)}

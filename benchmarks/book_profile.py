@@ -1,0 +1,97 @@
+"""Where the offline book's time goes: per chapter, wall seconds split into training, image decode + preprocess,
+encoding, metric computation, plotting, other cell time and papermill/kernel overhead (plus the kernel's CPU
+seconds per category, which a busy shared machine inflates far less than wall seconds).
+
+The split comes from :mod:`vlnb.timing` (timers inside vlnb, dumped by each chapter's kernel into its run
+folder; :func:`vlnb.runs.run_notebook` adds papermill's per-cell durations and the wall time to ``run.json``).
+
+    python benchmarks/book_profile.py --run --build-dir /tmp/book-profile        # build the book, then report
+    python benchmarks/book_profile.py --build-dir /tmp/book-profile              # report an existing build
+    python benchmarks/book_profile.py --build-dir /tmp/a --compare /tmp/b        # before (a) vs after (b)
+    python benchmarks/book_profile.py --run --chapters 05 --build-dir /tmp/ch5   # some chapters only
+
+``--cold`` points ``VLNB_CACHE`` (features, decoded pixels, the reference models) at an empty folder inside the
+build folder first, so nothing computed earlier is reused. The load average is printed with every report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def read_build(build: Path) -> tuple[dict, dict, dict]:
+    """``(wall parts, cpu parts, wall seconds)`` per chapter from ``build/runs/<chapter>/run.json``."""
+    wall, cpu, secs = {}, {}, {}
+    for rj in sorted((build / "runs").glob("*/run.json")):
+        rec = json.loads(rj.read_text())
+        stem = rj.parent.name
+        secs[stem] = rec.get("seconds")
+        if rec.get("timing"):
+            wall[stem] = rec["timing"]
+        if rec.get("timing_cpu"):
+            cpu[stem] = rec["timing_cpu"]
+    return wall, cpu, secs
+
+
+def report(build: Path) -> tuple:
+    from vlnb.timing import breakdown_table
+
+    wall, cpu, secs = read_build(build)
+    if not secs:
+        raise SystemExit(f"no chapter runs under {build / 'runs'} (run with --run first)")
+    extra = ""
+    tj = build / "timings.json"
+    if tj.is_file():
+        t = json.loads(tj.read_text())
+        extra = f"; jupyter-book build {t.get('jupyter-book', '?')} s"
+    print(f"\n== {build}: chapters {sum(v or 0 for v in secs.values()):.0f} s wall{extra}")
+    w = breakdown_table(wall) if wall else None
+    c = breakdown_table(cpu) if cpu else None
+    if w is not None:
+        print("wall seconds per chapter and category:")
+        print(w.to_string())
+    if c is not None:
+        print("kernel CPU seconds per chapter and category (all threads of the kernel process):")
+        print(c.to_string())
+    return w, c
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--build-dir", type=Path, required=True)
+    ap.add_argument("--run", action="store_true", help="execute the book (offline) into --build-dir first")
+    ap.add_argument("--chapters", nargs="*", default=None, help="chapter prefixes to run (default: all)")
+    ap.add_argument("--cold", action="store_true", help="with --run: an empty VLNB_CACHE inside the build folder")
+    ap.add_argument("--compare", type=Path, default=None, help="a second build folder: before/after table")
+    args = ap.parse_args(argv)
+    print(f"load average {os.getloadavg()} on {os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    if args.run:
+        if args.cold:
+            os.environ["VLNB_CACHE"] = str(args.build_dir.resolve() / "cache")
+        from vlnb.runs import build_book, list_notebooks
+
+        nbs = list_notebooks()
+        if args.chapters:
+            nbs = [nb for nb in nbs if any(nb.stem.startswith(p) for p in args.chapters)]
+        t = time.time()
+        build_book("offline", build_dir=args.build_dir, notebooks=nbs, progress=False)
+        print(f"book built in {time.time() - t:.0f} s (wall, including jupyter-book); load {os.getloadavg()}")
+    w, c = report(args.build_dir)
+    if args.compare is not None:
+        w2, c2 = report(args.compare)
+        for name, a, b in (("wall", w, w2), ("kernel CPU", c, c2)):
+            if a is None or b is None:
+                continue
+            both = a[["total"]].join(b[["total"]], lsuffix=" before", rsuffix=" after", how="outer")
+            both["after / before"] = (both["total after"] / both["total before"]).round(2)
+            print(f"\n{name} seconds, {args.build_dir} (before) vs {args.compare} (after):")
+            print(both.to_string())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""The page-hygiene scanners (vlnb.hygiene) on synthetic notebooks and pages: each problem is seen, a clean
+notebook passes. The book-build test (tests/test_runs.py) runs the same scanners on every built chapter."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+from vlnb.hygiene import bibliography_problems, external_scripts, scan_notebook
+
+PNG_A = base64.b64encode(b"\x89PNG fake image A").decode()
+PNG_B = base64.b64encode(b"\x89PNG fake image B").decode()
+
+
+def nb_with(*outputs_per_cell):
+    cells = [new_markdown_cell("# a chapter")]
+    for outs in outputs_per_cell:
+        cells.append(new_code_cell("x", outputs=list(outs)))
+    return new_notebook(cells=cells)
+
+
+def kinds(nb):
+    return sorted({p.kind for p in scan_notebook(nb, "t")})
+
+
+def table_html(n_rows: int) -> str:
+    rows = "".join(f"<tr><td>{i}</td></tr>" for i in range(n_rows))
+    return f"<table class='dataframe'><thead><tr><th>a</th></tr></thead><tbody>{rows}</tbody></table>"
+
+
+def test_a_clean_notebook_has_no_problem():
+    nb = nb_with(
+        [new_output("stream", name="stdout", text="3 manifests written\n")],
+        [new_output("display_data", data={"image/png": PNG_A, "text/plain": "<Figure size 640x480 with 1 Axes>"})],
+        [new_output("execute_result", data={"text/html": table_html(10), "text/plain": "   a\n0  1"},
+                    execution_count=1)],
+        [new_output("display_data", data={"text/plain": "'12.5'"}, metadata={"scrapbook": {"name": "x"}})],
+    )
+    assert scan_notebook(nb, "t") == []
+
+
+def test_warnings_in_streams_and_results_are_found():
+    for text in ("/site-packages/tqdm/auto.py:21: TqdmWarning: IProgress not found\n",
+                 "x.py:3: UserWarning: warmup_steps=50 >= total_steps=45\n",
+                 "Warning: something odd\n"):
+        nb = nb_with([new_output("stream", name="stderr", text=text)])
+        assert kinds(nb) == ["warning"], text
+    # "warning" as an ordinary word in a table or a sentence is not a warning
+    assert kinds(nb_with([new_output("stream", name="stdout", text="no warnings were raised\n")])) == []
+
+
+def test_path_reprs_and_stray_scalar_results_are_found():
+    nb = nb_with([new_output("execute_result", data={"text/plain": "PosixPath('/tmp/run/figures/a.png')"},
+                             execution_count=1)])
+    assert kinds(nb) == ["path-repr", "stray-repr"]
+    nb = nb_with([new_output("execute_result", data={"text/plain": "'0.2'"}, execution_count=1)])
+    assert kinds(nb) == ["stray-repr"]
+
+
+def test_duplicate_images_in_a_chapter_are_found():
+    img = {"image/png": PNG_A, "text/plain": "<Figure>"}
+    nb = nb_with([new_output("display_data", data=img), new_output("display_data", data=img)])
+    found = scan_notebook(nb, "t")
+    assert [p.kind for p in found] == ["duplicate-image"] and "cell 1" in found[0].detail
+    nb = nb_with([new_output("display_data", data=img)], [new_output("display_data", data=img)])
+    assert kinds(nb) == ["duplicate-image"]  # across cells too
+    other = {"image/png": PNG_B, "text/plain": "<Figure>"}
+    assert kinds(nb_with([new_output("display_data", data=img), new_output("display_data", data=other)])) == []
+
+
+def test_long_tables_are_found():
+    long = nb_with([new_output("execute_result", data={"text/html": table_html(56), "text/plain": "..."},
+                               execution_count=1)])
+    assert kinds(long) == ["long-table"]
+    assert "56 rows" in scan_notebook(long, "t")[0].detail
+
+
+def test_nan_and_na_glued_into_prose_are_found():
+    for value in ("'nan'", "'relative mCE nan'", "'n/a'", "'gap 0.12 (n/a)'"):
+        nb = nb_with([new_output("display_data", data={"text/plain": value}, metadata={"scrapbook": {"name": "x"}})])
+        assert kinds(nb) == ["missing-in-prose"], value
+    for value in ("'finance'", "'0.5 (nanometre)'", "'banana 3'"):
+        nb = nb_with([new_output("display_data", data={"text/plain": value}, metadata={"scrapbook": {"name": "x"}})])
+        assert kinds(nb) == [], value
+
+
+def test_errors_are_found(tmp_path):
+    nb = nb_with([new_output("error", ename="ValueError", evalue="boom", traceback=[])])
+    path = tmp_path / "03_x.ipynb"
+    nbformat.write(nb, str(path))
+    found = scan_notebook(path)
+    assert [(p.notebook, p.kind) for p in found] == [("03_x", "error")]
+
+
+def test_external_scripts_are_listed(tmp_path):
+    (tmp_path / "a.html").write_text('<script src="_static/mathjax/MathJax.js?config=x"></script>'
+                                     '<script src="../_static/doctools.js"></script>')
+    assert external_scripts(tmp_path) == {}
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.html").write_text(
+        '<script defer="defer" src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-chtml.js"></script>'
+        "<script SRC='//cdnjs.cloudflare.com/require.js'></script>")
+    assert external_scripts(tmp_path) == {str(Path("sub/b.html")): {
+        "https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-chtml.js", "//cdnjs.cloudflare.com/require.js"}}
+
+
+def test_bibliography_problems():
+    bib = "@article{a2020x,\n title={A}}\n@book{ b1999y ,\n title={B}}\n"
+    assert bibliography_problems(bib, ["see {cite}`a2020x,b1999y`"]) == {"uncited": set(), "missing": set()}
+    assert bibliography_problems(bib, ["{cite:p}`a2020x` and {cite}`c2001z`"]) == {"uncited": {"b1999y"},
+                                                                                    "missing": {"c2001z"}}
+
+
+def test_the_book_sources_cite_every_entry_and_only_entries():
+    root = Path(__file__).resolve().parents[1]
+    sources = [p.read_text() for p in [*sorted((root / "notebooks").glob("*.py")), *sorted((root / "book").rglob("*.md"))]]
+    problems = bibliography_problems((root / "book" / "references.bib").read_text(), sources)
+    assert problems == {"uncited": set(), "missing": set()}, problems
+
+
+def test_a_built_book_loads_no_external_script_and_serves_mathjax(tmp_path):
+    """The repository's _config.yml and book/ pages, built without notebooks: equations are rendered by the
+    MathJax copy in the build (vlnb.bookext), no page loads a script from the network, and the
+    bibliography labels read like the citations (author–year)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from vlnb.bookext import mathjax_source
+
+    root = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy2(root / "_config.yml", src / "_config.yml")
+    shutil.copytree(root / "book", src / "book")
+    (src / "book" / "math.md").write_text("# Math\n\nInline $a^2$ and {cite}`radford2021clip`.\n\n$$\\sum_i x_i$$\n")
+    (src / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n  - file: book/math\n"
+                                  "  - file: book/bibliography\n")
+    proc = subprocess.run([sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(src),
+                           "--path-output", str(tmp_path / "out")], capture_output=True, text=True, check=False)
+    html = tmp_path / "out" / "_build" / "html"
+    assert proc.returncode == 0 and (html / "index.html").exists(), proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert external_scripts(html) == {}
+    page = (html / "book" / "math.html").read_text()
+    assert mathjax_source() is not None, "vlnb[book] installs jupyter-server-mathjax (the packaged MathJax)"
+    assert '_static/mathjax/MathJax.js?config=' in page and (html / "_static" / "mathjax" / "MathJax.js").exists()
+    assert "Radford <em>et al.</em>, 2021" in page
+    bib = (html / "book" / "bibliography.html").read_text()
+    assert "Radford et al., 2021" in bib and "RKH" not in bib
+
+
+def test_every_vlnb_run_command_in_the_book_names_real_parameters():
+    """The exercises' and prose's ``vlnb run notebooks/NN_x.ipynb -p NAME VALUE …`` commands validate against the
+    chapter's typed config (a renamed parameter would break a student's run)."""
+    import re
+    import shlex
+
+    from vlnb.config import coerce_cli_value, resolve
+
+    root = Path(__file__).resolve().parents[1]
+    commands = []
+    for src in [*sorted((root / "notebooks").glob("*.py")), *sorted((root / "book").rglob("*.md")), root / "README.md"]:
+        for line in src.read_text().splitlines():
+            m = re.search(r"vlnb run (notebooks/(\d\d_\w+)\.ipynb[^`]*)", line.lstrip("# "))
+            if m:
+                commands.append((src.name, m.group(2), m.group(1)))
+    assert len(commands) >= 14, commands  # two exercises per chapter at least
+    for src, stem, cmd in commands:
+        words = shlex.split(cmd)
+        params, profile = {}, "offline"
+        for i, w in enumerate(words):
+            if w == "-p":
+                params[words[i + 1]] = coerce_cli_value(words[i + 2], words[i + 1])
+            elif w == "--profile":
+                profile = words[i + 1]
+        resolve(stem, profile=profile, **params)  # raises ParameterError naming the parameter
+        assert (root / "notebooks" / f"{stem}.ipynb").exists(), (src, cmd)

@@ -1,0 +1,222 @@
+"""What we measured: every chapter's headline finding, read from the result tables its run wrote.
+
+:func:`headlines` reads ``<runs>/<chapter>/results/*.csv`` (the run folders of a book build, or any
+``vlnb run`` folders laid out the same way) and returns one row per finding with its interval, its chance
+level and the file it came from. Nothing is typed here: a finding whose table is missing says so.
+:func:`consistency` recomputes numbers that two chapters measure independently (the same model on the same
+test images) and reports both values; the book-build test requires them to agree.
+
+Units: every recall and accuracy in these tables is a **percentage** (proportions of chapter 7's tables are
+multiplied by 100), gaps are percentage points.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+CHAPTERS = {
+    "01_data_prep": "1. Data",
+    "02_clip_training": "2. Training CLIP",
+    "03_blip2_heads": "3. Heads on frozen features",
+    "04_compare": "4. Comparing models",
+    "05_robustness": "5. Robustness",
+    "06_interpretability": "6. Interpretability",
+    "07_fairness": "7. Fairness",
+}
+COLUMNS = ["chapter", "finding", "value", "ci_lo", "ci_hi", "interval", "chance", "unit", "source"]
+
+
+def read(runs: str | Path, stem: str, table: str) -> pd.DataFrame | None:
+    """``<runs>/<stem>/results/<table>.csv``, or None when that run or table does not exist."""
+    p = Path(runs) / stem / "results" / f"{table}.csv"
+    return pd.read_csv(p) if p.exists() else None
+
+
+def _wilson_pct(recall_pct: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson interval (in %) of a recall measured over ``n`` independent queries (one per image)."""
+    from .fairness.stats import wilson_interval
+
+    k = round(recall_pct / 100 * n)
+    lo, hi = wilson_interval(k, n, level)
+    return 100 * float(lo), 100 * float(hi)
+
+
+def _row(chapter: str, finding: str, value: float, lo: float = math.nan, hi: float = math.nan,
+         interval: str = "", chance: float = math.nan, unit: str = "%", source: str = "") -> dict:
+    return {"chapter": CHAPTERS.get(chapter, chapter), "finding": finding, "value": value, "ci_lo": lo, "ci_hi": hi,
+            "interval": interval, "chance": chance, "unit": unit, "source": f"{chapter}/results/{source}.csv"}
+
+
+# ---------------------------------------------------------------------------------------------- one per chapter
+def _ch1(runs) -> list[dict]:
+    t = read(runs, "01_data_prep", "manifest_overview")
+    bad = read(runs, "01_data_prep", "bad_images")
+    if t is None:
+        return []
+    n_bad = 0 if bad is None else len(bad)
+    return [_row("01_data_prep", f"images in {t['dataset'].nunique()} manifests ({n_bad} skipped as unreadable)",
+                 float(t["images"].sum()), interval="a count", unit="images", source="manifest_overview")]
+
+
+def _retrieval_rows(df: pd.DataFrame, chapter: str, source: str, model: str, dataset: str | None = None,
+                    direction: str = "i2t", k: int = 1, what: str = "") -> list[dict]:
+    sel = (df["model"] == model) & (df["direction"] == direction) & (df["k"] == k)
+    if dataset is not None and "dataset" in df:
+        sel &= df["dataset"] == dataset
+    if "protocol" in df:  # the dual encoder's own ranking, not a re-ranked protocol
+        itc = df["protocol"].fillna("").str.contains("ITC|dual|cosine", case=False, regex=True)
+        if (sel & itc).any():
+            sel &= itc
+    if not sel.any():
+        return []
+    r = df[sel].iloc[0]
+    n = int(r["test images"]) if "test images" in r else int(r.get("n_images", 0) or 0)
+    lo, hi, how = math.nan, math.nan, "no interval in the chapter's table"
+    if n and direction == "i2t":  # one query per image: a binomial proportion
+        lo, hi = _wilson_pct(float(r["recall"]), n)
+        how = f"Wilson 95 % over {n} image queries"
+    d = "image→text" if direction == "i2t" else "text→image"
+    return [_row(chapter, f"{what}{model}{' on ' + dataset if dataset else ''}: {d} R@{k}", float(r["recall"]), lo, hi,
+                 how, float(r.get("chance", math.nan)), source=source)]
+
+
+def _ch2(runs) -> list[dict]:
+    out = []
+    t = read(runs, "02_clip_training", "results")
+    if t is not None:
+        for model in t["model"].unique():
+            out += _retrieval_rows(t, "02_clip_training", "results", model)
+    s = read(runs, "02_clip_training", "attention_variants_summary")
+    if s is not None:
+        s = s[(s["metric"] == "t2i_R@1") & s["diff_lo"].notna()] if "diff_lo" in s else s.iloc[0:0]
+        for r in s.itertuples(index=False):
+            base = next(c for c in s.columns if c.startswith("diff_vs_"))[8:]
+            verdict = "distinguishable" if r.distinguishable else "cannot be told apart"
+            out.append(_row("02_clip_training", f"text attention {r.variant} − {base}: text→image R@1 ({verdict})",
+                            float(getattr(r, f"diff_vs_{base}")), float(r.diff_lo), float(r.diff_hi),
+                            f"Student t 95 % over {int(r.seeds)} seeds (paired)", unit="points",
+                            source="attention_variants_summary"))
+    return out
+
+
+def _ch3(runs) -> list[dict]:
+    s = read(runs, "03_blip2_heads", "recall_summary")
+    if s is None:
+        return []
+    out = []
+    first = s["dataset"].iloc[0]
+    for method in s["method"].unique():
+        r = s[(s["dataset"] == first) & (s["method"] == method) & (s["direction"] == "t2i") & (s["k"] == 1)]
+        if len(r) and "untrained" not in method:
+            r = r.iloc[0]
+            out.append(_row("03_blip2_heads", f"{method} on {first}: text→image R@1", float(r["recall"]),
+                            float(r["ci_lo"]), float(r["ci_hi"]), "bootstrap 95 % over test images",
+                            float(r["chance"]), source="recall_summary"))
+    return out
+
+
+def _ch4(runs) -> list[dict]:
+    t = read(runs, "04_compare", "retrieval")
+    if t is None:
+        return []
+    out = []
+    for (model, dataset), _ in t.groupby(["model", "dataset"], sort=False):
+        out += _retrieval_rows(t, "04_compare", "retrieval", model, dataset)
+    return out
+
+
+def _ch5(runs) -> list[dict]:
+    t = read(runs, "05_robustness", "clean_vs_worst_severity")
+    if t is None or t.empty:
+        return []
+    inf = t[t["informative"].astype(bool)] if "informative" in t else t
+    if inf.empty:
+        return []
+    r = inf.sort_values("drop", ascending=False).iloc[0]
+    return [_row("05_robustness", f"largest drop: {r['model']} on {r['dataset']}, {r['task']} {r['metric']}, "
+                 f"{r['corruption']} (clean {r['clean']:.1f} → {r['worst']:.1f})", float(r["drop"]),
+                 interval="one evaluation, no interval", unit="points", source="clean_vs_worst_severity")]
+
+
+def _ch6(runs) -> list[dict]:
+    t = read(runs, "06_interpretability", "pointing_game")
+    if t is None or t.empty or "excess" not in t:
+        return []
+    r = t.sort_values("excess", ascending=False).iloc[0]
+    return [_row("06_interpretability", f"largest pointing excess: {r['model']}, {r['method']} on {r['dataset']}",
+                 100 * float(r["excess"]), 100 * float(r["excess_lo"]), 100 * float(r["excess_hi"]),
+                 "bootstrap 95 % over images", 0.0, unit="points of energy share", source="pointing_game")]
+
+
+def _ch7(runs) -> list[dict]:
+    out = []
+    s = read(runs, "07_fairness", "rarity_summary")
+    if s is not None and not s.empty:
+        for r in (s.iloc[0], s.iloc[-1]):
+            out.append(_row("07_fairness", f"planted rarity, f = {r['fraction']:g}: others − rare colour accuracy",
+                            100 * float(r["gap_mean"]), 100 * float(r["gap_min"]), 100 * float(r["gap_max"]),
+                            f"range over {int(r['seeds'])} seeds; test flags {int(r['detected'])}", 0.0,
+                            unit="points", source="rarity_summary"))
+    g = read(runs, "07_fairness", "gaps")
+    if g is not None and not g.empty:
+        testable = g[g["n_groups"] >= 2]
+        det = int(testable["gap_detected"].sum())
+        how = "Holm-adjusted" if "p_holm" in g else "unadjusted"
+        out.append(_row("07_fairness", f"group gaps detected ({how} permutation tests) of {len(testable)} testable",
+                        float(det), interval="a count", unit="tests", source="gaps"))
+    return out
+
+
+EXTRACTORS: dict[str, Callable] = {"01_data_prep": _ch1, "02_clip_training": _ch2, "03_blip2_heads": _ch3,
+                                   "04_compare": _ch4, "05_robustness": _ch5, "06_interpretability": _ch6,
+                                   "07_fairness": _ch7}
+
+
+def headlines(runs: str | Path) -> pd.DataFrame:
+    """One row per headline finding of each chapter found under ``runs`` (columns :data:`COLUMNS`)."""
+    rows = []
+    for stem, f in EXTRACTORS.items():
+        found = f(runs)
+        rows += found or [_row(stem, "(no run of this chapter in this build)", math.nan, interval="", source="—")]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _recall(df: pd.DataFrame | None, model: str, dataset: str | None, direction: str, k: int = 1,
+            method: str | None = None) -> float:
+    if df is None:
+        return math.nan
+    sel = (df["direction"] == direction) & (df["k"] == k)
+    if "model" in df:
+        sel &= df["model"] == model
+    if dataset is not None and "dataset" in df:
+        sel &= df["dataset"] == dataset
+    if method is not None:
+        sel &= df["method"] == method
+    if "protocol" in df:
+        itc = df["protocol"].fillna("").str.contains("ITC|dual|cosine", case=False, regex=True)
+        if (sel & itc).any():
+            sel &= itc
+    return float(df.loc[sel, "recall"].iloc[0]) if sel.any() else math.nan
+
+
+def consistency(runs: str | Path) -> pd.DataFrame:
+    """Numbers two chapters measure independently, side by side (``agree``: equal to 0.05 points).
+
+    - the from-scratch model's retrieval on the world test set: chapter 2's last evaluation vs chapter 4;
+    - the frozen towers' retrieval on coco-mini val2017: chapter 2 vs chapter 4.
+    """
+    r2 = read(runs, "02_clip_training", "results")
+    r4 = read(runs, "04_compare", "retrieval")
+    rows = []
+    for model, ds in (("scratch-world", "world"), ("towers-coco", "coco-mini")):
+        for d in ("i2t", "t2i"):
+            a, b = _recall(r2, model, None, d), _recall(r4, model, ds, d)
+            rows.append({"quantity": f"{model} on {ds}: {d} R@1", "chapter A": "2", "value A": a,
+                         "chapter B": "4", "value B": b,
+                         "agree": bool(np.isclose(a, b, atol=0.05)) if not (math.isnan(a) or math.isnan(b)) else None})
+    return pd.DataFrame(rows)
