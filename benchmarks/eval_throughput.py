@@ -143,7 +143,7 @@ def main(argv=None) -> None:
                               progress=False)
 
     def loader_only():  # image_features' own DataLoader (decode + preprocess in the workers), no model
-        from vlnb.eval.features import _collate, ImageDataset, _splits_uint8
+        from vlnb.eval.features import ImageDataset, _collate, _splits_uint8
 
         mode = "uint8" if _splits_uint8(pre) else "full"
         loader = torch.utils.data.DataLoader(

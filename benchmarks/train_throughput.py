@@ -258,6 +258,8 @@ def main(argv=None) -> None:
             times[name].append((time.perf_counter() - t) / args.steps)
             if device.type == "cuda":
                 peak[name] = max(peak.get(name, 0.0), (torch.cuda.max_memory_allocated(device) - base) / 2**20)
+        print(f"  repeat {r + 1}/{args.repeats}: " + ", ".join(f"{n.split(' (')[0]}{'-longest' if 'longest' in n else ''} "
+              f"{1000 * times[n][-1]:.0f} ms" for n in names), flush=True)
     ref = names[0]
     print(f"{args.repeats} interleaved repeats of {args.steps} step(s) each; step time median [IQR] (min-max):")
     for name in runs:

@@ -161,11 +161,7 @@ recipes = {"heads (this chapter)": train_config}
 if cfg.profile == "offline":  # the reference models' own recipes, for comparison
     recipes.update({f"{ref} (chapter 2)": vlnb.zoo.RECIPES[ref].train for ref in cfg.models.values()})
 display(pd.DataFrame(recipes))
-features = pd.DataFrame([{"dataset": e.dataset, "model": e.model_name, "train_images": e.train.n_images,
-                          "test_images": e.test.n_images, "test_captions": len(e.test.texts),
-                          "image_features": e.train.description["image"], "text_features": e.train.description["text"],
-                          "extract_s": round(e.train.seconds + e.test.seconds, 1),
-                          "from_cache": e.train.from_cache and e.test.from_cache} for e in experiments])
+features = vh.features_table(experiments)
 run.save_table(features, "features")
 features
 
@@ -189,15 +185,11 @@ run.savefig(fig, "recall_bars")
 main = experiments[0]
 for key, value in vh.prose_numbers(main, summary, prefix="main").items():
     run.glue(key, value)
-comparisons = pd.concat([e.compare(a, b) for e in experiments for a, b in
-                         [("MLP head", "linear head"), ("linear head", "pretrained head"), ("MLP head", "pretrained head")]
-                         if a in e.methods() and b in e.methods()], ignore_index=True)
-run.save_table(comparisons, "paired_differences")
+run.save_table(vh.paired_differences(experiments), "paired_differences")
 from IPython.display import Markdown
 
 run.glue("results_md", Markdown(vh.results_markdown(summary)))
-summary[summary["k"] == 1].pivot_table(index=["dataset", "method"], columns="direction",
-                                       values=["recall", "ci_lo", "ci_hi", "seed_sd", "chance"]).round(1)
+vh.r1_table(summary)
 
 # %% [markdown]
 # On **{glue:text}`main_dataset`** ({glue:text}`main_n_test` test images, {glue:text}`main_n_texts`
@@ -258,8 +250,7 @@ fig = vh.geometry_plot(geo)
 run.savefig(fig, "geometry")
 for key, value in vh.geometry_numbers(geo, main.dataset, prefix="main").items():
     run.glue(key, value)
-geo.groupby(["dataset", "method"], sort=False)[["alignment", "uniformity_image", "uniformity_text",
-                                                "modality_gap"]].mean().round(3)
+vh.geometry_summary(geo)
 
 # %% [markdown]
 # On {glue:text}`main_dataset`, the alignment of matched pairs goes from {glue:text}`main_align_untrained_linear`
@@ -301,7 +292,7 @@ hist = pd.concat([e.history_table() for e in experiments], ignore_index=True)
 run.save_table(hist, "training_history")
 run.glue("elapsed_s", f"{time.time() - t_start:.0f}")
 run.glue("cpu_s", f"{time.process_time() - cpu_start:.0f}")
-hist.groupby(["dataset", "method", "seed"])[["train_loss", "logit_scale"]].last().round(3)
+vh.final_epochs(hist)
 
 # %% [markdown]
 # This run took {glue:text}`elapsed_s` seconds end to end ({glue:text}`cpu_s` seconds of CPU time in the

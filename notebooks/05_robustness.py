@@ -46,7 +46,7 @@ import pandas as pd
 from vlnb.config import NotebookRun
 from vlnb.robustness import perturbations as P
 from vlnb.robustness import plots as rplots
-from vlnb.robustness import sweep
+from vlnb.robustness import report, sweep
 
 run = NotebookRun.start("05_robustness", globals())
 
@@ -118,9 +118,12 @@ pd.Series(cfg.model_dump(), name="value").to_frame()
 # keep one row per cell before summarising:
 #
 # ```python
-# results = vlnb.sweep.collect("runs/rob-sweep", table="robustness_results")
+# from vlnb.robustness.sweep import summarize
+# from vlnb.sweep import collect
+#
+# results = collect("runs/rob-sweep", table="robustness_results")  # + run and parameter columns
 # results = results.drop_duplicates(["model", "dataset", "task", "metric", "corruption", "severity"])
-# summary = vlnb.robustness.sweep.summarize(results)
+# summary = summarize(results)
 # ```
 #
 # A rerun of a cell that was already computed reads its embeddings back from the cache.
@@ -236,9 +239,7 @@ run.save_table(results, "robustness_results")
 run.save_table(pd.DataFrame(timings), "cell_timings")
 run.glue("sweep_cells", len(timings))
 run.glue("sweep_seconds", f"{sweep_seconds:.0f}")
-clean = (results[results["severity"] == 0].drop_duplicates(["model", "dataset", "task", "metric"])
-         .pivot_table(index=["model", "dataset"], columns=["task", "metric"], values="value").round(1))
-clean
+report.clean_table(results)
 
 # %%
 chance = sweep.chance_levels(tasks)
@@ -265,40 +266,29 @@ fig = rplots.severity_curves(results, metrics=headline, ncols=4)
 run.savefig(fig, "severity_curves")
 
 # %%
-fig = rplots.relative_heatmap(results, metrics=headline)
+top = sweep.degradation_table(results, headline, chance=sweep.chance_table(results))
+fig = rplots.relative_heatmap(results, metrics=headline, informative=top)  # rows under 2× chance: greyed out
 run.savefig(fig, "relative_heatmap")
 
 # %%
-top = sweep.degradation_table(results, headline, chance=sweep.chance_table(results))
-run.save_table(top, "clean_vs_worst_severity")
-keys = ["model", "dataset", "task", "metric"]
-informative = top[top["informative"]] if top["informative"].any() else top  # (tiny test models: all at chance)
-worst = informative.sort_values("drop", ascending=False).iloc[0]
-mild = informative[(informative[keys] == worst[keys]).all(axis=1)].sort_values("drop").iloc[0]
-run.glue("worst_desc", f"{worst['model']} on {worst['dataset']} ({worst['task']} {worst['metric']}) under "
-                       f"{worst['corruption']}: {worst['clean']:.1f} → {worst['worst']:.1f}")
-run.glue("mild_desc", f"{mild['corruption']} ({mild['clean']:.1f} → {mild['worst']:.1f})")
-per_metric = informative.sort_values("drop", ascending=False).groupby(keys, sort=False).head(1)
-run.glue("drops_desc", "; ".join(f"{r.model} on {r.dataset}, {r.task} {r.metric}: {r.clean:.1f} → {r.worst:.1f} "
-                                 f"under {r.corruption}" for r in per_metric.itertuples()))
-run.glue("n_uninformative", int((~top.drop_duplicates(keys)["informative"]).sum()))
-top.round(2)
+for key, value in report.degradation_glue(top).items():
+    run.glue(key, value)
+# one row per metric and corruption: the page shows the largest drops, the CSV has every row
+run.preview(top, "clean_vs_worst_severity", top=12, sort_by="drop")
 
 # %% [markdown]
 # A curve is *informative* when its clean value is at least twice chance (zero-shot: the table above;
-# Recall@K: $K/N$ for $N$ images); {glue:text}`n_uninformative` headline metrics are not, and are left
+# Recall@K: the exact chance of a random ranking, `vlnb.eval.chance` — $K/N$ text→image for $N$ images,
+# higher image→text, where any of an image's captions counts); {glue:text}`n_uninformative` headline metrics are not, and are left
 # out of the statements below. At the highest severity swept, the largest drop is
 # {glue:text}`worst_desc`; for that same metric the mildest corruption is {glue:text}`mild_desc`. The
 # worst corruption of each informative metric: {glue:text}`drops_desc`.
 
 # %%
-tol = sweep.noise_tolerance(results)
-mono = sweep.monotonicity(results[results.set_index(["task", "metric"]).index.isin(headline)], tolerance=tol)
-mono = mono.merge(top[keys + ["corruption", "informative"]], on=keys + ["corruption"])
+mono, glue = report.monotonicity_report(results, headline, top)
 run.save_table(mono, "monotonicity")
-run.glue("n_curves", int(mono["informative"].sum()))
-run.glue("n_monotone", int(mono.loc[mono["informative"], "monotone"].sum()))
-run.glue("mono_tolerance", f"{tol:.1f}")
+for key, value in glue.items():
+    run.glue(key, value)
 mono[~mono["monotone"]] if (~mono["monotone"]).any() else print("every headline curve is monotone within the tolerance")
 
 # %% [markdown]
@@ -319,11 +309,9 @@ mono[~mono["monotone"]] if (~mono["monotone"]).any() else print("every headline 
 base = cfg.baseline or next(iter(models))
 summary = sweep.summarize(results, baseline=base if base in set(results["model"]) else None)
 run.save_table(summary, "robustness_summary")
-shown_summary = summary.set_index(["task", "metric"]).loc[lambda d: d.index.isin(headline)].reset_index()
-run.glue("baseline", base)
-run.glue("mce_desc", "; ".join(f"{r.model} on {r.dataset} ({r.task} {r.metric}): mCE {r.mCE:.2f}, relative mCE "
-                               f"{r.relative_mCE:.2f}, relative robustness {r.relative_robustness:.2f}"
-                               for r in shown_summary.itertuples() if r.model != base and pd.notna(r.mCE)) or "none")
+shown_summary, glue = report.summary_glue(summary, headline, base, informative=top)
+for key, value in glue.items():
+    run.glue(key, value)
 shown_summary.round(3)
 
 # %% [markdown]

@@ -51,6 +51,7 @@ from vlnb import fairness as F
 from vlnb.config import NotebookRun
 from vlnb.fairness import analysis as A
 from vlnb.fairness import plots as FP
+from vlnb.fairness.controlled import rarity_shape_sentence
 
 t_start = time.perf_counter()
 run = NotebookRun.start("07_fairness", globals())
@@ -205,7 +206,7 @@ for name in res.groups["model"].unique():
 
 # %%
 cols = ["grouping", "metric", "n_groups", "best_group", "best", "worst_group", "worst", "gap", "gap_lo", "gap_hi",
-        "ratio", "ratio_lo", "ratio_hi", "p_value", "p_holm", "gap_detected", "flagged_groups"]
+        "ratio", "ratio_lo", "ratio_hi", "p_value", "p_holm", "gap_detected", "informative", "flagged_groups"]
 for name in res.gaps["model"].unique():
     print(name)
     display(res.gaps[res.gaps["model"] == name][cols].round(3))
@@ -218,7 +219,9 @@ for k, v in A.gap_headline(res.gaps).items():
 # In this run {glue:text}`n_gap_detected` of the {glue:text}`n_gap_tested` (model, metric, grouping)
 # comparisons that had at least two groups large enough show a gap the permutation test cannot explain by
 # chance after Holm's adjustment, and {glue:text}`n_gap_untestable` could not be tested at all because fewer than two groups were
-# large enough. The largest zero-shot gap is {glue:text}`top_gap`.
+# large enough. The largest zero-shot gap of a classifier at least twice chance is {glue:text}`top_gap`;
+# {glue:text}`n_gap_at_chance` zero-shot comparisons come from a classifier under twice chance on its test set
+# and are flagged uninformative (column `informative`): a classifier at chance has no group to be better at.
 #
 # Gaps on a model's own procedural test set say which *attributes* it finds hard (some colours are simply
 # closer together in RGB than others); gaps on COCO mix the model with the data: categories differ in how
@@ -260,7 +263,8 @@ plt.show()
 rare.summary(metric).round(3)
 
 # %%
-for k, v in {**rare.headline(metric), "rare_minutes": f"{rare_seconds / 60:.1f}"}.items():
+for k, v in {**rare.headline(metric), "rare_minutes": f"{rare_seconds / 60:.1f}",
+             "rare_shape": rarity_shape_sentence(rare.summary(metric))}.items():
     run.glue(k, v)
 
 # %% [markdown]
@@ -272,6 +276,11 @@ for k, v in {**rare.headline(metric), "rare_minutes": f"{rare_seconds / 60:.1f}"
 # seeds): the rare group's accuracy falls from {glue:text}`rare_value_control` to
 # {glue:text}`rare_value_rarest` while the other colours stay where they were. The same test that finds
 # the planted gap does not find one in the control. The experiment took {glue:text}`rare_minutes` minutes.
+#
+# Between the control and the rarest setting, the gap per fraction (others − rare, mean over seeds and its
+# range): {glue:text}`rare_shape`. With this few seeds a single intermediate fraction can go the wrong way by
+# seed noise alone; only a step whose seed ranges do not overlap would need an explanation. More seeds
+# (`rare_seeds`, exercise 1 below) narrow the ranges.
 #
 # Per colour, with intervals, for the first seed at the control and at the rarest fraction:
 

@@ -304,3 +304,17 @@ def test_probes_run_on_every_hub_model_family(tiny_hub_models):
     coco["captions"] = [CAPS[:2], CAPS[2:]]
     order, _ = order_probe(models, coco, n_boot=50, progress=False, dataset="coco")
     assert len(order) == 6 * (1 + len(ORDER_PERTURBATIONS)) and order["accuracy"].between(0, 1).all()
+
+
+def test_negclip_recipes_differ_from_their_control_only_by_the_foils():
+    from dataclasses import asdict
+
+    from vlnb.zoo import RECIPES
+
+    neg, ctl, base = RECIPES["negclip-world"], RECIPES["scratch-world-ft"], RECIPES["scratch-world"]
+    assert neg.negatives == "world-swaps" and not ctl.negatives
+    assert {k: v for k, v in asdict(neg).items() if k not in ("name", "negatives", "description")} == \
+        {k: v for k, v in asdict(ctl).items() if k not in ("name", "negatives", "description")}
+    assert neg.init_from == ctl.init_from == "scratch-world" and neg.data_kwargs == base.data_kwargs
+    assert neg.key()["init_from"] == {"name": "scratch-world", **base.key()}  # a changed parent retrains both
+    assert "negatives" not in base.key() and "init_from" not in base.key()  # older recipes keep their keys

@@ -418,3 +418,42 @@ def test_holm_adjustment_controls_the_family_of_gap_tests():
     # unadjusted, three tests pass p < 0.05; Holm over the family of three keeps only the first
     assert out["gap_detected"].tolist() == [True, False, False, False]
     assert np.allclose(out["p_holm"][:3], [0.03, 0.06, 0.06]) and out["p_value"].tolist()[:3] == [0.01, 0.03, 0.04]
+
+
+def test_rarity_shape_sentence_says_whether_a_reversal_is_within_seed_noise():
+    import pandas as pd
+
+    from vlnb.fairness.controlled import rarity_shape_sentence
+
+    s = pd.DataFrame({"fraction": [1.0, 0.3, 0.1], "seeds": [2, 2, 2], "gap_mean": [0.01, -0.02, 0.3],
+                      "gap_min": [-0.02, -0.05, 0.2], "gap_max": [0.04, 0.01, 0.4]})
+    text = rarity_shape_sentence(s)
+    assert "f = 0.3: -0.02 (2 seeds, -0.05 to +0.01)" in text and "ranges overlap" in text
+    s.loc[1, ["gap_min", "gap_max"]] = [-0.2, -0.1]
+    assert "do not overlap" in rarity_shape_sentence(s)
+    s.loc[1, ["gap_mean", "gap_min", "gap_max"]] = [0.1, 0.05, 0.15]
+    assert "grows at every step" in rarity_shape_sentence(s)
+
+
+def test_gaps_of_a_classifier_at_chance_are_flagged_and_not_the_headline():
+    import numpy as np
+    import pandas as pd
+
+    from vlnb.fairness.analysis import flag_at_chance, gap_headline
+    from vlnb.fairness.metrics import Outcomes
+
+    n = 40
+    good = Outcomes("good", "w", list(range(n)), num={"zero-shot shape top-1": np.r_[np.ones(30), np.zeros(10)]},
+                    den={"zero-shot shape top-1": np.ones(n)})
+    bad = Outcomes("bad", "w", list(range(n)), num={"zero-shot shape top-1": np.r_[np.ones(6), np.zeros(34)]},
+                   den={"zero-shot shape top-1": np.ones(n)})
+    base = {"dataset": "w", "grouping": "colour", "metric": "zero-shot shape top-1", "n_groups": 3, "best_group": "a",
+            "best": 0.9, "worst_group": "b", "worst": 0.5, "gap_lo": 0.1, "gap_hi": 0.5, "p_value": 0.01,
+            "p_holm": 0.02, "gap_detected": True}
+    gaps = pd.DataFrame([{**base, "model": "good", "gap": 0.2}, {**base, "model": "bad", "gap": 0.4}])
+    chance = {("good", "w"): {"zero-shot shape top-1": 0.125}, ("bad", "w"): {"zero-shot shape top-1": 0.125}}
+    out = flag_at_chance(gaps, {("good", "w"): good, ("bad", "w"): bad}, chance).set_index("model")
+    assert out.loc["good", "overall"] == 0.75 and bool(out.loc["good", "informative"])
+    assert out.loc["bad", "overall"] == 0.15 and not bool(out.loc["bad", "informative"])  # 0.15 < 2 x 0.125
+    h = gap_headline(out.reset_index())
+    assert h["top_gap"].startswith("0.20") and "good" in h["top_gap"] and h["n_gap_at_chance"] == "1"

@@ -244,8 +244,9 @@ def test_published_markers_join_on_hub_id_and_stage():
 
 
 def test_vilt_rerank_row_is_its_itm_score_alone(tmp_path, tiny_clip_dir, tiny_vilt_dir):
+    from vlnb.comparison import run_comparison
     from vlnb.data import build_manifest
-    from vlnb.eval.compare import _pixels_for, run_comparison
+    from vlnb.data.pixels import pixel_loader
     from vlnb.eval.rerank import rerank_similarity, reranked_recall
     from vlnb.models import load_model
 
@@ -256,11 +257,11 @@ def test_vilt_rerank_row_is_its_itm_score_alone(tmp_path, tiny_clip_dir, tiny_vi
     row = next(r for r in runs[("CLIP", "world")].results if r["model"] == "ViLT")
     assert row["combine"] == "itm" and "ITM score alone" in row["protocol"] and row["hub_id"] == str(tiny_vilt_dir)
     run = runs[("CLIP", "world")]
-    alone, _ = rerank_similarity(run.similarity, vilt, _pixels_for(vilt, world, run.image_ids), run.texts, k=3,
+    alone, _ = rerank_similarity(run.similarity, vilt, pixel_loader(vilt.preprocess, world, run.image_ids), run.texts, k=3,
                                  combine="itm", progress=False)
     want = reranked_recall(alone, run.text_to_image)
     assert all(row[k] == pytest.approx(v) for k, v in want.items())
-    mixed, _ = rerank_similarity(run.similarity, vilt, _pixels_for(vilt, world, run.image_ids), run.texts, k=3,
+    mixed, _ = rerank_similarity(run.similarity, vilt, pixel_loader(vilt.preprocess, world, run.image_ids), run.texts, k=3,
                                  combine="itm+itc", progress=False)
     assert not torch.equal(mixed["i2t"], alone["i2t"])  # the old row (ITM + CLIP's cosine) was another number
 
@@ -671,3 +672,23 @@ def test_prepare_cli_download(tmp_path, capsys):
                    "--out", str(out)])
     text = capsys.readouterr().out
     assert rc == 0 and out.is_file() and "to download" in text and "3 images" in text
+
+
+def test_recall_bars_legend_names_published_markers_only_when_drawn():
+    import matplotlib.pyplot as plt
+
+    from vlnb.eval.published import published_retrieval
+    from vlnb.plots import recall_bars
+
+    rows = [{"model": m, "hub_id": hub, "protocol": "ITC", "stage": "itc", "dataset": "coco", "direction": "i2t",
+             "k": k, "recall": 50.0, "chance": 0.1} for m, hub in (("CLIP", "openai/clip-vit-base-patch32"),
+                                                                   ("local", "/tmp/x")) for k in (1, 5, 10)]
+    df = pd.DataFrame(rows)
+    fig = recall_bars(df, published=published_retrieval(), title="R@K")
+    assert fig.n_published == 3 and "red diamonds" in fig._suptitle.get_text()
+    plt.close(fig)
+    for published in (None, published_retrieval()):  # offline: none given; a local checkpoint: none joined
+        fig = recall_bars(df[df["model"] == "local"], published=published, title="R@K")
+        assert fig.n_published == 0 and "red diamonds" not in fig._suptitle.get_text()
+        assert "black ticks: chance" in fig._suptitle.get_text()
+        plt.close(fig)

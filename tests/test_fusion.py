@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -21,8 +22,11 @@ from vlnb.models.fusion import (
 )
 from vlnb.models.scratch import ScratchConfig, VisionTransformer, WordTokenizer
 from vlnb.train.itm import (
+    FUSION_PROTOCOLS,
     _masked_softmax,
     evaluate_fusion,
+    fusion_glue,
+    fusion_results,
     hard_negative_itm_loss,
     itm_loss,
     itm_pairs,
@@ -277,8 +281,9 @@ def test_train_and_evaluate_each_fusion_model(tiny_world):
               "qformer": create_fusion(qformer_config(dual.config, width=16, layers=1, heads=2, embed_dim=8,
                                                       n_queries=2), tokenizer=tok, seed=0, backbone=dual.visual)}
     frozen = {k: v.clone() for k, v in models["qformer"].backbone.state_dict().items()}
+    histories = {}
     for arch, m in models.items():
-        h = train_fusion(m, train, cfg, miner=dual, val_data=test, rerank_k=5, progress=False)
+        h = histories[arch] = train_fusion(m, train, cfg, miner=dual, val_data=test, rerank_k=5, progress=False)
         last = h.epochs[-1]
         assert len(h.epochs) == 2 and len(h.steps) == 4 and math.isfinite(last["train_loss"]), arch
         assert ("train_itc_loss" in last) == (arch != "vilt")
@@ -289,6 +294,16 @@ def test_train_and_evaluate_each_fusion_model(tiny_world):
         assert "t2i_R@10" not in last  # deeper than the re-ranked list
     for k, v in models["qformer"].backbone.state_dict().items():
         assert torch.equal(v, frozen[k]), f"the frozen tower changed while training: {k}"
+    table = fusion_results(histories, dict.fromkeys(histories, test), first_stage={"vilt": "dual"})
+    assert set(table["model"]) == set(models) and set(table["protocol"]) == {p for _, p in FUSION_PROTOCOLS}
+    r1 = table[(table["k"] == 1) & (table["direction"] == "t2i")]
+    assert np.allclose(r1["chance"], 100 / len(test))  # one right image among the test images
+    assert (table.loc[table["model"] == "vilt", "first stage"] == "dual").all()
+    row = r1[(r1["model"] == "blip") & (r1["protocol"] == FUSION_PROTOCOLS[1][1])].iloc[0]
+    assert row["recall"] == histories["blip"].epochs[-1]["t2i_R@1"] and row["ITM pairs"] > 0
+    glue = fusion_glue(table)
+    assert glue["blip_rerank_t2i_r1"] == f"{row['recall']:.1f}" and "qformer_itc_i2t_r1" in glue
+    assert float(glue["fusion_train_s"]) >= 0
     with pytest.raises(ValueError, match="miner"):
         train_fusion(models["vilt"], train, cfg, progress=False)
     with pytest.raises(ValueError, match="first_stage"):
@@ -326,3 +341,83 @@ def test_saliency_maps_of_every_fusion_model(tok, backbone):
             want = m.itm_logits(px, **m.tokenize(texts))[:, 1] if arch == "vilt" else \
                 m.similarity(m.encode_image(px), m.encode_text(**m.tokenize(texts))).diagonal()
         torch.testing.assert_close(tr.score, want)
+
+
+# ---------------------------------------------------------------------------------------------- zoo
+def test_zoo_trains_saves_and_reloads_fusion_recipes(tmp_path, monkeypatch):
+    """Fusion recipes go through vlnb.zoo like the dual encoders: trained when missing (after the recipe they
+    use), saved, reloaded with identical scores, retrained when the used recipe changes, and left out of
+    ``include_cross=False`` lists when they are cross encoders."""
+    from vlnb import zoo
+
+    monkeypatch.setenv("VLNB_ARTIFACTS", str(tmp_path))
+    data = {"n_train": 32, "n_test": 8, "image_size": 32, "seed": 0}
+    small = {"width": 16, "layers": 1, "heads": 2, "embed_dim": 8, "seed": 0}
+    recipes = {
+        "t-scratch": zoo.Recipe("t-scratch", "scratch", "world", {"config": "tiny", "seed": 0, "image_size": 16,
+                                                                  "width": 16, "layers": 1, "heads": 2,
+                                                                  "text_width": 16, "text_layers": 1, "text_heads": 2,
+                                                                  "embed_dim": 8},
+                                {"epochs": 1, "batch_size": 16, "warmup_steps": 1}, data),
+        "t-vilt": zoo.Recipe("t-vilt", "fusion", "world", {"arch": "vilt", "image_size": 16, **small},
+                             {"epochs": 1, "batch_size": 16, "warmup_steps": 1}, data, uses="t-scratch"),
+        "t-qformer": zoo.Recipe("t-qformer", "fusion", "world", {"arch": "qformer", "n_queries": 2, "rerank_k": 4,
+                                                                  **small},
+                                {"epochs": 1, "batch_size": 16, "warmup_steps": 1}, data, uses="t-scratch"),
+    }
+    monkeypatch.setattr(zoo, "RECIPES", {**zoo.RECIPES, **recipes})
+    assert recipes["t-vilt"].key()["uses"]["name"] == "t-scratch"
+    assert recipes["t-vilt"].key()["uses"]["model"] == recipes["t-scratch"].model
+    assert "uses" not in zoo.RECIPES["scratch-world"].key()  # older recipes keep their keys
+
+    models = zoo.profile_models("offline", models=dict.fromkeys(["t-vilt", "t-qformer"]), device="cpu",
+                                progress=False)
+    assert isinstance(models["t-vilt"], ScratchViLT) and isinstance(models["t-qformer"], ScratchQFormer)
+    assert all(zoo.is_trained(n) for n in ("t-scratch", "t-vilt", "t-qformer"))
+    hist = zoo.reference_history("t-qformer")
+    assert hist.epochs[-1]["rerank_k"] == 4 and "itc_t2i_R@1" in hist.epochs[-1]
+    again = zoo.reference_model("t-qformer", device="cpu", train_if_missing=False)
+    assert again.fingerprint() == models["t-qformer"].fingerprint()
+    # the Q-Former's frozen tower is the trained t-scratch ViT
+    scratch = zoo.reference_model("t-scratch", device="cpu", train_if_missing=False)
+    for (k, a), b in zip(again.backbone.state_dict().items(), scratch.visual.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    assert list(zoo.profile_models("offline", models=dict.fromkeys(["t-vilt", "t-qformer"]), device="cpu",
+                                   progress=False, include_cross=False)) == ["t-qformer"]
+    # a changed used recipe makes the fusion model stale
+    monkeypatch.setitem(zoo.RECIPES, "t-scratch", zoo.Recipe(**{**recipes["t-scratch"].__dict__,
+                                                                "train": {"epochs": 2, "batch_size": 16}}))
+    assert not zoo.is_trained("t-vilt") and not zoo.is_trained("t-qformer")
+
+
+def test_offline_profile_lists_the_fusion_recipes():
+    from vlnb import zoo
+
+    for name in ("vilt-world", "blip-world", "qformer-world"):
+        assert name in zoo.PROFILE_RECIPES["offline"] and zoo.RECIPES[name].kind == "fusion"
+    assert zoo.RECIPES["vilt-world"].uses == zoo.RECIPES["qformer-world"].uses == "scratch-world"
+
+
+def test_chapter4_comparison_evaluates_fusion_models(tiny_world):
+    """run_comparison (chapter 4) takes the fusion models as they come from the zoo: BLIP-/Q-Former-like get an
+    ITC row and an own-ITM re-ranked row, the ViLT-like model re-ranks the first stage, zero-shot runs on ITC."""
+    from vlnb.comparison.experiment import run_comparison
+    from vlnb.models.scratch import ScratchDualEncoder
+
+    train, test = tiny_world
+    tok = WordTokenizer.fit([c for cs in train["captions"] for c in cs])
+    dual = ScratchDualEncoder.create(ScratchConfig(image_size=16, patch_size=8, width=16, layers=1, heads=2,
+                                                   embed_dim=8, text_width=16, text_layers=1, text_heads=2,
+                                                   context_length=24), tokenizer=tok, seed=0).eval()
+    kw = {**TINY, "context_length": 24}
+    models = {"dual": dual,
+              "blip": create_fusion(FusionConfig(arch="blip", **kw), tokenizer=tok, seed=0).eval(),
+              "qformer": create_fusion(qformer_config(dual.config, width=16, layers=1, heads=2, embed_dim=8,
+                                                      n_queries=2), tokenizer=tok, seed=0, backbone=dual.visual).eval(),
+              "vilt": create_fusion(FusionConfig(arch="vilt", **kw), tokenizer=tok, seed=0).eval()}
+    ret, zs, _, cover = run_comparison(models, {"world": test}, first_stage="dual", rerank_k=4, progress=False)
+    assert cover["evaluated"].all()
+    protocols = ret.groupby("model")["protocol"].unique().map(set).to_dict()
+    assert set(protocols) == set(models)  # the ViLT-like model has rows too: it re-ranks dual's top-k
+    assert len(protocols["blip"]) == len(protocols["qformer"]) == 2  # ITC, and ITC top-k re-ranked by own ITM
+    assert {"blip", "qformer", "dual"} <= set(zs["model"])

@@ -7,6 +7,7 @@ every bad input gets one line naming the file, the entry and the field.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -120,7 +122,7 @@ def test_folder_with_custom_code_is_refused_without_a_prompt(model_type, tmp_pat
         raise AssertionError("vlnb must not ask whether to trust remote code")
 
     monkeypatch.setattr("builtins.input", no_prompt)
-    monkeypatch.setattr("sys.stdin", open(os.devnull))  # noqa: SIM115 -- stdin closed for the call
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # nothing to answer a prompt with
     with pytest.raises(ValueError, match="auto_map"):
         load_model(str(d), device="cpu")
     assert not (tmp_path / "MARKER").exists()
@@ -459,6 +461,29 @@ def test_feature_cache_sidecar_is_covered_by_its_checksum(tmp_path):
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
 
 
+def test_pixel_cache_sidecar_is_covered_by_its_checksum(tmp_path):
+    from vlnb.data import make_manifest
+    from vlnb.data.images import encode_png
+    from vlnb.data.pixels import clear_memo, decoded_pixels
+    from vlnb.models.transforms import ImagePreprocess
+
+    rng = np.random.default_rng(0)
+    df = make_manifest([{"image_id": i, "image": encode_png(rng.integers(0, 255, (9, 9, 3), dtype=np.uint8)),
+                         "captions": ["x"], "split": "test"} for i in range(3)], name="t")
+    pre = ImagePreprocess((8, 8))
+    clear_memo()
+    a = decoded_pixels(df, pre, cache_dir=tmp_path, progress=False)
+    side = tmp_path / f"{a.key}.json"
+    meta = json.loads(side.read_text())
+    meta["image_ids"] = meta["image_ids"][::-1]  # pixels served under the wrong ids
+    side.write_text(json.dumps(meta))
+    clear_memo()
+    with pytest.warns(UserWarning, match="sidecar checksum"):
+        b = decoded_pixels(df, pre, cache_dir=tmp_path, progress=False)
+    assert not b.from_cache and b.image_ids == [0, 1, 2]
+    clear_memo()
+
+
 # --------------------------------------------------------------------- every bad input: one line
 GOOD_IMAGES = [_img(1), _img(2)]
 GOOD_CAPS = [{"id": 1, "image_id": 1, "caption": "a red square"}, {"id": 2, "image_id": 2, "caption": "a dot"}]
@@ -556,6 +581,9 @@ def test_cli_expected_errors_are_one_line(tmp_path, capsys):
     assert rc == 2 and "parameter 'world_n_train'" in err and err.count("\n") == 1
     rc, _, err = _run_cli(["prepare", "coco", "--root", tmp_path / "nowhere", "--out", tmp_path / "m.parquet"], capsys)
     assert rc == 2 and err.startswith("error: COCO root folder not found") and err.count("\n") == 1
+    with pytest.raises(SystemExit) as ex:  # argparse: usage + one error line, exit 2
+        cli.main(["prepare", "world", "--n-train", "-5", "--out", str(tmp_path / "w.parquet")])
+    assert ex.value.code == 2 and "argument --n-train: must be >= 1, got -5" in capsys.readouterr().err
 
 
 def test_cli_failed_notebook_is_one_line_plus_log(tmp_path, monkeypatch, capsys):

@@ -1,4 +1,4 @@
-"""Chapter 3: projection heads on frozen features, bootstrap intervals, alignment/uniformity, the notebook."""
+"""Chapter 3: projection heads on frozen features, alignment/uniformity, the experiment, the notebook."""
 
 from __future__ import annotations
 
@@ -13,15 +13,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from vlnb import heads as H
 from vlnb.data.manifest import make_manifest
-from vlnb.eval.bootstrap import (
-    bootstrap_ci,
-    bootstrap_indices,
-    bootstrap_recall,
-    bootstrap_weights,
-    percentile_interval,
-    recall_difference,
-)
 from vlnb.eval.chance import recall_chance
 from vlnb.eval.retrieval import recall_at_k
 from vlnb.heads import (
@@ -155,62 +148,6 @@ def test_training_is_reproducible_per_seed(problem):
     assert ha.epochs_df["train_loss"].tolist() == hb.epochs_df["train_loss"].tolist()
 
 
-# ----------------------------------------------------------------------------- bootstrap
-def test_bootstrap_ci_of_a_mean_matches_the_normal_approximation():
-    x = (np.random.default_rng(0).random(2000) < 0.3).astype(float)
-    r = bootstrap_ci(lambda i: x[i].mean(), len(x), n_boot=2000, seed=1)
-    se = math.sqrt(x.mean() * (1 - x.mean()) / len(x))
-    assert r.estimate == pytest.approx(x.mean())
-    assert r.lo < x.mean() < r.hi
-    assert (r.hi - r.lo) == pytest.approx(2 * 1.96 * se, rel=0.12)
-    assert r.se == pytest.approx(se, rel=0.12)
-    # a constant statistic has a zero-width interval; vector statistics work elementwise
-    assert bootstrap_ci(lambda i: 5.0, 10, n_boot=50).lo == 5.0
-    v = bootstrap_ci(lambda i: np.array([x[i].mean(), 1.0]), len(x), n_boot=200)
-    assert v.estimate.shape == (2,) and v.lo[1] == v.hi[1] == 1.0
-    with pytest.raises(ValueError, match="level"):
-        bootstrap_ci(lambda i: 0.0, 5, level=95)
-    with pytest.raises(ValueError, match="at least one unit"):
-        bootstrap_ci(lambda i: 0.0, 0)
-
-
-def test_bootstrap_draws_are_seeded_and_stratified():
-    a, b = bootstrap_indices(50, 20, seed=3), bootstrap_indices(50, 20, seed=3)
-    assert np.array_equal(a, b) and not np.array_equal(a, bootstrap_indices(50, 20, seed=4))
-    w = bootstrap_weights(50, 20, seed=3)
-    assert w.shape == (20, 50) and np.all(w.sum(1) == 50)
-    assert np.array_equal(w[0], np.bincount(a[0], minlength=50))
-    strata = np.array([0] * 10 + [1] * 40)
-    s = bootstrap_indices(50, 30, seed=0, strata=strata)
-    assert np.all(s[:, :10] < 10) and np.all(s[:, 10:] >= 10)
-    lo, hi = percentile_interval(np.arange(101.0)[:, None], 0.9)
-    assert lo[0] == pytest.approx(5) and hi[0] == pytest.approx(95)
-
-
-def test_bootstrap_recall_known_cases():
-    n, caps = 40, 2
-    t2i = np.repeat(np.arange(n), caps)
-    perfect = torch.eye(n).repeat_interleave(caps, dim=1)
-    _, ranks = recall_at_k(perfect, t2i, return_ranks=True)
-    df = bootstrap_recall(ranks, t2i, n_boot=200)
-    assert (df["recall"] == 100).all() and (df["ci_lo"] == 100).all() and (df["ci_hi"] == 100).all()
-    # half of the images (and their captions) retrieved at rank 0, the rest never in the top 10
-    sim = perfect.clone()
-    sim[n // 2:] = -perfect[n // 2:]
-    res, ranks = recall_at_k(sim, t2i, return_ranks=True)
-    df, draws = bootstrap_recall(ranks, t2i, ks=(1, 10), n_boot=2000, seed=0, return_samples=True)
-    for _, r in df.iterrows():
-        assert r["recall"] == pytest.approx(res[f"{r['direction']}_R@{r['k']}"])
-        assert r["ci_lo"] < 50 < r["ci_hi"] and r["recall"] == 50
-        # 40 images, p = 0.5: bootstrap se ~ 50 / sqrt(40) ~ 7.9 points
-        assert (r["ci_hi"] - r["ci_lo"]) == pytest.approx(2 * 1.96 * 50 / math.sqrt(n), rel=0.2)
-    # a list of rank sets: the mean recall; paired difference of a method with itself is exactly zero
-    avg = bootstrap_recall([ranks, recall_at_k(perfect, t2i, return_ranks=True)[1]], t2i, ks=(1,), n_boot=100)
-    assert avg["recall"].tolist() == [75.0, 75.0]
-    diff = recall_difference(draws, draws)
-    assert (diff["diff_lo"] == 0).all() and (diff["diff_hi"] == 0).all()
-
-
 # ----------------------------------------------------------------------------- alignment / uniformity
 def test_alignment_and_uniformity_hand_cases():
     x = F.normalize(torch.randn(6, 4), dim=1)
@@ -321,13 +258,43 @@ def test_run_heads_full_path_on_tiny_blip2(blip2, tmp_path):
     assert "pretrained head" in set(geo["method"])
     assert set(exp.history_table()["seed"]) == {0, 1, 2}
     assert exp.train.image.ndim == 2 and exp.test.image.ndim == 3
+    # methods are Method members; their labels are what the tables show
+    assert [r.kind for r in exp.runs[:2]] == [H.Method.PRETRAINED, H.Method.RERANK]
+    assert exp.runs_of(H.Method.RERANK)[0].method == "pretrained head + ITM re-rank (k=3)"
+    assert exp.compare(H.Method.MLP, H.Method.LINEAR).equals(exp.compare("MLP head", "linear head"))
+    # the chapter's report tables
+    feats = H.features_table([exp])
+    assert feats.loc[0, ["train_images", "test_images", "test_captions"]].tolist() == [24, 8, 8 * 2]
+    diffs = H.paired_differences([exp])
+    assert len(diffs) == 3 * 6 and set(zip(diffs["a"], diffs["b"])) == {
+        ("MLP head", "linear head"), ("linear head", "pretrained head"), ("MLP head", "pretrained head")}
+    r1 = H.r1_table(summary)
+    assert r1.loc[("tiny", "linear head"), ("recall", "t2i")] == round(lin.query("direction == 't2i' and k == 1")["recall"].iloc[0], 1)
+    assert list(H.final_epochs(exp.history_table()).columns) == ["train_loss", "logit_scale"]
+    prose = H.prose_numbers(exp, summary)
+    rr1 = summary[(summary["method"] == exp.runs_of(H.Method.RERANK)[0].method) & (summary["direction"] == "t2i")]
+    assert prose["main_rerank_t2i_r1"] == f"{rr1['recall'].iloc[0]:.1f} %"
+    assert prose["main_rerank_t2i_r5"] == "n/a" and prose["main_chance_t2i_r1"] == f"{100 / 8:.1f} %"
+    # figures: what they plot, not only that they exist
     import matplotlib
 
-    from vlnb import heads as H
-
     matplotlib.use("Agg")
-    for fig in (H.recall_bars(summary, per_seed), H.geometry_plot(geo), H.pca_plot(exp), H.gallery_plot(exp, k=3)):
-        assert len(fig.axes) >= 1
+    fig = H.recall_bars(summary, per_seed)
+    ax = fig.axes[0]  # tiny: text -> image
+    trained = summary[summary["trained"] & (summary["direction"] == "t2i")]
+    methods = H.method_order(trained["method"].unique())
+    expect = [trained.query("method == @m and k == @k")["recall"].iloc[0] if ((trained["method"] == m)
+              & (trained["k"] == k)).any() else np.nan for m in methods for k in (1, 5, 10)]
+    heights = [p.get_height() for p in ax.patches]
+    np.testing.assert_allclose(heights, expect)  # re-ranking: R@1 only, no bar at K > k
+    assert ax.get_title() == "tiny: text → image" and len(fig.axes) == 2
+    fig = H.geometry_plot(geo)
+    assert sum(len(c.get_offsets()) for c in fig.axes[0].collections) == len(geo)
+    fig = H.pca_plot(exp)
+    assert [a.get_title() for a in fig.axes] == ["frozen features (no head)", "untrained linear head", "linear head",
+                                                 "untrained MLP head", "MLP head", "pretrained head"]
+    fig = H.gallery_plot(exp, n_queries=2, k=3)
+    assert len(fig.axes) == 2 * len(exp.methods(trained_only=True)) * (3 + 1)
 
 
 # ----------------------------------------------------------------------------- the notebook

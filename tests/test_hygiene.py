@@ -178,3 +178,27 @@ def test_every_vlnb_run_command_in_the_book_names_real_parameters():
                 profile = words[i + 1]
         resolve(stem, profile=profile, **params)  # raises ParameterError naming the parameter
         assert (root / "notebooks" / f"{stem}.ipynb").exists(), (src, cmd)
+
+
+def test_preview_links_and_downloads(tmp_path, monkeypatch):
+    """A long table is shown as a top-N with a link to its full CSV; savefig leaves no repr; the downloads list
+    links every table and figure, relative to the executed notebook or under the book build's link base."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from vlnb.config import NotebookRun
+
+    monkeypatch.setenv("VLNB_RUN_DIR", str(tmp_path))
+    monkeypatch.delenv("VLNB_LINK_BASE", raising=False)
+    run = NotebookRun("01_data_prep", set())
+    df = pd.DataFrame({"name": [f"r{i}" for i in range(56)], "drop": [float(i) for i in range(56)]})
+    html = run.preview(df, "long", top=12, sort_by="drop").data
+    assert len(pd.read_csv(tmp_path / "results" / "long.csv")) == 56
+    assert html.count("<tr") == 12 + 1 and "r55" in html and "r0<" not in html  # largest drops first
+    assert 'href="results/long.csv"' in html and "12 of 56 rows" in html
+    fig, ax = plt.subplots()
+    assert run.savefig(fig, "f") is None and (tmp_path / "figures" / "f.png").exists()
+    plt.close(fig)
+    monkeypatch.setenv("VLNB_LINK_BASE", "../runs/01_data_prep/")
+    links = run.downloads().data
+    assert 'href="../runs/01_data_prep/results/long.csv"' in links and 'href="../runs/01_data_prep/figures/f.png"' in links

@@ -327,14 +327,16 @@ def test_pokemon_and_deterministic_test_split(tmp_path):
 
 
 def test_cifar100_from_hf_standin(tmp_path):
-    fine_names = ["apple", "aquarium_fish", "baby"]
-    coarse_names = ["fruit_and_vegetables", "fish", "people"]
+    from vlnb.data.hub import CIFAR100_COARSE_NAMES, cifar100_fine_names
+
+    # the hub's schema: ClassLabel names of all 100 / 20 classes (labels are mapped by index to the official names)
+    fine_names, coarse_names = cifar100_fine_names(), list(CIFAR100_COARSE_NAMES)
     arrays = [np.full((32, 32, 3), 40 * i, np.uint8) for i in range(4)]
     ds = datasets.Dataset.from_dict(
         {
             "img": [Image.fromarray(a) for a in arrays],
             "fine_label": [2, 0, 1, 2],
-            "coarse_label": [2, 0, 1, 2],
+            "coarse_label": [14, 4, 1, 14],
         },
         features=datasets.Features(
             {
@@ -381,26 +383,25 @@ def test_open_hf_dispatch(tmp_path, monkeypatch, flickr_standin):
 
     real = datasets.load_dataset
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    with pytest.raises(RuntimeError, match="could not load 'nlphuji/flickr30k'.*local save_to_disk folder"):
-        load_flickr30k()
-    assert calls == [("nlphuji/flickr30k", {"split": "test"})]
-    # a script-based hub repo is retried on its parquet-conversion branch
+    with pytest.raises(RuntimeError, match="could not load 'someone/flickr'.*local save_to_disk folder"):
+        load_flickr30k("someone/flickr")
+    assert calls == [("someone/flickr", {"split": "test"})]
+    # a script-based hub repo (datasets >= 4 or < 4 refusing it) is read from its parquet-conversion branch;
+    # nlphuji/flickr30k is known to be one, so it goes there directly (tests/test_full_profile.py)
     standin = datasets.load_from_disk(str(flickr_standin[1][0]))
-    replies = [RuntimeError("Dataset scripts are no longer supported, but found flickr30k.py"), standin]
+    converted = []
+    monkeypatch.setattr(hub, "_parquet_conversion", lambda repo, split: converted.append((repo, split)) or standin)
+    for err in (RuntimeError("Dataset scripts are no longer supported, but found flickr30k.py"),
+                ValueError("Please pass the argument `trust_remote_code=True` to load nlphuji/flickr30k")):
+        def scripted(path, *a, err=err, **kw):
+            calls.append((path, kw))
+            raise err
 
-    def scripted(path, *a, **kw):
-        calls.append((path, kw))
-        reply = replies.pop(0)
-        if isinstance(reply, Exception):
-            raise reply
-        return reply
-
-    monkeypatch.setattr(datasets, "load_dataset", scripted)
+        monkeypatch.setattr(datasets, "load_dataset", scripted)
+        df, _ = load_flickr30k("someone/scripted-flickr")
+        assert len(df) == 3 and converted[-1] == ("someone/scripted-flickr", "test")
     df, _ = load_flickr30k()
-    assert len(df) == 3 and calls[-1] == (
-        "nlphuji/flickr30k",
-        {"split": "test", "revision": "refs/convert/parquet"},
-    )
+    assert len(df) == 3 and converted[-1] == ("nlphuji/flickr30k", "test")
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     with pytest.raises(FileNotFoundError, match="local data set not found"):
         load_pokemon(tmp_path / "missing.parquet")

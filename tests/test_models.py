@@ -224,18 +224,22 @@ def test_vilt_scores_with_the_full_patch_grid(tiny_vilt_dir, images, tmp_path):
     (tmp_path / "v" / "config.json").write_text(json.dumps({**cfg, "max_image_length": 8}))  # pre-training style
     m = load_model(str(tmp_path / "v"))
     assert isinstance(m, ViLTAdapter) and m.kind == "cross" and m.model.config.max_image_length == -1
-    x = m.preprocess(images)
-    assert x.shape == (3, 3, 64, 64)  # fixed square of the processor's shortest edge
+    x = m.preprocess(images)  # aspect kept, as ViltImageProcessor (tests/test_full_profile.py checks equality)
+    grids = [(h // 16) * (w // 16) for h, w in (m.preprocess.output_hw(im.height, im.width) for im in images)]
+    assert x.shape[0] == 3 and min(x.shape[-2:]) == 64
     with torch.inference_mode():
         s = m.score(x, TEXTS)
-        assert s.shape == (3,) and m.last_image_tokens == 1 + 4 * 4
+        assert s.shape == (3,) and m.last_image_tokens in ([1 + g for g in grids], 1 + grids[0])
+        sq = torch.zeros(3, 3, 64, 64)
+        m.score(sq, TEXTS)
+        assert m.last_image_tokens == 1 + 4 * 4
         m.score(torch.zeros(2, 3, 64, 96), TEXTS[:2])  # any multiple of the patch size: its own grid
         assert m.last_image_tokens == 1 + 4 * 6
         with pytest.raises(PatchGridError, match="not a multiple of ViLT's 16-pixel patches"):
             m.score(torch.zeros(1, 3, 72, 64), TEXTS[:1])
         m.model.config.max_image_length = 8  # HF would now randomly sample 8 of the 16 patches
         with pytest.raises(PatchGridError, match="received 9 image tokens.*expected 17"):
-            m.score(x, TEXTS)
+            m.score(sq, TEXTS)
 
 
 def test_vilt_square_preprocessing_matches_vilt_processor_on_square_images(tiny_vilt_dir):

@@ -293,3 +293,19 @@ def test_book_profile_reports_and_compares_builds(tmp_path, capsys):
     assert "0.76" in out  # after / before
     with pytest.raises(SystemExit, match="no chapter runs"):
         mod.main(["--build-dir", str(tmp_path / "empty")])
+
+
+def test_notebook_hooks_dump_the_totals_after_every_cell(tmp_path):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    try:
+        assert timing.install_notebook_hooks(tmp_path)
+        shell.run_cell("from vlnb.timing import timed\nwith timed('metrics'):\n    sum(range(10000))")
+        shell.run_cell("x = 1")
+        data = json.loads((tmp_path / timing.TIMINGS_FILE).read_text())
+        assert len(data["cell_cpu_seconds"]) == 2 and data["counts"]["metrics"] == 1
+        assert set(data["seconds"]) == set(timing.CATEGORIES) and data["process_cpu_seconds"] >= 0
+    finally:
+        InteractiveShell.clear_instance()
+        timing.reset()

@@ -5,6 +5,7 @@ summaries, the chapter end to end (slow)."""
 from __future__ import annotations
 
 import io
+import itertools
 
 import numpy as np
 import pandas as pd
@@ -101,7 +102,7 @@ def test_distance_from_clean_grows_with_severity(name, batch, masks):
     else:
         d = [d]
     for part in d:
-        assert all(b > a for a, b in zip(part, part[1:])), f"{name}: mean |y - x| by severity {np.round(part, 4)}"
+        assert all(b > a for a, b in itertools.pairwise(part)), f"{name}: mean |y - x| by severity {np.round(part, 4)}"
 
 
 def test_bad_inputs_are_named():
@@ -338,7 +339,7 @@ def tiny_scratch(world):
     from vlnb.models.scratch import ScratchDualEncoder
 
     caps = [c for cs in world["captions"] for c in cs]
-    kw = dict(width=32, layers=1, heads=2, text_width=32, text_layers=1, text_heads=2, embed_dim=16)
+    kw = {"width": 32, "layers": 1, "heads": 2, "text_width": 32, "text_layers": 1, "text_heads": 2, "embed_dim": 16}
     return (ScratchDualEncoder.create("tiny", captions=caps, seed=0, name="a", **kw),
             ScratchDualEncoder.create("tiny", captions=caps, seed=1, name="b", **kw))
 
@@ -505,3 +506,47 @@ def test_chapter_full_profile_with_tiny_checkpoints(tmp_path, monkeypatch, tiny_
     assert (res.loc[res["model"] != "ViLT (COCO)", "n_images"] == 6).all()
     summ = pd.read_csv(tmp_path / "run" / "results" / "robustness_summary.csv")
     assert (summ["baseline"] == "CLIP ViT-B/32").all()
+
+
+def test_heatmap_names_the_severities_run_and_greys_out_rows_at_chance():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from vlnb.robustness.plots import _severity_label, relative_heatmap
+
+    assert _severity_label([1, 3, 5]) == "1, 3 and 5" and _severity_label([1, 2, 3, 4, 5]) == "1–5"
+    rows = [{"model": m, "dataset": "world", "task": "zero-shot", "metric": "top1", "corruption": c, "severity": s,
+             "value": 50.0, "relative": 0.9 if m == "good" else 1.0}
+            for m in ("good", "chance") for c in ("blur", "noise") for s in (0, 1, 3, 5)]
+    results = pd.DataFrame(rows)
+    informative = pd.DataFrame([{"model": "good", "dataset": "world", "task": "zero-shot", "metric": "top1",
+                                 "informative": True},
+                                {"model": "chance", "dataset": "world", "task": "zero-shot", "metric": "top1",
+                                 "informative": False}])
+    fig = relative_heatmap(results, metrics=[("zero-shot", "top1")], informative=informative)
+    ax = fig.axes[0]
+    assert "severities 1, 3 and 5" in ax.get_title()
+    texts = [t.get_text() for t in ax.texts]
+    assert "at chance: not informative" in texts and texts.count("0.90") == 2 and "1.00" not in texts
+    plt.close(fig)
+
+
+def test_summary_glue_never_prints_nan_and_leaves_out_models_at_chance():
+    import math
+
+    import pandas as pd
+
+    from vlnb.robustness.report import summary_glue
+
+    summary = pd.DataFrame([
+        {"model": "base", "dataset": "d", "task": "t", "metric": "m", "mCE": 1.0, "relative_mCE": 1.0,
+         "relative_robustness": 0.8},
+        {"model": "a", "dataset": "d", "task": "t", "metric": "m", "mCE": 0.9, "relative_mCE": math.nan,
+         "relative_robustness": 0.9},
+        {"model": "b", "dataset": "d", "task": "t", "metric": "m", "mCE": 1.2, "relative_mCE": 0.1,
+         "relative_robustness": 1.0}])
+    informative = pd.DataFrame([{"model": m, "dataset": "d", "task": "t", "metric": "m", "informative": m != "b"}
+                                for m in ("base", "a", "b")])
+    _, glue = summary_glue(summary, [("t", "m")], "base", informative=informative)
+    assert "nan" not in glue["mce_desc"] and "undefined" in glue["mce_desc"]
+    assert "b on d" not in glue["mce_desc"] and "1 comparison(s) left out" in glue["mce_desc"]

@@ -61,7 +61,7 @@ def test_prepare_cli_nothing_usable_is_an_error(tmp_path):
 def test_run_rejects_unknown_parameter_before_running(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "vlnb", "run", str(list_notebooks()[0]), "-p", "world_n_trian", "5", "--out", str(tmp_path / "r")],
-        capture_output=True, text=True,
+        capture_output=True, text=True, check=False,
     )
     assert proc.returncode == 2 and "world_n_trian" in proc.stderr
     assert not (tmp_path / "r").exists()
@@ -97,4 +97,29 @@ def test_book_build_keeps_tracked_notebooks_clean(tmp_path):
     for nb in tracked:
         assert (index.parent / "notebooks" / f"{nb.stem}.html").exists(), nb.stem
     log = (tmp_path / "build" / "jupyter-book.log").read_text()
-    assert not re.findall(r"WARNING: .*(glue|citation|reference|undefined)", log, flags=re.I), log[-2000:]
+    assert not re.findall(r"WARNING: .*(glue|citation|reference|undefined|unknown document)", log, flags=re.IGNORECASE), \
+        log[-2000:]
+    _check_built_book(tmp_path / "build", index.parent, tracked)
+
+
+def _check_built_book(build, html_dir, tracked):
+    """What a reader of the built book must not meet (vlnb.hygiene, vlnb.synthesis; see tests/test_hygiene.py)."""
+    from vlnb.hygiene import external_scripts, scan_notebooks
+    from vlnb.synthesis import consistency
+
+    # clean pages: no warnings, path reprs, stray results, duplicate images, over-long tables, nan in prose
+    problems = scan_notebooks(sorted((build / "src" / "notebooks").glob("*.ipynb")))
+    assert not problems, "\n".join(map(str, problems))
+    # equations and pages render without a network: no script comes from elsewhere
+    assert external_scripts(html_dir) == {}
+    assert (html_dir / "_static" / "mathjax" / "MathJax.js").exists()
+    # every run's tables are downloadable from its chapter page: the files are in the HTML output and linked
+    for nb in tracked:
+        csvs = sorted((build / "runs" / nb.stem / "results").glob("*.csv"))
+        page = (html_dir / "notebooks" / f"{nb.stem}.html").read_text()
+        for csv in csvs:
+            assert (html_dir / "runs" / nb.stem / "results" / csv.name).exists(), (nb.stem, csv.name)
+            assert f"../runs/{nb.stem}/results/{csv.name}" in page, (nb.stem, csv.name)
+    # a headline number measured by two chapters (the same model on the same images) is the same number
+    agree = consistency(build / "runs").dropna(subset=["agree"])
+    assert len(agree) >= 2 and agree["agree"].astype(bool).all(), agree.to_string()

@@ -27,18 +27,18 @@ CAPTIONS = [
     for s in ("circle", "square")
     for p in ("left", "right")
 ]
-SMALL = dict(
-    image_size=16,
-    patch_size=8,
-    width=32,
-    layers=2,
-    heads=2,
-    text_width=32,
-    text_layers=2,
-    text_heads=2,
-    embed_dim=16,
-    context_length=16,
-)
+SMALL = {
+    "image_size": 16,
+    "patch_size": 8,
+    "width": 32,
+    "layers": 2,
+    "heads": 2,
+    "text_width": 32,
+    "text_layers": 2,
+    "text_heads": 2,
+    "embed_dim": 16,
+    "context_length": 16,
+}
 HAS_CLIP_TOKENIZER = (shared_data_dir() / "clip-vit-base-patch32" / "tokenizer.json").is_file()
 
 
@@ -133,11 +133,11 @@ def test_local_attention_window_respected():
 
 def test_padding_never_changes_embeddings_for_every_variant():
     for kw in (
-        dict(causal=True),
-        dict(causal=False),
-        dict(causal=False, text_pooling="cls"),
-        dict(text_attention="local", local_window=1),
-        dict(text_attention="memory", n_memory=3),
+        {"causal": True},
+        {"causal": False},
+        {"causal": False, "text_pooling": "cls"},
+        {"text_attention": "local", "local_window": 1},
+        {"text_attention": "memory", "n_memory": 3},
     ):
         m = small(**kw)
         texts = ["a red circle", "a pink square on the left"]

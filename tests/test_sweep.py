@@ -293,7 +293,8 @@ def test_dask_sweep_survives_a_killed_worker_and_matches_local(local_sweep, tmp_
 
         killer = threading.Thread(target=kill_one_mid_run, daemon=True)
         killer.start()
-        table = sw.sweep(CH1, CH1_GRID, out=out, scheduler=client, progress=False)
+        # by address, as `vlnb sweep --scheduler tcp://...` does (the test's own client only watches)
+        table = sw.sweep(CH1, CH1_GRID, out=out, scheduler=cluster.scheduler_address, progress=False)
         killer.join()
     assert killed, "no worker was killed mid-run"
     assert killed["kernels"] and not killed["kernels_alive"], killed

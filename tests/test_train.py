@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -34,18 +35,18 @@ from vlnb.train.loss import MAX_LOGIT_SCALE
 from vlnb.train.trainer import CHECKPOINT_NAME, _Trainer
 
 COLORS = ("red", "blue", "green", "pink", "gray", "black")
-SMALL = dict(
-    image_size=16,
-    patch_size=8,
-    width=32,
-    layers=1,
-    heads=2,
-    text_width=32,
-    text_layers=1,
-    text_heads=2,
-    embed_dim=16,
-    context_length=16,
-)
+SMALL = {
+    "image_size": 16,
+    "patch_size": 8,
+    "width": 32,
+    "layers": 1,
+    "heads": 2,
+    "text_width": 32,
+    "text_layers": 1,
+    "text_heads": 2,
+    "embed_dim": 16,
+    "context_length": 16,
+}
 
 
 def captions(n: int) -> list[str]:
@@ -110,8 +111,8 @@ def step_grads(model, pixels, tokens, batch_size, accum, **cfg):
 
 def assert_grads_close(a: dict, b: dict, atol=2e-5, rtol=1e-4):  # grads here reach ~10
     assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=rtol, msg=k)
+    for k, value in a.items():
+        torch.testing.assert_close(value, b[k], atol=atol, rtol=rtol, msg=k)
 
 
 # ---------------------------------------------------------------------------------------------- loss
@@ -211,7 +212,7 @@ def test_no_weight_decay_on_norms_biases_embeddings_and_logit_scale():
 def test_lr_schedule_warmup_then_cosine():
     lrs = lr_curve(1.0, warmup_steps=5, total_steps=26)
     assert lrs[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
-    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:])) and lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in itertools.pairwise(lrs[4:])) and lrs[-1] == pytest.approx(0.0, abs=1e-12)
     assert lrs[15] == pytest.approx(0.5)  # halfway through the cosine (steps 5..25)
     assert lr_curve(1.0, 0, 11, min_ratio=0.1)[-1] == pytest.approx(0.1)
 

@@ -12,8 +12,8 @@ import torch
 
 from vlnb.data.images import encode_png
 from vlnb.data.manifest import make_manifest
-from vlnb.train import TrainConfig
 from vlnb.models.fusion import ScratchBLIP
+from vlnb.train import TrainConfig
 from vlnb.train.variants import COLUMNS, PROTOCOL_ITC, RECALL_COLUMNS, PeakMemory, compare_text_attention
 
 TINY = {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "heads": 2, "text_width": 32, "text_layers": 1,

@@ -24,7 +24,7 @@ def test_train_save_load_roundtrip(tiny_recipe):
         zoo.reference_model("tiny-world", train_if_missing=False)
     from vlnb.train.plots import live_plot
 
-    model, history = zoo.train_reference("tiny-world", progress=False, on_epoch_end=live_plot())  # chapter 2's call
+    model, _ = zoo.train_reference("tiny-world", progress=False, on_epoch_end=live_plot())  # chapter 2's call
     assert zoo.is_trained("tiny-world")
     loaded = zoo.reference_model("tiny-world", progress=False)
     assert loaded.fingerprint() == model.fingerprint()

@@ -7,6 +7,7 @@ Notebooks narrate; ``vlnb`` computes. Sub-packages:
 - :mod:`vlnb.eval`    -- retrieval, zero-shot classification, feature cache
 - :mod:`vlnb.config`  -- typed, validated notebook parameters and profiles
 - :mod:`vlnb.runs`    -- papermill runs and the book build
+- :mod:`vlnb.sweep`   -- parameter sweeps (local process pool or Dask) and collecting their tables
 """
 
 __version__ = "0.1.0"

@@ -133,6 +133,20 @@ def _cmd_collect(args) -> int:
     return 0
 
 
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an int, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"int >= {low}"
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .data.builder import DATASETS
 
@@ -161,9 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--root", default=None, help="data location (folder, hub id, save_to_disk folder, parquet, npz)")
     pr.add_argument("--split", default=None, help="split/folder, e.g. val2017 or train2017,val2017")
     pr.add_argument("--karpathy-split", default=None, help="Karpathy split JSON (COCO)")
-    pr.add_argument("--n-train", type=int, default=2000, help="offline world: train images")
-    pr.add_argument("--n-test", type=int, default=500, help="offline world: test images")
-    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--n-train", type=_int_at_least(1), default=2000, help="offline world: train images")
+    pr.add_argument("--n-test", type=_int_at_least(1), default=500, help="offline world: test images")
+    pr.add_argument("--seed", type=_int_at_least(0), default=0)
     pr.add_argument("--out", required=True, help="manifest parquet path")
     pr.add_argument("--force", action="store_true", help="replace an existing --out file")
     pr.add_argument("--download", action="store_true",

@@ -125,6 +125,7 @@ def recall_bars(df: pd.DataFrame, published: pd.DataFrame | None = None, title: 
     panels = df[["dataset", "direction"]].drop_duplicates().values.tolist()
     fig, axes = plt.subplots(1, len(panels), figsize=(max(4.5, 2.2 * df["entry"].nunique()) * len(panels) / 1.6, 4.2),
                              squeeze=False, sharey=True)
+    n_published = 0
     for ax, (ds, d) in zip(axes[0], panels):
         part = df[(df["dataset"] == ds) & (df["direction"] == d)]
         sns.barplot(data=part, x="entry", y="recall", hue="k", ax=ax, palette="crest")
@@ -137,13 +138,16 @@ def recall_bars(df: pd.DataFrame, published: pd.DataFrame | None = None, title: 
                 ax.plot([x - width / 2, x + width / 2], [r["chance"]] * 2, color="black", lw=1.5)
         for x, y in published_markers(part, published, entries, ks, width):
             ax.plot(x, y, marker="D", mfc="none", mec="crimson", ms=7)
+            n_published += 1
         ax.set_title(f"{ds} · {'image→text' if d == 'i2t' else 'text→image'}")
         ax.set_xlabel("")
         ax.set_ylabel("Recall@K (%)")
         ax.set_ylim(0, 100)
         ax.tick_params(axis="x", labelsize=8)
-    if title:
-        fig.suptitle(title)
+    # the legend names only what is drawn: the published marker appears when at least one was joined
+    legend = "black ticks: chance" + ("; red diamonds: published (same checkpoint and stage)" if n_published else "")
+    fig.suptitle(f"{title} ({legend})" if title else legend)
+    fig.n_published = n_published  # how many published markers were drawn (for the prose)
     fig.tight_layout()
     return fig
 

@@ -43,7 +43,7 @@ def _git_commit() -> str | None:
         return subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
         ).stdout.strip()
-    except Exception:
+    except (OSError, subprocess.SubprocessError):  # no git, or not a repository
         return None
 
 
@@ -52,8 +52,8 @@ def _versions() -> dict[str, str]:
     for mod in ("torch", "transformers", "numpy", "pandas", "papermill"):
         try:
             out[mod] = __import__(mod).__version__
-        except Exception:
-            pass
+        except (ImportError, AttributeError):  # not installed, or no version: leave it out
+            continue
     return out
 
 
@@ -132,7 +132,12 @@ def run_notebook(
         raise FileNotFoundError(f"notebook not found: {notebook}")
     params = dict(parameters or {})
     cfg = resolve(nb.stem, profile=profile, **params)  # fail fast, naming the parameter
-    out = Path(out_dir or Path("runs") / f"{nb.stem}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    if out_dir is None:  # runs/<notebook>-<time> under the working directory, never under the notebooks' folder
+        base = Path("runs").resolve()
+        if nb.parent == base.parent or nb.parent in base.parents:
+            base = nb.parent.parent / "runs"
+        out_dir = base / f"{nb.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(out_dir).resolve()
     prepare_run_dir(out, nb, force=force)
     executed = out / nb.name
     injected = {**injectable(cfg, params), "profile": profile, "out_dir": str(out)}
@@ -166,7 +171,7 @@ def run_notebook(
             log_output=log_output,
         )
         record["status"] = "ok"
-    except Exception as e:  # papermill's error names the failing cell; keep the partial notebook
+    except Exception as e:  # noqa: BLE001 -- any failure: papermill's error names the failing cell; keep the partial notebook
         record["status"] = f"failed: {type(e).__name__}"
         raise RunError(f"notebook {nb.name} failed (executed copy with the error: {executed}):\n{e}") from None
     finally:
@@ -295,7 +300,7 @@ def build_book(
     t0 = time.time()
     cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(src)]
     cmd += ["--path-output", str(build / "jb")]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)  # the return code is read below
     log = build / "jupyter-book.log"
     log.write_text(proc.stdout + "\n" + proc.stderr)
     built = build / "jb" / "_build" / "html"

@@ -310,9 +310,9 @@ def pool_size(n_runs: int, workers: int | None = None, threads: int | None = Non
 # The sweep
 # ---------------------------------------------------------------------------------------------------
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)
+    from .paths import atomic_write_text
+
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str))  # unique temp name, atomic replace
 
 
 def default_out(notebook: str, grid: str | os.PathLike | Mapping) -> Path:
@@ -344,15 +344,40 @@ def sweep(
     g = load_grid(grid)
     profile = profile or g["profile"]
     combos = validate(nb.name, g, profile)  # fail before anything runs
-    swept = list(g["grid"])
+    if scheduler is None:
+        workers, threads = pool_size(len(combos), workers, threads)
     out = Path(out or default_out(nb.name, grid)).resolve()
     if out.exists() and not out.is_dir():
         raise SweepError(f"--out {out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / "sweep.json").is_file():
         raise SweepError(f"--out {out}: folder is not empty and is not a vlnb sweep folder (no sweep.json); "
                          "choose a new or empty folder (the same --out resumes a sweep)")
-    out.mkdir(parents=True, exist_ok=True)
+    client, own = _connect(scheduler) if scheduler is not None else (None, False)  # before anything is written
+    try:
+        return _execute(nb, g, profile, combos, out, workers, threads, client, retries, progress)
+    finally:
+        if own:
+            client.close()
 
+
+def _connect(scheduler):
+    """``(distributed.Client, whether this function opened it)``; an unreachable scheduler is a SweepError."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise SweepError('--scheduler needs Dask distributed: pip install "vlnb[sweep]"') from None
+    if isinstance(scheduler, Client):
+        return scheduler, False
+    try:
+        return Client(scheduler, timeout="20s"), True
+    except (OSError, ValueError) as e:
+        raise SweepError(f"--scheduler {scheduler}: cannot reach the Dask scheduler ({e})") from None
+
+
+def _execute(nb: Path, g: dict, profile: str, combos: list, out: Path, workers, threads, client, retries: int,
+             progress: bool) -> pd.DataFrame:
+    swept = list(g["grid"])
+    out.mkdir(parents=True, exist_ok=True)
     done = finished_runs(out, nb.name, profile)
     rows, todo = [], []
     for params, validated in combos:
@@ -385,13 +410,17 @@ def sweep(
           f"{len(todo)} to run -> {out}", flush=True)
     save()
     interrupted = False
+    if todo and client is None:
+        workers = min(workers, len(todo))
+        print(f"[vlnb sweep] local: {workers} worker(s) x {threads} thread(s) ({available_cores()} core(s))",
+              flush=True)
     if todo:
         from .progress import tqdm
 
         bar = tqdm(total=len(todo), desc="sweep", unit="run", disable=not progress, file=sys.stdout)
         try:
-            if scheduler is not None:
-                _run_dask(scheduler, nb, todo, profile, out, threads, retries, finish, bar)
+            if client is not None:
+                _run_dask(client, nb, todo, profile, out, threads, retries, finish, bar)
             else:
                 _run_local(nb, todo, profile, out, workers, threads, finish, bar)
         except KeyboardInterrupt:
@@ -423,9 +452,6 @@ def summary_table(rows: list[dict], swept: list[str]) -> pd.DataFrame:
 
 
 def _run_local(nb, todo, profile, out, workers, threads, finish, bar) -> None:
-    workers, threads = pool_size(len(todo), workers, threads)
-    print(f"[vlnb sweep] local: {workers} worker(s) x {threads} thread(s) ({available_cores()} core(s))",
-          flush=True)
     if workers == 1:  # in this process: no pool to start, Ctrl-C stops at once
         for name, params in todo:
             finish(run_one(str(nb), params, profile, str(out / name), threads))
@@ -450,20 +476,13 @@ def _run_local(nb, todo, profile, out, workers, threads, finish, bar) -> None:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _run_dask(scheduler, nb, todo, profile, out, threads, retries, finish, bar) -> None:
+def _run_dask(client, nb, todo, profile, out, threads, retries, finish, bar) -> None:
+    from distributed import as_completed
+
+    n = len(client.scheduler_info().get("workers", {}))
+    print(f"[vlnb sweep] Dask: {client.scheduler.address} with {n} worker(s)", flush=True)
+    futs, token = {}, uuid.uuid4().hex[:8]  # a fresh key per sweep: never an old result of the cluster
     try:
-        from distributed import Client, as_completed
-    except ImportError:
-        raise SweepError('--scheduler needs Dask distributed: pip install "vlnb[sweep]"') from None
-    own = not isinstance(scheduler, Client)
-    try:
-        client = Client(scheduler, timeout="20s") if own else scheduler
-    except OSError as e:
-        raise SweepError(f"cannot reach the Dask scheduler at {scheduler}: {e}") from None
-    try:
-        n = len(client.scheduler_info().get("workers", {}))
-        print(f"[vlnb sweep] Dask: {client.scheduler.address} with {n} worker(s)", flush=True)
-        futs, token = {}, uuid.uuid4().hex[:8]  # a fresh key per sweep: never an old result of the cluster
         for name, params in todo:
             f = client.submit(_dask_run_one, str(nb), params, profile, str(out / name), threads,
                               key=f"vlnb-sweep-{token}-{name}", pure=False, retries=retries)
@@ -478,9 +497,6 @@ def _run_dask(scheduler, nb, todo, profile, out, threads, retries, finish, bar) 
     except KeyboardInterrupt:
         client.cancel(list(futs))
         raise
-    finally:
-        if own:
-            client.close()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -63,15 +63,24 @@ def _ch1(runs) -> list[dict]:
                  float(t["images"].sum()), interval="a count", unit="images", source="manifest_overview")]
 
 
+def _itc(df: pd.DataFrame, sel: pd.Series) -> pd.Series:
+    """Rows of the dual encoder's own ranking (stage ``itc`` / an ITC protocol), not a re-ranked protocol."""
+    if "stage" in df and (sel & (df["stage"] == "itc")).any():
+        return df["stage"] == "itc"
+    if "protocol" in df:
+        itc = df["protocol"].fillna("").str.match(r"(?i)\s*(ITC|dual|cosine)") & \
+            ~df["protocol"].fillna("").str.contains("→|re-?rank", case=False, regex=True)
+        if (sel & itc).any():
+            return itc
+    return pd.Series(True, index=df.index)
+
+
 def _retrieval_rows(df: pd.DataFrame, chapter: str, source: str, model: str, dataset: str | None = None,
                     direction: str = "i2t", k: int = 1, what: str = "") -> list[dict]:
     sel = (df["model"] == model) & (df["direction"] == direction) & (df["k"] == k)
     if dataset is not None and "dataset" in df:
         sel &= df["dataset"] == dataset
-    if "protocol" in df:  # the dual encoder's own ranking, not a re-ranked protocol
-        itc = df["protocol"].fillna("").str.contains("ITC|dual|cosine", case=False, regex=True)
-        if (sel & itc).any():
-            sel &= itc
+    sel &= _itc(df, sel)
     if not sel.any():
         return []
     r = df[sel].iloc[0]
@@ -197,10 +206,7 @@ def _recall(df: pd.DataFrame | None, model: str, dataset: str | None, direction:
         sel &= df["dataset"] == dataset
     if method is not None:
         sel &= df["method"] == method
-    if "protocol" in df:
-        itc = df["protocol"].fillna("").str.contains("ITC|dual|cosine", case=False, regex=True)
-        if (sel & itc).any():
-            sel &= itc
+    sel &= _itc(df, sel)
     return float(df.loc[sel, "recall"].iloc[0]) if sel.any() else math.nan
 
 

@@ -37,6 +37,7 @@ _cpu: dict[str, float] = defaultdict(float)
 _counts: dict[str, int] = defaultdict(int)
 _local = threading.local()
 _cpu_start = time.process_time()
+_cells: list[float] = []  #: process CPU seconds of each executed notebook cell (install_notebook_hooks)
 
 
 def _stack() -> list:
@@ -101,6 +102,7 @@ def reset() -> None:
         _totals.clear()
         _cpu.clear()
         _counts.clear()
+        _cells.clear()
         _cpu_start = time.process_time()
 
 
@@ -109,13 +111,13 @@ def dump(path: str | os.PathLike) -> Path:
     p = Path(path)
     with _lock:
         counts = dict(_counts)
-    data = {"seconds": totals(), "cpu_seconds": cpu_totals(), "process_cpu_seconds": round(time.process_time() - _cpu_start, 3),
+    data = {"seconds": totals(), "cpu_seconds": cpu_totals(), "cell_cpu_seconds": list(_cells),
+            "process_cpu_seconds": round(time.process_time() - _cpu_start, 3),
             "load_average": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
             "counts": {c: counts.get(c, 0) for c in CATEGORIES}}
-    tmp = p.with_name(f"{p.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, p)
-    return p
+    from .paths import atomic_write_text
+
+    return atomic_write_text(p, json.dumps(data, indent=2))  # unique temp name, atomic replace
 
 
 class _TimedFlush:
@@ -150,13 +152,17 @@ def install_notebook_hooks(run_dir: str | os.PathLike) -> bool:
     target = Path(run_dir) / TIMINGS_FILE
     reset()
 
+    cell_start = [time.process_time()]
+
     def wrap_flushes(*_a, **_k):
+        cell_start[0] = time.process_time()
         cbs = ip.events.callbacks.get("post_execute", [])
         for i, cb in enumerate(cbs):
             if getattr(cb, "__name__", "") == "flush_figures" and not isinstance(cb, _TimedFlush):
                 cbs[i] = _TimedFlush(cb)
 
     def save(*_a, **_k):
+        _cells.append(round(time.process_time() - cell_start[0], 3))
         try:
             dump(target)
         except OSError:

@@ -234,9 +234,18 @@ def _build(r: Recipe, train: pd.DataFrame):
 
 
 def _load_saved(r: Recipe, folder: Path, device="auto"):
+    from safetensors import SafetensorError
+
+    from .errors import ArtifactError
     from .models import load_model
 
-    return load_model(str(folder / "model"), family=r.kind, device=device)
+    try:
+        return load_model(str(folder / "model"), family=r.kind, device=device)
+    except ArtifactError:
+        raise
+    except (SafetensorError, UnicodeDecodeError, ValueError, KeyError) as e:  # a loader that names no file
+        raise ArtifactError(f"{folder / 'model'}: cannot load the saved model ({type(e).__name__}: "
+                            f"{str(e)[:300]})") from None
 
 
 def train_reference(
@@ -422,6 +431,8 @@ def profile_models(profile: str, models: dict[str, str] | None = None, device="a
     device = resolve_device(device)
     if profile == "offline":
         names = list(models) if models else list(PROFILE_RECIPES["offline"])
+        if not include_cross:  # the ViLT-like fusion model is a cross encoder: not even loaded
+            names = [n for n in names if not _is_cross_recipe(n)]
         return {n: reference_model(n, progress=progress, device=device) for n in names}
     if profile != "full":
         raise ValueError(f"unknown profile {profile!r} (offline | full)")
@@ -438,6 +449,12 @@ def profile_models(profile: str, models: dict[str, str] | None = None, device="a
     return out
 
 
+def _is_cross_recipe(name: str) -> bool:
+    """True for a recipe whose model is a cross encoder (no embeddings of its own: the ViLT-like fusion model)."""
+    r = _recipe(name)
+    return r.kind == "fusion" and r.model.get("arch") == "vilt"
+
+
 def chapter_models(cfg, device=None, progress: bool = True, include_cross: bool = True) -> dict:
     """The models of a chapter run from its parameters ``cfg`` (``cfg.profile``, ``cfg.models``).
 
@@ -452,7 +469,7 @@ def chapter_models(cfg, device=None, progress: bool = True, include_cross: bool 
     if cfg.profile == "offline":
         names = list(models) if models else None
         return profile_models("offline", models=dict.fromkeys(names) if names else None, device=device,
-                              progress=progress)
+                              progress=progress, include_cross=include_cross)
     if isinstance(models, list):
         unknown = [m for m in models if m not in HUB_MODELS]
         if unknown:

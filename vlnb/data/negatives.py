@@ -7,7 +7,9 @@ the world's own grammar and foils of one kind at a time:
   ("a red circle and a blue square" -> "a blue circle and a red square");
 - ``relation swap`` -- the two arguments of a spatial relation are exchanged ("A left of B" -> "B left of A");
 - ``count change`` -- one noun phrase's count goes one up or down ("two red squares" -> "three red squares");
-- ``object replacement`` -- one shape is replaced by a shape the image does not hold (the easy control).
+- ``object replacement`` -- one shape is replaced by a shape the image does not hold (the easy control);
+- ``colour replacement`` -- one colour is replaced by a colour the image does not hold (a second control:
+  a model that sees colours but not shapes passes this one and fails the first).
 
 Every caption -- true and foil -- is then *parsed back* from its text (:func:`parse_caption`) and checked
 against the scene (:func:`caption_holds`), independently of how it was written. A foil is kept only when
@@ -63,7 +65,7 @@ from .world import (
 )
 
 #: The negative types of the world probe, in table order (object replacement is the easy control).
-NEGATIVE_TYPES = ("attribute swap", "relation swap", "count change", "object replacement")
+NEGATIVE_TYPES = ("attribute swap", "relation swap", "count change", "object replacement", "colour replacement")
 
 
 class CaptionParseError(ValueError):
@@ -248,6 +250,12 @@ def _candidates(sc: Scene, kind: str, rng: random.Random) -> list[tuple[str, str
                 changed = list(groups)
                 changed[i] = NounPhrase(g.count, rng.choice(absent), g.colour)
                 out.append((true_listing, _join(changed)))
+    elif kind == "colour replacement":
+        absent = [c for c in COLOUR_RGB if c not in {o["colour"] for o in objs}]
+        for i, g in enumerate(groups):
+            changed = list(groups)
+            changed[i] = NounPhrase(g.count, g.shape, rng.choice(absent))
+            out.append((true_listing, _join(changed)))
     else:
         raise ValueError(f"unknown negative type {kind!r}; choose from {NEGATIVE_TYPES}")
     return out

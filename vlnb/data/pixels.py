@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import threading
-import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ import torch
 from ..timing import timed
 from .images import REPORT_COLUMNS, BadImageError, empty_report, try_open_rgb
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the sidecar carries its own checksum (meta_sha256)
 _memo: dict[tuple[str, str], DecodedPixels] = {}
 _memo_lock = threading.Lock()
 
@@ -184,6 +183,12 @@ def _paths(directory: Path, key: str) -> tuple[Path, Path]:
     return directory / f"{key}.npy", directory / f"{key}.json"
 
 
+def _sidecar_digest(meta: dict) -> str:
+    """Checksum of a sidecar's content except the checksum itself."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def _load(directory: Path, key: str, preprocess) -> DecodedPixels | None:
     apath, jpath = _paths(directory, key)
     if not jpath.exists():
@@ -195,6 +200,8 @@ def _load(directory: Path, key: str, preprocess) -> DecodedPixels | None:
         arr = np.load(apath, mmap_mode="r", allow_pickle=False)
         if list(arr.shape) != meta["shape"] or arr.dtype != np.uint8:
             raise ValueError(f"array shape/dtype {arr.shape}/{arr.dtype} does not match the sidecar")
+        if meta.get("meta_sha256") != _sidecar_digest(meta):
+            raise ValueError("sidecar checksum mismatch (its image ids or rows were changed)")
         if _digest(arr) != meta["sha256"]:
             raise ValueError("checksum mismatch")
         valid = np.asarray(meta["valid"], dtype=bool)
@@ -214,15 +221,6 @@ def _assemble(arr, valid, image_ids, skipped_rows, preprocess, key, hit, path) -
     return DecodedPixels(arr, valid, list(image_ids), preprocess, skipped, key, hit, path, reasons)
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _decode_one(src, preprocess):
     img, reason = try_open_rgb(src)
     if img is None:
@@ -236,12 +234,15 @@ def _decode_one(src, preprocess):
 def _compute(manifest: pd.DataFrame, preprocess, directory: Path, key: str, workers: int, progress: bool):
     ids = [jsonable(i) for i in manifest["image_id"]]
     sources = list(manifest["image"])
+    from ..paths import atomic_write, clean_stale_temp, temp_name
+
     h, w = preprocess.output_size
     directory.mkdir(parents=True, exist_ok=True)
+    clean_stale_temp(directory)  # what a killed writer left behind
     apath, jpath = _paths(directory, key)
     valid = np.zeros(len(sources), dtype=bool)
     skipped = []
-    tmp = apath.with_name(f"{apath.name}.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}.npy")
+    tmp = temp_name(apath)  # unique per writer: concurrent writers never share a file
     try:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(sources), 3, h, w))
         with timed("decode"):
@@ -274,7 +275,9 @@ def _compute(manifest: pd.DataFrame, preprocess, directory: Path, key: str, work
         tmp.unlink(missing_ok=True)
     meta = {"key": key, "format": FORMAT_VERSION, "shape": [len(sources), 3, h, w], "image_ids": ids,
             "valid": valid.tolist(), "skipped": skipped, "sha256": digest, "geometry": geometry(preprocess)}
-    _write_atomic(jpath, lambda p: p.write_text(json.dumps(meta, default=jsonable)))  # commits the entry
+    meta = json.loads(json.dumps(meta, default=jsonable))
+    meta["meta_sha256"] = _sidecar_digest(meta)  # image ids / valid rows are covered, not only the array
+    atomic_write(jpath, lambda p: Path(p).write_text(json.dumps(meta)))  # commits the entry
     arr = np.load(apath, mmap_mode="r", allow_pickle=False)
     return _assemble(arr, valid, ids, skipped, preprocess, key, False, apath)
 

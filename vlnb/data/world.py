@@ -151,7 +151,7 @@ class WorldConfig:
         for name in ("image_size", "n_captions", "max_objects", "min_objects", "min_gap", "seed"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise ValueError(f"WorldConfig.{name} must be an int, got {v!r}")
+                raise ValueError(f"WorldConfig.{name} must be an int, got {v!r}")  # noqa: TRY004 -- one error type for every bad field
             fix(name, int(v))
         if self.image_size < 24:
             raise ValueError(f"WorldConfig.image_size must be >= 24 pixels, got {self.image_size}")

@@ -1,7 +1,7 @@
 """Evaluate any model of :mod:`vlnb.models` on any manifest: retrieval and zero-shot, one tidy table.
 
-The comparison chapter (and the later ones) call :func:`evaluate_retrieval` and :func:`evaluate_zeroshot`
-per (model, data set) and concatenate the rows. Every row carries its protocol, so numbers measured
+The comparison chapter's loop (:func:`vlnb.comparison.run_comparison`) and the later chapters call
+:func:`evaluate_retrieval` and :func:`evaluate_zeroshot` per (model, data set) and concatenate the rows. Every row carries its protocol, so numbers measured
 under different protocols (ITC only vs ITC→ITM re-ranking, zero-shot vs trained on the data) are never
 mistaken for one another.
 
@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from ..data.classnames import CIFAR100_CLASSNAMES
-from ..data.manifest import subset
+from ..data.pixels import pixel_loader
 from .chance import recall_chance, zeroshot_chance
 from .features import image_features, text_features
 from .rerank import rerank_similarity, reranked_recall
@@ -154,7 +154,7 @@ def add_rerank(run: RetrievalRun, cross_encoder, manifest: pd.DataFrame, model_n
     re-ranking its *own* ITC top-k) or ``"itm"`` (the cross encoder's score alone: a pure cross encoder such
     as ViLT, whose scores must not be mixed with another model's cosine).
     """
-    pixels = _pixels_for(cross_encoder, manifest, run.image_ids)
+    pixels = pixel_loader(cross_encoder.preprocess, manifest, run.image_ids)
     reranked, n_pairs = rerank_similarity(run.similarity, cross_encoder, pixels, run.texts, k=k, combine=combine,
                                           progress=progress)
     row = {"model": model_name, "dataset": run.dataset, "n_images": len(run.image_ids), "n_texts": len(run.texts),
@@ -162,14 +162,6 @@ def add_rerank(run: RetrievalRun, cross_encoder, manifest: pd.DataFrame, model_n
            "combine": combine, "n_pairs": n_pairs, **reranked_recall(reranked, run.text_to_image, ks)}
     run.results.append(row)
     return row
-
-
-def _pixels_for(cross_encoder, manifest: pd.DataFrame, image_ids: Sequence):
-    """A loader of the cross encoder's own preprocessed pixels for rows of ``image_ids`` (decoded once,
-    through the pixel cache: :func:`vlnb.data.pixels.pixel_loader`)."""
-    from ..data.pixels import pixel_loader
-
-    return pixel_loader(cross_encoder.preprocess, manifest, image_ids)
 
 
 # ---------------------------------------------------------------------------------------------- zero-shot
@@ -197,14 +189,14 @@ def zeroshot_task(dataset: str, manifest: pd.DataFrame, coco_templates: str | Se
         names = list(WORLD_SHAPES)
         return ZeroShotTask(dataset, names, WORLD_TEMPLATES, {
             "any object": multilabel_targets(manifest["shapes"], names),
-            "primary": _index(manifest["primary_shape"], names),
+            "primary": class_indices(manifest["primary_shape"], names),
         })
     if "primary_category" in manifest.columns:
         names = coco_category_names(manifest)
         tpl = get_templates(coco_templates) if isinstance(coco_templates, str) else tuple(coco_templates)
         return ZeroShotTask(dataset, names, tpl, {
             "any label": multilabel_targets(manifest["labels"], names),
-            "primary": _index(manifest["primary_category"], names),
+            "primary": class_indices(manifest["primary_category"], names),
         })
     if "cifar" in kind or dataset.startswith("cifar"):
         names = list(CIFAR100_CLASSNAMES)  # OpenAI's prompt names ("aquarium fish" for the label "aquarium_fish")
@@ -252,7 +244,7 @@ def coco_category_names(manifest: pd.DataFrame) -> list[str]:
     return sorted(names)
 
 
-def _index(values, names: list[str]) -> np.ndarray:
+def class_indices(values, names: list[str]) -> np.ndarray:
     pos = {n: i for i, n in enumerate(names)}
     return np.asarray([pos.get(v, -1) for v in values], dtype=np.int64)
 
@@ -271,7 +263,7 @@ def evaluate_zeroshot(
     name = model_name or getattr(model, "name", type(model).__name__)
     task = task or zeroshot_task(dataset, manifest)
     feats = image_features(model, manifest, batch_size=batch_size, cache_dir=cache_dir, progress=progress)
-    keep = _rows(manifest, feats.image_ids)
+    keep = manifest_rows(manifest, feats.image_ids)
     clf = zeroshot_classifier(model, task.class_names, task.templates, progress=progress)
     scores = zeroshot_scores(model, feats.embeddings, clf)
     rows = []
@@ -285,7 +277,7 @@ def evaluate_zeroshot(
     return rows
 
 
-def _rows(manifest: pd.DataFrame, image_ids: Sequence) -> np.ndarray:
+def manifest_rows(manifest: pd.DataFrame, image_ids: Sequence) -> np.ndarray:
     pos = {iid: i for i, iid in enumerate(manifest["image_id"])}
     return np.asarray([pos[i] for i in image_ids], dtype=np.int64)
 
@@ -303,7 +295,6 @@ def tidy_retrieval(runs: Sequence[RetrievalRun]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else retrieval_table([])
 
 
-# ---------------------------------------------------------------------------------------------- the chapter loop
 def unknown_word_rate(model, texts: Sequence[str]) -> float:
     """Share of words a word-level tokenizer maps to ``<unk>`` (0 for subword tokenizers, which read anything)."""
     tok = getattr(model, "tokenizer", None)
@@ -312,130 +303,3 @@ def unknown_word_rate(model, texts: Sequence[str]) -> float:
     vocab = tok.get_vocab()
     words = [w for t in texts for w in tok.split(t)]
     return float(np.mean([w not in vocab for w in words])) if words else 0.0
-
-
-def run_comparison(
-    models: dict,
-    manifests: dict[str, pd.DataFrame],
-    first_stage: str | None = None,
-    rerank_k: int | dict | str = "lavis",
-    coco_templates: str = "openai_imagenet",
-    max_unknown_words: float = 0.5,
-    batch_size: int = 64,
-    cache_dir=None,
-    progress: bool = True,
-) -> tuple[pd.DataFrame, pd.DataFrame, dict, pd.DataFrame]:
-    """Evaluate every model on every data set it can read; returns
-    ``(retrieval table, zero-shot table, {(model, dataset): RetrievalRun}, coverage table)``.
-
-    Dual encoders: retrieval (data sets with captions) and zero-shot (data sets with a task), plus an
-    ITC→ITM re-ranked row when the model has its own ITM head (BLIP, BLIP-2; score ITM + ITC, as LAVIS). Cross
-    encoders (ViLT) re-rank the ITC top-k of dual encoder ``first_stage`` by their own ITM score alone. The depth
-    k: ``rerank_k`` (an int, ``{data set: k}``, or ``"lavis"``: LAVIS's ``k_test`` per model family and data
-    set, :func:`rerank_depth`). A model with a word-level tokenizer
-    is not evaluated on data whose captions are mostly unknown words to it (> ``max_unknown_words``): the
-    coverage table records every (model, data set) pair, evaluated or not, and why.
-    """
-    from ..models import CrossEncoder
-
-    runs: dict = {}
-    zs, cover = [], []
-    duals = {n: m for n, m in models.items() if not isinstance(m, CrossEncoder)}
-    crosses = {n: m for n, m in models.items() if isinstance(m, CrossEncoder)}
-    for ds, df in manifests.items():
-        has_caps = bool(df["captions"].map(len).sum())
-        probe = [c for caps in df["captions"] for c in caps][:2000] or [
-            t.format(c) for t in WORLD_TEMPLATES[:1] for c in _task_names(ds, df)]
-        for name, model in duals.items():
-            unk = unknown_word_rate(model, probe)
-            if unk > max_unknown_words:
-                cover.append({"model": name, "dataset": ds, "evaluated": False,
-                              "why": f"{unk:.0%} of the words are unknown to its tokenizer"})
-                continue
-            cover.append({"model": name, "dataset": ds, "evaluated": True, "why": ""})
-            kw = {"batch_size": batch_size, "cache_dir": cache_dir, "progress": progress}
-            if has_caps:
-                cross = model.cross_encoder() if hasattr(model, "cross_encoder") else None
-                k = rerank_depth(rerank_k, getattr(model, "family", None), ds)
-                cross = cross if k > 0 else None
-                run = evaluate_retrieval(model, df, ds, name, protocol="ITC", cross_encoder=cross, rerank_k=k,
-                                         rerank_protocol=rerank_label("ITC", k, "own ITM", "itm+itc") if cross
-                                         else None, **kw)
-                runs[(name, ds)] = run
-            try:
-                task = zeroshot_task(ds, df, coco_templates)
-            except ValueError:
-                task = None
-            if task is not None:
-                zs += evaluate_zeroshot(model, df, ds, name, task, **kw)
-        for name, cross in crosses.items():
-            base = runs.get((first_stage, ds))
-            if base is None:
-                cover.append({"model": name, "dataset": ds, "evaluated": False,
-                              "why": f"needs a first-stage dual encoder run ({first_stage!r}) with captions"})
-                continue
-            k = rerank_depth(rerank_k, getattr(cross, "family", None), ds)
-            if k == 0:
-                cover.append({"model": name, "dataset": ds, "evaluated": False, "why": "rerank_k is 0"})
-                continue
-            add_rerank(base, cross, df, name, rerank_label(f"{first_stage} ITC", k, "ITM", "itm"), k,
-                       progress=progress, combine="itm")
-            cover.append({"model": name, "dataset": ds, "evaluated": True, "why": ""})
-    ret_df = tidy_retrieval(list(runs.values()))
-    return ret_df, pd.DataFrame(zs), runs, pd.DataFrame(cover)
-
-
-def _task_names(ds: str, df: pd.DataFrame) -> list[str]:
-    try:
-        return zeroshot_task(ds, df).class_names
-    except ValueError:
-        return []
-
-
-# ---------------------------------------------------------------------------------------------- text→image top-K
-def split_manifest(manifest: pd.DataFrame, test_fraction: float = 0.2, seed: int = 0):
-    """A deterministic image-level ``(train, test)`` split of a manifest (attrs kept)."""
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    order = np.random.default_rng(seed).permutation(len(manifest))
-    n_test = max(1, round(test_fraction * len(manifest)))
-    return subset(manifest, np.sort(order[n_test:])), subset(manifest, np.sort(order[:n_test]))
-
-
-def text_to_image_experiment(
-    models: dict,
-    manifest: pd.DataFrame,
-    dataset: str = "pokemon",
-    baseline_epochs: int = 10,
-    test_fraction: float = 0.2,
-    seed: int = 0,
-    ks: Sequence[int] = (1, 5, 10),
-    batch_size: int = 64,
-    cache_dir=None,
-    progress: bool = True,
-):
-    """Caption → image top-K on a held-out split: every dual encoder zero-shot, against a trained baseline.
-
-    The baseline is the seed projects' "BERT + CNN": a frozen BERT-family sentence encoder
-    (all-MiniLM-L6-v2) and a frozen ImageNet CNN (EfficientNet-Lite0) with MLP heads trained
-    contrastively on the *train* split. Returns ``(tidy table, baseline History)``; the table has
-    ``model, dataset, protocol, direction="t2i", k, recall, chance``.
-    """
-    from ..models import CrossEncoder
-    from ..models.towers import TowersDualEncoder
-    from ..train import TrainConfig, train_contrastive
-    from ..train.trainer import PairDataset
-
-    train, test = split_manifest(manifest, test_fraction, seed)
-    baseline = TowersDualEncoder(embed_dim=256, head="mlp", name="BERT+CNN baseline (MiniLM + EfficientNet-Lite0)")
-    cfg = TrainConfig(epochs=baseline_epochs, batch_size=min(64, len(train)), lr=1e-3, warmup_steps=5, seed=seed,
-                      eval_every=max(1, baseline_epochs))
-    pairs = PairDataset(train, baseline.preprocess, cfg.caption_sampling, cfg.seed, cache=True)
-    history = train_contrastive(baseline, pairs, val_data=test, config=cfg, progress=progress)
-    baseline.eval()
-    entries = [(n, m, "zero-shot, ITC") for n, m in models.items() if not isinstance(m, CrossEncoder)]
-    entries.append((baseline.name, baseline, f"trained on the {dataset} train split ({len(train)} images)"))
-    runs = [evaluate_retrieval(model, test, dataset, name, protocol=proto, ks=ks, batch_size=batch_size,
-                               cache_dir=cache_dir, progress=progress) for name, model, proto in entries]
-    df = tidy_retrieval(runs)
-    return df[df["direction"] == "t2i"].reset_index(drop=True), history

@@ -34,6 +34,7 @@ from ..data.negatives import (
     world_negatives,
     world_scenes,
 )
+from ..data.pixels import pixel_loader
 from .bootstrap import bootstrap_weights, percentile_interval
 from .features import image_features, text_features
 
@@ -89,12 +90,11 @@ def score_pairs(head, manifest: pd.DataFrame, image_ids: Sequence, texts: Sequen
                 t = temb[[t_index[texts[k]] for k in ks]]
                 out[ks] = head.similarity(feats.embeddings[r : r + 1], t)[0].double().numpy()
         return out
-    from .compare import _pixels_for
     from .rerank import score_pixel_text_pairs
 
     ok = [k for k, iid in enumerate(image_ids) if iid in set(sub["image_id"])]
     pos = {iid: r for r, iid in enumerate(sub["image_id"])}
-    load = _pixels_for(head, sub, list(sub["image_id"]))
+    load = pixel_loader(head.preprocess, sub, list(sub["image_id"]))
     img_idx = torch.tensor([pos[image_ids[k]] for k in ok], dtype=torch.long)
     txt_idx = torch.tensor([t_index[texts[k]] for k in ok], dtype=torch.long)
     scores = score_pixel_text_pairs(head, load, uniq_txt, img_idx, txt_idx, batch_size, progress)
@@ -230,6 +230,66 @@ def order_probe(models: Mapping, manifest: pd.DataFrame, max_captions: int | Non
     return table, cases
 
 
+# ---------------------------------------------------------------------------------------------- NegCLIP's price
+def retrieval_with_ci(models: Mapping, manifest: pd.DataFrame, dataset: str, baseline: str | None = None,
+                      ks: Sequence[int] = (1, 5, 10), n_boot: int = 1000, seed: int = 0, batch_size: int = 64,
+                      cache_dir=None, progress: bool = False) -> pd.DataFrame:
+    """Plain ITC retrieval (all captions, :func:`vlnb.eval.compare.evaluate_retrieval`) of dual encoders on one
+    manifest, with bootstrap CIs over images and, when ``baseline`` names one of ``models``, the paired
+    interval of each model's difference to it (same draws): what a change such as NegCLIP's costs or buys.
+
+    Columns ``model, direction, k, recall, ci_lo, ci_hi, diff, diff_lo, diff_hi`` (percent points).
+    """
+    from .bootstrap import bootstrap_recall, recall_difference
+    from .compare import evaluate_retrieval
+
+    rows, draws = [], {}
+    for name, m in models.items():
+        run = evaluate_retrieval(m, manifest, dataset, name, ks=ks, batch_size=batch_size, cache_dir=cache_dir,
+                                 progress=progress)
+        df, draws[name] = bootstrap_recall(run.ranks(), run.text_to_image, ks=ks, n_boot=n_boot, seed=seed,
+                                           n_images=len(run.image_ids), return_samples=True)
+        rows.append(df.assign(model=name))
+    out = pd.concat(rows, ignore_index=True)[["model", "direction", "k", "recall", "ci_lo", "ci_hi"]]
+    out["diff"] = out["diff_lo"] = out["diff_hi"] = np.nan
+    if baseline is not None:
+        if baseline not in draws:
+            raise KeyError(f"baseline {baseline!r} is not one of the models {list(models)}")
+        base = out[out["model"] == baseline].set_index(["direction", "k"])["recall"]
+        for name in models:
+            d = recall_difference(draws[name], draws[baseline]).set_index(["direction", "k"])
+            sel = out["model"] == name
+            keys = list(zip(out.loc[sel, "direction"], out.loc[sel, "k"]))
+            out.loc[sel, "diff"] = out.loc[sel, "recall"].to_numpy() - base.loc[keys].to_numpy()
+            out.loc[sel, "diff_lo"] = d.loc[keys, "diff_lo"].to_numpy()
+            out.loc[sel, "diff_hi"] = d.loc[keys, "diff_hi"].to_numpy()
+    return out
+
+
+def readable(models: Mapping, texts: Sequence[str], max_unknown_words: float = 0.5) -> tuple[dict, pd.DataFrame]:
+    """The models whose tokenizer knows most words of ``texts`` (as the comparison's coverage rule), and a
+    ``model, evaluated, why`` table of every model."""
+    from .compare import unknown_word_rate
+
+    keep, rows = {}, []
+    for name, m in models.items():
+        unk = unknown_word_rate(m, list(texts)[:2000])
+        ok = unk <= max_unknown_words
+        rows.append({"model": name, "evaluated": ok, "why": "" if ok else f"{unk:.0%} of the words are unknown"})
+        if ok:
+            keep[name] = m
+    return keep, pd.DataFrame(rows, columns=["model", "evaluated", "why"])
+
+
+def verdict(acc: float, lo: float, hi: float, chance: float) -> str:
+    """Plain words for an accuracy and its interval against chance (for prose glued from the numbers)."""
+    if lo > chance:
+        return "above chance"
+    if hi < chance:
+        return "below chance"
+    return "indistinguishable from chance"
+
+
 # ---------------------------------------------------------------------------------------------- published
 #: ARO's published COCO-Order / Flickr30k-Order accuracies (pick the original among 5 options, chance 0.2).
 #: ``source`` says where each figure was read; literature values, never vlnb results.
@@ -262,6 +322,6 @@ def probe_pivot(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
 
 
 __all__ = [
-    "PROBE_COLUMNS", "PUBLISHED_ORDER", "grouped_accuracy", "heads", "order_probe", "probe_pivot",
-    "score_pairs", "win", "world_probe",
+    "PROBE_COLUMNS", "PUBLISHED_ORDER", "grouped_accuracy", "heads", "order_probe", "probe_pivot", "readable",
+    "retrieval_with_ci", "score_pairs", "verdict", "win", "world_probe",
 ]

@@ -162,19 +162,19 @@ def _measure_model(name, model, images, texts, sizes, n_images, n_texts, n_pairs
         with torch.inference_mode(), _PeakMemory(device) as mem:
             if dual is not None:
                 dual.encode_image(px[:batch_size])
-                dual.encode_text(**dual._tokens_on_device(dual.tokenize(tx[:batch_size])))
+                dual.encode_text(**dual.tokens_on_device(dual.tokenize(tx[:batch_size])))
             if cross is not None:
                 cross.score(px[:batch_size], tx[:batch_size])
         row["peak_mem_mb"], row["mem_method"] = mem.peak / 2**20, mem.method
         if dual is not None:
             t_img = _timed(lambda: _batched(dual.encode_image, px[:n_images], batch_size), device, repeats)
             t_txt = _timed(lambda: _batched(
-                lambda b: dual.encode_text(**dual._tokens_on_device(dual.tokenize(b))), tx[:n_texts], batch_size),
+                lambda b: dual.encode_text(**dual.tokens_on_device(dual.tokenize(b))), tx[:n_texts], batch_size),
                 device, repeats)
             row["images_per_s"], row["texts_per_s"] = n_images / t_img, n_texts / t_txt
             with torch.inference_mode():
                 img_shape = tuple(dual.encode_image(px[:1]).shape[1:])
-            t_query_text = _timed(lambda: dual.encode_text(**dual._tokens_on_device(dual.tokenize(tx[:1]))),
+            t_query_text = _timed(lambda: dual.encode_text(**dual.tokens_on_device(dual.tokenize(tx[:1]))),
                                   device, repeats)
         if cross is not None:
             t_pairs = _timed(lambda: _batched(
@@ -258,6 +258,9 @@ def cost_summary(models: pd.DataFrame, queries: pd.DataFrame, n: int | None = No
     q = queries[queries["n_gallery"] == n]
     out = models.set_index("model").copy()
     out["params"] = [f"{p / 1e6:.2f}M" for p in out["params"]]
+    out["peak_mem_mb"] = out["peak_mem_mb"].round(1)
+    for col in ("images_per_s", "texts_per_s", "pairs_per_s"):
+        out[col] = out[col].round(0)
     for proto, d in q.groupby("protocol", sort=False):
         col = f"query ms @ N={n}: {proto}"
         vals = {m: f"{s * 1e3:,.1f}{'*' if b != 'measured' else ''}" for m, s, b in zip(d["model"], d["query_s"],

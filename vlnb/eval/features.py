@@ -1,7 +1,8 @@
 """Image and text embeddings, computed once and cached on disk.
 
 :func:`image_features` decodes a manifest's images (bad ones are skipped and reported, never fatal),
-preprocesses them with the model's own :class:`ImagePreprocess`, optionally applies a robustness
+preprocesses them with the model's own :class:`ImagePreprocess` (once per manifest and geometry: the decoded
+pixels are cached as uint8, :mod:`vlnb.data.pixels`), optionally applies a robustness
 *perturbation*, and encodes them with ``model.encode_image`` (``torch.inference_mode``; autocast when a
 float32 model runs on CUDA, bf16 or fp16 by the GPU's capability). :func:`text_features` does the same for a list of texts.
 
@@ -39,7 +40,7 @@ from ..data.manifest import fingerprint as manifest_fingerprint
 from ..paths import cache_dir as default_cache_dir
 from ..timing import timed
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the sidecar carries its own checksum (meta_sha256)
 
 
 def model_device(model) -> torch.device:
@@ -238,10 +239,12 @@ def image_features(
 
     Rows of ``.embeddings`` follow ``.image_ids`` (manifest order minus skipped images); ``.skipped`` is the
     ``image_id, path, reason`` report of images that could not be decoded or preprocessed. See the module
-    docstring for the cache and for ``perturbation``. ``num_workers`` DataLoader workers decode and
-    preprocess in parallel (0 = in this process). With an :class:`~vlnb.models.transforms.ImagePreprocess` the
-    workers stop at resized/cropped uint8 pixels and the model's device divides and normalises (the same
-    values, a quarter of the bytes through worker queues and host-to-device copies, from pinned memory on CUDA).
+    docstring for the cache and for ``perturbation``. With an :class:`~vlnb.models.transforms.ImagePreprocess`
+    (a fixed output size) the images come from the decoded-pixel cache (:mod:`vlnb.data.pixels`): decoded and
+    resized/cropped once per manifest and geometry (``num_workers`` threads when that happens), stored as uint8,
+    divided and normalised on the model's device, so every later model, perturbation and chapter skips the
+    decoding; the values are those of ``preprocess(images)`` bit for bit. Other preprocess callables decode in
+    ``num_workers`` DataLoader workers (0 = in this process) on every call.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

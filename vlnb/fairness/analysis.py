@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from .controlled import world_attribute_task
@@ -58,7 +59,7 @@ def subgroup_analysis(
     ``datasets``: a list (each model on each) or ``{model: [data sets]}``; None = all of ``manifests``.
     ``groupings``: ``{data set: [groupings]}`` (defaults: :data:`DEFAULT_GROUPINGS` by kind of data set).
     """
-    groups_rows, gap_rows, outs, labels = [], [], {}, {}
+    groups_rows, gap_rows, outs, labels, chance = [], [], {}, {}, {}
     for name, model in models.items():
         names = datasets.get(name, []) if isinstance(datasets, Mapping) else (datasets or list(manifests))
         for ds in names:
@@ -68,8 +69,10 @@ def subgroup_analysis(
             if ds not in labels:
                 labels[ds] = dataset_groups(df, min_captions=min_gender_captions)
             kind = "world" if "primary_colour" in df.columns else "coco"
-            out: Outcomes = evaluate_outcomes(model, df, ds, model_name=name, zeroshot=zeroshot_tasks(ds, df, templates),
+            zs_tasks = zeroshot_tasks(ds, df, templates)
+            out: Outcomes = evaluate_outcomes(model, df, ds, model_name=name, zeroshot=zs_tasks,
                                               ks=ks, batch_size=batch_size, cache_dir=cache_dir, progress=progress)
+            chance[name, ds] = zeroshot_chance_levels(zs_tasks)
             outs[name, ds] = out
             for grouping in (groupings or {}).get(ds, DEFAULT_GROUPINGS[kind]):
                 if grouping not in labels[ds].columns:
@@ -81,7 +84,37 @@ def subgroup_analysis(
                 gap_rows.append(gap_table(out, g, grouping, n_perm=n_perm, **kw))
     cat = lambda parts: pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) \
         else pd.DataFrame()
-    return SubgroupResult(cat(groups_rows), adjust_gap_tests(cat(gap_rows), level), outs, labels)
+    gaps = flag_at_chance(adjust_gap_tests(cat(gap_rows), level), outs, chance)
+    return SubgroupResult(cat(groups_rows), gaps, outs, labels)
+
+
+def zeroshot_chance_levels(tasks: dict) -> dict[str, float]:
+    """``{"<task> top-1": chance}`` of the zero-shot tasks of :func:`zeroshot_tasks` (exact top-1 chance of a
+    random ranking of the task's classes, :func:`vlnb.eval.chance.zeroshot_chance`)."""
+    from ..eval.chance import zeroshot_chance
+
+    out = {}
+    for metric, (task, variant) in tasks.items():
+        out[f"{metric} top-1"] = zeroshot_chance(task.targets[variant], len(task.class_names))["top1"]
+    return out
+
+
+def flag_at_chance(gaps: pd.DataFrame, outcomes: dict, chance: dict) -> pd.DataFrame:
+    """Add ``overall`` (the model's value of the metric on the whole test set), ``chance`` and ``informative``
+    (overall at least twice chance) to a gaps table. A gap between groups of a classifier at chance says
+    nothing about the groups — it is flagged as uninformative, as chapter 5 does for its curves. Metrics
+    without a chance level here (retrieval, similarity) stay informative."""
+    if gaps.empty:
+        return gaps
+    gaps = gaps.copy()
+    overall, ch = [], []
+    for r in gaps.itertuples(index=False):
+        o = outcomes.get((r.model, r.dataset))
+        overall.append(float(o.value(r.metric)) if o is not None and r.metric in o.metrics else np.nan)
+        ch.append(chance.get((r.model, r.dataset), {}).get(r.metric, np.nan))
+    gaps["overall"], gaps["chance"] = overall, ch
+    gaps["informative"] = ~(gaps["overall"] < 2 * gaps["chance"])  # NaN chance: no comparison -> informative
+    return gaps
 
 
 def adjust_gap_tests(gaps: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
@@ -101,14 +134,20 @@ def adjust_gap_tests(gaps: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
 def gap_headline(gaps: pd.DataFrame) -> dict[str, str]:
     """Strings for the prose: how many gaps were testable / detected, and the largest zero-shot gap."""
     if gaps.empty:
-        return {"n_gap_tested": "0", "n_gap_detected": "0", "n_gap_untestable": "0",
+        return {"n_gap_tested": "0", "n_gap_detected": "0", "n_gap_untestable": "0", "n_gap_at_chance": "0",
                 "top_gap": "not measurable in this run"}
     testable = gaps[gaps["n_groups"] >= 2]
     out = {"n_gap_tested": str(len(testable)), "n_gap_detected": str(int(testable["gap_detected"].sum())),
            "n_gap_untestable": str(len(gaps) - len(testable))}
     zs = testable[testable["metric"].str.startswith("zero-shot")]
+    n_at_chance = 0
+    if "informative" in zs:
+        n_at_chance = int((~zs["informative"].astype(bool)).sum())
+        zs = zs[zs["informative"].astype(bool)]
+    out["n_gap_at_chance"] = str(n_at_chance)
     if zs.empty:
-        out["top_gap"] = "not measurable in this run (no grouping had two groups large enough)"
+        out["top_gap"] = ("not measurable in this run (no grouping had two groups large enough"
+                          + (", or the classifier was under twice chance" if n_at_chance else "") + ")")
     else:
         r = zs.loc[zs["gap"].idxmax()]
         out["top_gap"] = (f"{r['gap']:.2f} (interval {r['gap_lo']:.2f} to {r['gap_hi']:.2f}, permutation p = "

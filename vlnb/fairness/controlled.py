@@ -48,7 +48,7 @@ def world_attribute_task(manifest: pd.DataFrame, attribute: str = "colour"):
     Colour prompts name the colour with every shape ("a {} circle", "a {} square", ...: the world's captions
     always say both) and are averaged; shape prompts are :data:`vlnb.eval.compare.WORLD_TEMPLATES`.
     """
-    from ..eval.compare import WORLD_TEMPLATES, ZeroShotTask, _index
+    from ..eval.compare import WORLD_TEMPLATES, ZeroShotTask, class_indices
 
     attribute = "colour" if attribute == "color" else attribute
     if attribute not in _PRIMARY:
@@ -57,7 +57,7 @@ def world_attribute_task(manifest: pd.DataFrame, attribute: str = "colour"):
     cfg = WorldConfig.from_dict(spec) if spec else WorldConfig()
     names = list(cfg.values(attribute))
     templates = tuple(f"a {{}} {s}" for s in cfg.shapes) if attribute == "colour" else tuple(WORLD_TEMPLATES)
-    return ZeroShotTask("world", names, templates, {"primary": _index(manifest[_PRIMARY[attribute]], names)})
+    return ZeroShotTask("world", names, templates, {"primary": class_indices(manifest[_PRIMARY[attribute]], names)})
 
 
 def train_world_model(train: pd.DataFrame, seed: int = 0, model: dict | None = None, train_cfg: dict | None = None,
@@ -206,3 +206,24 @@ __all__ = [
     "train_world_model",
     "world_attribute_task",
 ]
+
+
+def rarity_shape_sentence(summary: pd.DataFrame) -> str:
+    """Whether the planted gap grows as the rare value gets rarer, read from :meth:`RarityResult.summary` of one
+    metric: the gap per fraction (mean, seed range), and for every step where the mean goes the wrong way
+    (smaller gap at a rarer fraction), whether the two seed ranges overlap — i.e. whether the seeds can tell
+    the two fractions apart at all."""
+    s = summary.sort_values("fraction", ascending=False).reset_index(drop=True)
+    if s.empty:
+        return "no fraction was run"
+    per = "; ".join(f"f = {r.fraction:g}: {r.gap_mean:+.2f} ({int(r.seeds)} seed{'s' if r.seeds != 1 else ''}"
+                    + (f", {r.gap_min:+.2f} to {r.gap_max:+.2f})" if r.seeds > 1 else ")") for r in s.itertuples())
+    wrong = []
+    for a, b in zip(s.itertuples(), s.iloc[1:].itertuples()):
+        if b.gap_mean < a.gap_mean:
+            overlap = b.gap_max >= a.gap_min and a.gap_max >= b.gap_min
+            wrong.append(f"from f = {a.fraction:g} to f = {b.fraction:g} the mean gap shrinks "
+                         + ("but the seed ranges overlap, so the seeds cannot order the two fractions"
+                            if overlap else "and the seed ranges do not overlap: a real reversal to explain"))
+    shape = ("the mean gap grows at every step towards rarer fractions" if not wrong else "; ".join(wrong))
+    return f"{per}. {shape[0].upper()}{shape[1:]}"

@@ -48,7 +48,7 @@ MAN_WORDS: frozenset[str] = frozenset(
     actor actors waiter waiters policeman policemen fireman firemen businessman businessmen
     cowboy cowboys sportsman sportsmen
     he him his himself
-    """.split()
+    """.split()  # noqa: SIM905 -- a word list reads best as text
 )
 #: Words that make a caption mention a woman.
 WOMAN_WORDS: frozenset[str] = frozenset(
@@ -59,7 +59,7 @@ WOMAN_WORDS: frozenset[str] = frozenset(
     actress actresses waitress waitresses policewoman policewomen businesswoman businesswomen
     cowgirl cowgirls nun nuns
     she her hers herself
-    """.split()
+    """.split()  # noqa: SIM905 -- a word list reads best as text
 )
 GENDER_LABELS = ("man", "woman", "unlabelled")
 REASONS = ("man", "woman", "mixed", "neutral")

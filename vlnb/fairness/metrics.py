@@ -125,7 +125,7 @@ def evaluate_outcomes(
     ``t2i R@k`` for each ``k`` (proportions), ``mean similarity`` (cosine of image and own caption).
     Images that cannot be decoded are left out (``image_ids`` lists the evaluated ones).
     """
-    from ..eval.compare import _rows, captions_table, zeroshot_task
+    from ..eval.compare import captions_table, manifest_rows, zeroshot_task
     from ..eval.features import image_features, text_features
     from ..eval.retrieval import retrieval_ranks
     from ..eval.zeroshot import target_matrix, zeroshot_classifier, zeroshot_scores
@@ -134,7 +134,7 @@ def evaluate_outcomes(
     feats = image_features(model, manifest, batch_size=batch_size, cache_dir=cache_dir, progress=progress)
     if len(feats.image_ids) == 0:
         raise ValueError(f"{dataset}: no image of the manifest could be decoded ({len(feats.skipped)} skipped)")
-    keep = _rows(manifest, feats.image_ids)
+    keep = manifest_rows(manifest, feats.image_ids)
     out = Outcomes(name, dataset, list(feats.image_ids))
     if zeroshot is None:
         task = zeroshot_task(dataset, manifest)

@@ -173,7 +173,7 @@ class DualEncoder(TextMixin, VLModel):
                 out.append(self.encode_text(**self.tokenize(texts[s : s + batch_size])).float().cpu())
         return torch.cat(out) if out else torch.empty(0, self.embed_dim)
 
-    def _tokens_on_device(self, tokens: dict) -> dict:
+    def tokens_on_device(self, tokens: dict) -> dict:
         return {k: v.to(self.device) for k, v in tokens.items() if k in self.text_input_names}
 
 

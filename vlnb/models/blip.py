@@ -101,7 +101,7 @@ class BLIPAdapter(LavisTextMixin, DualEncoder):
         return F.normalize(self.model.vision_proj(cls_tok), dim=-1)
 
     def encode_text(self, **tokens) -> torch.Tensor:
-        t = self._tokens_on_device(tokens)
+        t = self.tokens_on_device(tokens)
         h = self.model.text_encoder(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).last_hidden_state
         return F.normalize(self.model.text_proj(h[:, 0, :]), dim=-1)
 
@@ -113,7 +113,7 @@ class BLIPAdapter(LavisTextMixin, DualEncoder):
         image = self._image_tokens(pixel_values)
         if pair_index is not None:
             image = image[pair_index.to(image.device)]
-        t = self._tokens_on_device(self.tokenize(texts))
+        t = self.tokens_on_device(self.tokenize(texts))
         ids = t["input_ids"].clone()
         if self.enc_token_id is not None:
             ids[:, 0] = self.enc_token_id

@@ -58,20 +58,29 @@ class BLIP2Adapter(LavisTextMixin, DualEncoder):
         image = self.model.vision_model(pixel_values=pixel_values.to(self.device, dtype)).last_hidden_state
         return image, torch.ones(image.shape[:-1], dtype=torch.long, device=image.device)
 
-    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def query_outputs(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``(B, Q, H)`` Q-Former outputs of the learned queries attending to the ViT's patches: the image side
+        *before* ``vision_projection`` (:meth:`encode_image` projects and normalises them)."""
         image, mask = self._vit(pixel_values)
         queries = self.model.query_tokens.expand(image.shape[0], -1, -1)
-        q = self.model.qformer(query_embeds=queries, encoder_hidden_states=image,
-                               encoder_attention_mask=mask).last_hidden_state
-        proj = self.model.vision_projection
-        return F.normalize(proj(q.to(proj.weight.dtype)), dim=-1)
+        return self.model.qformer(query_embeds=queries, encoder_hidden_states=image,
+                                  encoder_attention_mask=mask).last_hidden_state
 
-    def encode_text(self, **tokens) -> torch.Tensor:
-        t = self._tokens_on_device(tokens)
+    def text_cls(self, **tokens) -> torch.Tensor:
+        """``(B, H)`` Q-Former ``[CLS]`` of the text-only pass: the text side *before* ``text_projection``
+        (:meth:`encode_text` projects and normalises it)."""
+        t = self.tokens_on_device(tokens)
         emb = self.model.embeddings(input_ids=t["input_ids"])
         h = self.model.qformer(query_embeds=emb, query_length=0, attention_mask=t["attention_mask"]).last_hidden_state
+        return h[:, 0, :]
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        proj = self.model.vision_projection
+        return F.normalize(proj(self.query_outputs(pixel_values).to(proj.weight.dtype)), dim=-1)
+
+    def encode_text(self, **tokens) -> torch.Tensor:
         proj = self.model.text_projection
-        return F.normalize(proj(h[:, 0, :].to(proj.weight.dtype)), dim=-1)
+        return F.normalize(proj(self.text_cls(**tokens).to(proj.weight.dtype)), dim=-1)
 
     def itm_score(self, pixel_values: torch.Tensor, texts: list[str], output: str = "logit",
                   pair_index: torch.Tensor | None = None) -> torch.Tensor:
@@ -82,7 +91,7 @@ class BLIP2Adapter(LavisTextMixin, DualEncoder):
         if pair_index is not None:
             idx = pair_index.to(image.device)
             image, image_mask = image[idx], image_mask[idx]
-        t = self._tokens_on_device(self.tokenize(texts))
+        t = self.tokens_on_device(self.tokenize(texts))
         queries = self.model.query_tokens.expand(image.shape[0], -1, -1)
         emb = self.model.embeddings(input_ids=t["input_ids"], query_embeds=queries)
         mask = torch.cat([torch.ones(queries.shape[:-1], dtype=t["attention_mask"].dtype, device=self.device),

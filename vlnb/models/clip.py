@@ -57,5 +57,5 @@ class CLIPAdapter(DualEncoder):
         return F.normalize(pooled(out, self.embed_dim, "get_image_features"), dim=-1)
 
     def encode_text(self, **tokens) -> torch.Tensor:
-        out = self.model.get_text_features(**self._tokens_on_device(tokens))
+        out = self.model.get_text_features(**self.tokens_on_device(tokens))
         return F.normalize(pooled(out, self.embed_dim, "get_text_features"), dim=-1)

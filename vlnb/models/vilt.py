@@ -216,7 +216,8 @@ class ViLTAdapter(CrossEncoder):
         if seen.get("image_tokens") != max(expected) or seen.get("valid") != expected:
             raise PatchGridError(
                 f"ViLT received {seen.get('image_tokens')} image tokens ({seen.get('valid')} valid per image) for "
-                f"inputs of {sizes}, expected {expected} (1 CLS + one token per patch); "
+                f"inputs of {sizes}, expected {expected[0] if len(set(expected)) == 1 else expected} (1 CLS + one "
+                f"token per patch); "
                 f"max_image_length={self.model.config.max_image_length}"
             )
         return logits[:, 0]

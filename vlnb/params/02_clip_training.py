@@ -17,8 +17,11 @@ class ClipTrainingParams(NotebookParams):
     recipes: list[str] = ["scratch-world", "towers-coco"]
     #: Retrain even when a finished model of the same recipe exists in the artifacts folder.
     retrain: bool = False
-    #: Redraw the learning curves after every epoch while training.
+    #: Redraw the learning curves after every epoch while training (interactive sessions; a batch run,
+    #: `vlnb run` / `vlnb book`, skips the redraws nobody watches: vlnb.train.plots.live_plot).
     live_plot: bool = True
+    #: Fusion encoders trained from scratch here (vlnb.zoo.RECIPES of kind "fusion": ViLT-, BLIP-, BLIP-2-like).
+    fusion_recipes: list[str] = ["vilt-world", "blip-world", "qformer-world"]
     #: Text-encoder attention variants compared on a small world (empty list: skip the comparison).
     #: "memory" = learned memory slots (a dual encoder still); "cross" = text layers cross-attending to the image's
     #: patches (a BLIP-like fusion encoder, re-ranking its ITC top-k with its ITM head).
@@ -48,6 +51,7 @@ class ClipTrainingParams(NotebookParams):
 
     PROFILE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
         "full": {
+            "fusion_recipes": [],  # world-sized CPU models; the full profile evaluates the hub's BLIP/BLIP-2/ViLT
             "recipes": ["scratch-coco", "towers-coco-full"],
             "variant_n_train": 20000,
             "variant_n_test": 2000,
@@ -62,7 +66,7 @@ class ClipTrainingParams(NotebookParams):
         }
     }
 
-    @field_validator("recipes")
+    @field_validator("recipes", "fusion_recipes")
     @classmethod
     def _known_recipes(cls, v: list[str]) -> list[str]:
         check_recipes(v, "recipe")

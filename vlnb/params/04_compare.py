@@ -48,6 +48,18 @@ class CompareParams(NotebookParams):
     n_gallery: int = Field(4, ge=0)
     #: Where the chapter computes ("auto": CUDA when available, else CPU; "cpu", "cuda", "cuda:1"...).
     device: Device = "auto"
+    #: Compositionality probe: world test images with grammar-checked foils (None: all 500).
+    probe_max_images: int | None = Field(None, ge=1)
+    #: ARO COCO-Order probe: at most this many captions (None: all of the order data set's captions).
+    order_max_captions: int | None = Field(None, ge=1)
+    #: Where the ARO COCO-Order probe reads its captions: "coco-mini" offline, "coco" (Karpathy test) full.
+    order_dataset: str = "coco-mini"
+    #: Offline: also evaluate NegCLIP (scratch-world fine-tuned with hard negatives) and its control.
+    negclip: bool = True
+    #: Gallery sizes of the query-cost table.
+    cost_gallery_sizes: list[Annotated[int, Field(ge=1)]] = [100, 300, 1000, 3000, 5000]
+    #: Bootstrap draws of the probes' confidence intervals.
+    n_boot: int = Field(1000, ge=100)
 
     PROFILE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
         "full": {
@@ -62,8 +74,16 @@ class CompareParams(NotebookParams):
             "pokemon_source": "reach-vb/pokemon-blip-captions",
             "t2i_dataset": "pokemon",
             "batch_size": 256,
+            "order_dataset": "coco",
         }
     }
+
+    @field_validator("order_dataset")
+    @classmethod
+    def _known_order_dataset(cls, v: str) -> str:
+        if v not in EVAL_DATASETS:
+            raise ValueError(f"unknown data set {v!r}; known: {', '.join(EVAL_DATASETS)}")
+        return v
 
     @field_validator("t2i_dataset")
     @classmethod

@@ -364,7 +364,7 @@ def defocus_kernel(radius: float, alias_blur: float) -> torch.Tensor:
     if radius <= 0:
         raise ValueError(f"disk radius must be > 0, got {radius}")
     integer = abs(radius - round(radius)) < 1e-9
-    half = 8 if radius <= 8 else int(math.ceil(radius))
+    half = 8 if radius <= 8 else math.ceil(radius)
     grid = np.arange(-half, half + 1, dtype=np.float64)
     if integer:
         X, Y = np.meshgrid(grid, grid)
@@ -420,7 +420,7 @@ class MotionBlur(Perturbation):
 
     def _apply(self, x, gens, ids):
         s = _scale(x, self.params["reference_size"])
-        width = 2 * max(1, int(round(self.params["radius"] * s))) + 1
+        width = 2 * max(1, round(self.params["radius"] * s)) + 1
         sigma = self.params["sigma"] * s
         t = np.arange(width, dtype=np.float64)
         w = np.exp(-(t**2) / (2 * sigma**2)) / (np.sqrt(2 * np.pi) * sigma)
@@ -731,7 +731,7 @@ class Occlusion(Perturbation):
 
     def side(self, H: int, W: int) -> int:
         s = self.params["size"]
-        side = int(round(s * min(H, W))) if isinstance(s, float) else int(s)
+        side = round(s * min(H, W)) if isinstance(s, float) else int(s)
         return max(1, min(side, H, W))
 
     def _apply(self, x, gens, ids):

@@ -87,10 +87,22 @@ def severity_curves(results: pd.DataFrame, metrics: Sequence[tuple[str, str]] | 
     return fig
 
 
+def _severity_label(severities) -> str:
+    s = sorted(int(x) for x in set(severities))
+    if len(s) > 2 and s == list(range(s[0], s[-1] + 1)):
+        return f"{s[0]}–{s[-1]}"
+    return ", ".join(map(str, s[:-1])) + f" and {s[-1]}" if len(s) > 1 else str(s[0])
+
+
 def relative_heatmap(results: pd.DataFrame, metrics: Sequence[tuple[str, str]] | None = None, severity: int | None = None,
-                     size: float = 0.75):
-    """Rows: (model, data set, task metric); columns: corruptions; cells: mean ``value / clean`` over
-    severities 1-5 (or at ``severity``), annotated."""
+                     size: float = 0.75, informative: pd.DataFrame | None = None):
+    """Rows: (model, data set, task metric); columns: corruptions; cells: mean ``value / clean`` over the
+    severities that were run (or at ``severity``), annotated; the title names those severities.
+
+    ``informative``: a table with ``model, dataset, task, metric, informative`` (e.g.
+    :func:`vlnb.robustness.sweep.degradation_table`): rows whose clean value is under twice chance are greyed
+    out and labelled "at chance" instead of coloured — a model at chance has nothing to lose, which a ratio
+    near 1 would otherwise paint as "robust"."""
     import seaborn as sns
 
     df = results[results["severity"] > 0] if severity is None else results[results["severity"] == severity]
@@ -99,12 +111,26 @@ def relative_heatmap(results: pd.DataFrame, metrics: Sequence[tuple[str, str]] |
         raise ValueError("relative_heatmap: nothing to draw for that selection")
     df = df.assign(row=df["model"] + " · " + df["dataset"] + " · " + df["task"] + " " + df["metric"])
     table = df.pivot_table(index="row", columns="corruption", values="relative", aggfunc="mean", sort=False)
+    at_chance = pd.Series(False, index=table.index)
+    if informative is not None and len(informative):
+        inf = informative.drop_duplicates(["model", "dataset", "task", "metric"])
+        flags = dict(zip(inf["model"] + " · " + inf["dataset"] + " · " + inf["task"] + " " + inf["metric"],
+                         ~inf["informative"].astype(bool)))
+        at_chance = pd.Series([bool(flags.get(r, False)) for r in table.index], index=table.index)
     fig, ax = plt.subplots(figsize=(size * table.shape[1] + 3.5, 0.45 * table.shape[0] + 1.6))
-    sns.heatmap(table, annot=True, fmt=".2f", cmap="RdYlGn", vmin=0, vmax=1, ax=ax, cbar_kws={"label": "corrupted / clean"},
-                annot_kws={"fontsize": 7})
+    mask = np.zeros(table.shape, dtype=bool)
+    mask[at_chance.to_numpy()] = True
+    sns.heatmap(table, annot=True, fmt=".2f", cmap="RdYlGn", vmin=0, vmax=1, ax=ax, mask=mask,
+                cbar_kws={"label": "corrupted / clean"}, annot_kws={"fontsize": 7})
+    for i, flag in enumerate(at_chance):
+        if flag:
+            ax.add_patch(plt.Rectangle((0, i), table.shape[1], 1, color="0.85", zorder=0))
+            ax.text(table.shape[1] / 2, i + 0.5, "at chance: not informative", ha="center", va="center", fontsize=7,
+                    color="0.35")
     ax.set_xlabel("")
     ax.set_ylabel("")
-    ax.set_title("relative robustness" + (" (mean over severities 1-5)" if severity is None else f" at severity {severity}"),
+    sev = _severity_label(df["severity"]) if severity is None else str(severity)
+    ax.set_title("relative robustness" + (f" (mean over severities {sev})" if severity is None else f" at severity {sev}"),
                  fontsize=9)
     ax.tick_params(axis="x", labelrotation=45, labelsize=7)
     ax.tick_params(axis="y", labelsize=7)

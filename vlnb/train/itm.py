@@ -327,3 +327,56 @@ def evaluate_fusion(model, manifest: pd.DataFrame, first_stage=None, k: int = 16
     finally:
         model.train(was)
     return out
+
+
+# ---------------------------------------------------------------------------------------------- report
+FUSION_PROTOCOLS = (("itc_", "ITC (first stage)"), ("", "ITC top-k → ITM re-rank (ITM + ITC)"),
+                    ("itm_", "ITC top-k → ITM only"))
+
+
+def fusion_results(histories, tests, first_stage=None, ks: Sequence[int] = (1, 5, 10)) -> pd.DataFrame:
+    """One row per (model, protocol, direction, k) of the last evaluation of each :func:`train_fusion` run:
+    recall beside the exact chance level on that model's test manifest (``tests[name]``), the ITM pair count
+    and the training time (sum of the epochs' times; the one-off pre-computations are not in it).
+    ``first_stage[name]``: the model whose ITC ranking is re-ranked (a ViLT-like model has none of its own)."""
+    from ..eval.chance import manifest_recall_chance
+
+    rows = []
+    for name, h in histories.items():
+        evaluated = [e for e in h.epochs if "n_pairs" in e]
+        if not evaluated:
+            raise ValueError(f"{name}: the training history has no evaluation on held-out data")
+        last, test = evaluated[-1], tests[name]
+        chance = manifest_recall_chance(test, ks)
+        stage = (first_stage or {}).get(name) or "own"
+        for prefix, protocol in FUSION_PROTOCOLS:
+            for d in ("i2t", "t2i"):
+                for k in ks:
+                    key = f"{prefix}{d}_R@{k}"
+                    if key not in last:
+                        continue
+                    rows.append({"model": name, "first stage": stage, "protocol": protocol, "direction": d, "k": k,
+                                 "recall": last[key], "chance": chance[f"{d}_R@{k}"],
+                                 "rerank_k": last["rerank_k"], "ITM pairs": 0 if prefix == "itc_" else last["n_pairs"],
+                                 "epochs": int(last["epoch"]),
+                                 "train time (s)": float(sum(e["epoch_time_s"] for e in h.epochs))})
+    out = pd.DataFrame(rows)
+    if len(out):
+        out["× chance"] = out["recall"] / out["chance"]
+    return out
+
+
+def fusion_glue(results: pd.DataFrame) -> dict[str, str]:
+    """Glue-ready numbers of :func:`fusion_results`: per model ``<model>_{itc,rerank,itm}_{t2i,i2t}_r1``, the
+    R@1 chance ``<model>_{t2i,i2t}_r1_chance``, the train time ``<model>_train_s`` and the total ``fusion_train_s``."""
+    out = {}
+    tags = {p: t for (_, p), t in zip(FUSION_PROTOCOLS, ("itc", "rerank", "itm"), strict=True)}
+    r1 = results[results["k"] == 1]
+    for _, r in r1.iterrows():
+        tag = r["model"].replace("-", "_")
+        out[f"{tag}_{tags[r['protocol']]}_{r['direction']}_r1"] = f"{r['recall']:.1f}"
+        out[f"{tag}_{r['direction']}_r1_chance"] = f"{r['chance']:.1f}"
+        out[f"{tag}_train_s"] = f"{r['train time (s)']:.0f}"
+    if len(results):
+        out["fusion_train_s"] = f"{results.groupby('model')['train time (s)'].first().sum():.0f}"
+    return out

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 
-def plot_history(history, axes=None):
+def plot_history(history, axes=None, ceiling: dict | None = None):
     """Three panels: training loss (per step, and the epoch mean), temperature ``exp(logit_scale)`` with
-    the learning rate, and validation Recall@1/5 in both directions (when evaluated). Returns the figure."""
+    the learning rate, and validation Recall@1/5 in both directions (when evaluated). Returns the figure.
+
+    ``ceiling``: ``{"t2i_R@1": %, …}`` (:func:`vlnb.eval.ambiguity.retrieval_ceiling`), drawn as dashed lines
+    in the metric's colour: the best recall any model can expect when captions are true of several images."""
     import matplotlib.pyplot as plt
 
     if axes is None:
@@ -33,7 +36,9 @@ def plot_history(history, axes=None):
     metrics = [c for c in ("i2t_R@1", "t2i_R@1", "i2t_R@5", "t2i_R@5") if c in epochs.columns]
     for c in metrics:
         d = epochs.dropna(subset=[c])
-        ax.plot(d["epoch"], d[c], "o-", label=c)
+        (line,) = ax.plot(d["epoch"], d[c], "o-", label=c)
+        if ceiling and c in ceiling:
+            ax.axhline(ceiling[c], color=line.get_color(), ls="--", lw=1, label=f"{c} ceiling (ambiguous captions)")
     ax.set(xlabel="epoch", ylabel="recall (%)", title="validation retrieval")
     if metrics:
         ax.legend(loc="lower right")
@@ -41,11 +46,21 @@ def plot_history(history, axes=None):
     return fig
 
 
-def live_plot():
-    """An ``on_epoch_end`` callback that (re)draws :func:`plot_history` in place in a Jupyter output."""
+def live_plot(force: bool | None = None):
+    """An ``on_epoch_end`` callback that (re)draws :func:`plot_history` in place in a Jupyter output.
+
+    In a batch run (``vlnb run`` / ``vlnb book``: ``$VLNB_RUN_DIR`` set) nobody watches the redraws and the
+    executed notebook keeps only the last one, which the chapter draws after training anyway, so the callback
+    draws nothing there (it cost a figure render per epoch); ``force=True`` or ``VLNB_LIVE_PLOT=1`` draws anyway."""
+    import os
+
     import matplotlib.pyplot as plt
     from IPython.display import display
 
+    if force is None:
+        force = os.environ.get("VLNB_LIVE_PLOT") == "1" or not os.environ.get("VLNB_RUN_DIR")
+    if not force:
+        return lambda history: None
     handle = None
 
     def callback(history):
@@ -60,4 +75,12 @@ def live_plot():
                 handle.update(fig)
             plt.close(fig)
 
+    def replace_with(fig) -> None:
+        """Show ``fig`` (the final curves) in the live plot's place instead of below it: the page then holds
+        one curves figure per run, not the last live frame and the final figure."""
+        if handle is not None:
+            handle.update(fig)
+            plt.close(fig)
+
+    callback.replace_with = replace_with
     return callback

@@ -456,9 +456,9 @@ class _Trainer:
         states, emb = {}, {"image": [], "text": []}
         with torch.no_grad():
             for j, (px, tok) in enumerate(chunks):
-                for tower in emb:
+                for tower, out in emb.items():
                     states[j, tower] = (torch.get_rng_state(), _device_rng(self.device))
-                    emb[tower].append(self.encode(tower, px, tok))
+                    out.append(self.encode(tower, px, tok))
         # 2) one loss over the whole step with the embeddings as leaves -> d loss / d embedding
         leaves = {tower: torch.cat(e).requires_grad_() for tower, e in emb.items()}
         loss = self.loss(leaves["image"], leaves["text"])

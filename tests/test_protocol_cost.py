@@ -1,0 +1,25 @@
+"""One caption per image vs all captions (vlnb.eval.protocol_cost), on the same similarity matrix."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from vlnb.eval.protocol_cost import cost_sentence, first_caption_columns, one_caption_cost
+
+
+def test_one_caption_cost_on_a_hand_made_matrix():
+    # 3 images x 2 captions each; image 0's first caption is ranked last, its second caption first
+    t2i = np.array([0, 0, 1, 1, 2, 2])
+    sim = torch.tensor([[0.0, 0.9, 0.1, 0.1, 0.1, 0.1],
+                        [0.1, 0.1, 0.9, 0.8, 0.1, 0.1],
+                        [0.1, 0.1, 0.1, 0.1, 0.9, 0.8]])
+    assert first_caption_columns(t2i).tolist() == [0, 2, 4]
+    cost = one_caption_cost([SimpleNamespace(model="m", dataset="d", similarity=sim, text_to_image=t2i)], ks=(1,))
+    r = cost.set_index("direction").loc["i2t"]
+    # all captions: every image finds one of its captions at rank 1; first only: image 0 does not
+    assert r["all captions"] == 100.0 and abs(r["first caption only"] - 200 / 3) < 1e-9
+    assert abs(r["cost"] - 100 / 3) < 1e-9 and r["captions_per_image"] == 2.0
+    assert "m on d: 100.0 → 66.7 (-33.3 points" in cost_sentence(cost, "i2t", 1)
+    single = SimpleNamespace(model="m", dataset="d", similarity=sim[:, [0, 2, 4]], text_to_image=np.arange(3))
+    assert one_caption_cost([single]).empty and "not measurable" in cost_sentence(one_caption_cost([single]))

@@ -1,0 +1,87 @@
+"""Chapter 4's report: the tables it shows, the numbers its prose quotes and its zero-shot figure.
+
+Inputs are the tidy tables of :func:`vlnb.comparison.run_comparison` (retrieval: ``model, dataset, protocol,
+direction, k, recall, chance``; zero-shot: one row per model, data set and target variant) and of
+:func:`vlnb.eval.published.published_retrieval`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+import torch
+
+from ..device import precision_name
+
+ZEROSHOT_COLUMNS = ["top1", "top5", "mean_per_class_recall", "chance_top1", "n_classes", "n_templates", "n"]
+
+
+def models_table(models: Mapping[str, object]) -> pd.DataFrame:
+    """One row per evaluated model: checkpoint, family, dual or cross encoder, device, precision, fingerprint."""
+    return pd.DataFrame([{"model": n, "checkpoint": m.name, "family": m.family, "kind": type(m).__bases__[0].__name__,
+                          "device": str(m.device), "precision": precision_name(m.device) if m.dtype == torch.float32
+                          else str(m.dtype), "fingerprint": m.fingerprint()[:12]} for n, m in models.items()])
+
+
+def datasets_table(manifests: Mapping[str, pd.DataFrame], bad: pd.DataFrame) -> pd.DataFrame:
+    """One row per evaluation data set: images, captions and images skipped as undecodable (``bad``: the bad-image
+    reports with a ``dataset`` column)."""
+    return pd.DataFrame([{"dataset": n, "images": len(df), "captions": int(df["captions"].map(len).sum()),
+                          "skipped (bad images)": int((bad["dataset"] == n).sum())} for n, df in manifests.items()])
+
+
+def _metric(df: pd.DataFrame) -> pd.Series:
+    return df["direction"].map({"i2t": "I→T", "t2i": "T→I"}) + " R@" + df["k"].astype(str)
+
+
+def retrieval_wide(retrieval: pd.DataFrame) -> pd.DataFrame:
+    """Recall@K (percent, one decimal) per (data set, model, protocol) x metric, and under each data set its
+    chance level as a ``(random ranking, chance)`` row."""
+    wide = retrieval.assign(metric=_metric(retrieval))
+    table = wide.pivot_table(index=["dataset", "model", "protocol"], columns="metric", values="recall",
+                             sort=False).round(1)
+    chance = wide.pivot_table(index=["dataset"], columns="metric", values="chance", aggfunc="first").round(1)
+    chance.index = pd.MultiIndex.from_tuples([(d, "(random ranking)", "chance") for d in chance.index],
+                                             names=table.index.names)
+    return pd.concat([table, chance]).sort_index(level=0, sort_remaining=False)
+
+
+def best_r1_glue(retrieval: pd.DataFrame) -> dict[str, str]:
+    """The best Recall@1 of the run (any model, data set, direction) with its chance level, for the prose."""
+    best = retrieval[retrieval["k"] == 1].sort_values("recall", ascending=False).iloc[0]
+    return {"best_r1": f"{best['recall']:.1f}", "best_r1_model": str(best["model"]),
+            "best_r1_dataset": str(best["dataset"]),
+            "best_r1_dir": "image→text" if best["direction"] == "i2t" else "text→image",
+            "best_r1_chance": f"{best['chance']:.1f}"}
+
+
+def published_wide(published: pd.DataFrame) -> pd.DataFrame:
+    """Published Recall@K per (data set, model, protocol, source) x metric."""
+    pub = published.assign(metric=_metric(published))
+    return pub.pivot_table(index=["dataset", "model", "protocol", "source"], columns="metric", values="recall",
+                           sort=False)
+
+
+def zeroshot_table(zeroshot: pd.DataFrame) -> pd.DataFrame:
+    """Zero-shot accuracy (proportions, three decimals) with its chance level per (data set, model, variant)."""
+    return zeroshot.set_index(["dataset", "model", "variant"])[ZEROSHOT_COLUMNS].round(3)
+
+
+def zeroshot_bars(zeroshot: pd.DataFrame):
+    """Zero-shot top-1 accuracy per (data set, target variant), one bar per model, chance as a black tick."""
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    part = zeroshot.assign(entry=zeroshot["dataset"] + " · " + zeroshot["variant"])
+    sns.barplot(data=part, y="entry", x="top1", hue="model", ax=ax)
+    for i, (_, r) in enumerate(part.drop_duplicates("entry").iterrows()):
+        ax.plot([r["chance_top1"]] * 2, [i - 0.4, i + 0.4], color="black", lw=1.5)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("zero-shot top-1 accuracy (proportion; black: chance)")
+    ax.set_ylabel("")
+    return fig
+
+
+__all__ = ["ZEROSHOT_COLUMNS", "best_r1_glue", "datasets_table", "models_table", "published_wide", "retrieval_wide",
+           "zeroshot_bars", "zeroshot_table"]
