@@ -23,7 +23,8 @@ open_clip, vlnb-longest, then the next repeat in rotated order, ...), each timin
 output gives, per implementation, the median step time with its interquartile range and min-max, and the
 vlnb/open_clip throughput ratio computed *within each repeat* (so a slow phase of a busy machine hits both
 sides), as a median with its IQR and min-max: one run gives the ratio and its noise. The headline ratio is
-at equal token length (77 on both sides).
+at equal token length (77 on both sides). On a CPU the ratio is also given in process CPU time, which other
+jobs on a shared machine do not inflate (use one thread: ``--threads 1``, the default there).
 
     python benchmarks/train_throughput.py --device cuda --batch-size 256 --steps 5 --repeats 10
     python benchmarks/train_throughput.py --device cpu --batch-size 8 --steps 1 --repeats 15
@@ -242,7 +243,7 @@ def main(argv=None) -> None:
             loss = step(pixels, tokens, oc_tokens)
             loss_first.setdefault(name, loss)
     names = list(runs)
-    times, loss_after, peak = {k: [] for k in runs}, {}, {}
+    times, cpu_times, loss_after, peak = {k: [] for k in runs}, {k: [] for k in runs}, {}, {}
     for r in range(args.repeats):
         order = names[r % len(names):] + names[:r % len(names)]  # rotate: no implementation always goes first
         for name in order:
@@ -251,11 +252,12 @@ def main(argv=None) -> None:
                 sync()
                 base = torch.cuda.memory_allocated(device)
                 torch.cuda.reset_peak_memory_stats(device)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             for _ in range(args.steps):
                 loss_after[name] = step(pixels, tokens, oc_tokens)
             sync()
             times[name].append((time.perf_counter() - t) / args.steps)
+            cpu_times[name].append((time.process_time() - c) / args.steps)
             if device.type == "cuda":
                 peak[name] = max(peak.get(name, 0.0), (torch.cuda.max_memory_allocated(device) - base) / 2**20)
         print(f"  repeat {r + 1}/{args.repeats}: " + ", ".join(f"{n.split(' (')[0]}{'-longest' if 'longest' in n else ''} "
@@ -268,10 +270,18 @@ def main(argv=None) -> None:
         print(f"  {name:40s}: {b / med:8.2f} samples/s  {1000 * med:8.1f} ms/step [{1000 * q1:.1f}-{1000 * q3:.1f}] "
               f"({1000 * lo:.1f}-{1000 * hi:.1f}){mem}; loss {loss_first[name]:.3f} -> {loss_after[name]:.3f} over "
               f"{args.warmup + args.repeats * args.steps} steps on this batch")
+    # on a CPU the process's CPU time is the work done, whatever else the machine runs (wall time on a
+    # shared machine also measures the scheduler); on CUDA only wall time means anything
+    clocks = [("wall", times)] + ([("CPU time", cpu_times)] if device.type == "cpu" else [])
+    if device.type == "cpu":
+        print("  CPU time per step, median [IQR] (min-max): " + "; ".join(
+            "{}: {:.1f} ms [{:.1f}-{:.1f}] ({:.1f}-{:.1f})".format(n, *(1000 * x for x in spread(cpu_times[n])))
+            for n in names))
     for name in names[1:]:  # throughput ratio ref/name within each repeat = time(name) / time(ref)
-        med, q1, q3, lo, hi = spread([t / r for t, r in zip(times[name], times[ref])])
-        print(f"  throughput {ref} / {name}: median {med:.3f} [IQR {q1:.3f}-{q3:.3f}] (min-max {lo:.3f}-{hi:.3f}) "
-              f"over {args.repeats} paired repeats")
+        for clock, ts in clocks:
+            med, q1, q3, lo, hi = spread([t / r for t, r in zip(ts[name], ts[ref])])
+            print(f"  throughput {ref} / {name} ({clock}): median {med:.3f} [IQR {q1:.3f}-{q3:.3f}] "
+                  f"(min-max {lo:.3f}-{hi:.3f}) over {args.repeats} paired repeats")
     print(f"  (chance loss for a batch of {b}: log {b} = {math.log(b):.3f})")
 
 

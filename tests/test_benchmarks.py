@@ -53,3 +53,10 @@ def test_train_throughput_spread_is_median_quartiles_and_range():
     assert spread([2.0]) == (2.0, 2.0, 2.0, 2.0, 2.0)
     med, q1, q3, lo, hi = spread([1.0, 2.0, 3.0, 10.0])
     assert (med, lo, hi) == (2.5, 1.0, 10.0) and lo <= q1 <= med <= q3 <= hi
+
+
+def test_negclip_cost_times_both_kinds_of_step(capsys):
+    out = load("negclip_cost").main(["--steps", "1", "--repeats", "1", "--n-train", "40", "--batch-size", "32"])
+    text = capsys.readouterr().out
+    assert out["plain_step_s"] > 0 and out["foil_step_s"] > 0 and out["ratio"] > 0
+    assert "(measured)" in text and "(extrapolated from the step time" in text

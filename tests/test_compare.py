@@ -70,3 +70,15 @@ def test_cifar_labels_all_map_to_prompt_names():
     cifar, _ = build_manifest("cifar100")
     task = zeroshot_task("cifar100", cifar)
     assert (task.targets["label"] >= 0).all()  # underscores in CIFAR's names must not drop images
+
+
+def test_split_manifest_is_a_deterministic_disjoint_image_split(world):
+    from vlnb.comparison import split_manifest
+
+    train, test = split_manifest(world, test_fraction=0.25, seed=1)
+    assert (len(train), len(test)) == (9, 3) and not set(train["image_id"]) & set(test["image_id"])
+    assert train.attrs == world.attrs and test.attrs == world.attrs
+    again = split_manifest(world, test_fraction=0.25, seed=1)[1]
+    assert again["image_id"].tolist() == test["image_id"].tolist()
+    with pytest.raises(ValueError, match="test_fraction"):
+        split_manifest(world, test_fraction=1.0)

@@ -179,7 +179,7 @@ def world_test():
 
 def test_probe_gives_the_known_answers_for_rule_scorers(world_test):
     table, report, pairs = world_probe({"bow": BagOfWords(), "oracle": Oracle()}, world_test, n_boot=200,
-                                       progress=False)
+                                  progress=False)
     t = table.set_index(["model", "type"])
     for kind in ("attribute swap", "relation swap"):  # pure swaps: all ties -> exactly one half
         assert t.loc[("bow", kind), "accuracy"] == 0.5
@@ -279,10 +279,16 @@ def test_negclip_trains_a_step_with_foils():
     caps = [c for cs in df["captions"] for c in cs]
     m = ScratchDualEncoder.create("tiny", captions=caps, seed=0, image_size=32, patch_size=16, width=16, layers=1,
                                   heads=2, text_width=16, text_layers=1, text_heads=2, embed_dim=8)
-    ds = WorldFoilPairs(df, m.preprocess, seed=0)
-    h = train_contrastive(m, ds, config=TrainConfig(epochs=1, batch_size=16, warmup_steps=0, device="cpu"),
-                          progress=False)
+    import copy
+
+    from vlnb.train.trainer import PairDataset
+
+    cfg = TrainConfig(epochs=1, batch_size=16, warmup_steps=0, device="cpu")
+    plain = train_contrastive(copy.deepcopy(m), PairDataset(df, m.preprocess, seed=0), config=cfg, progress=False)
+    h = train_contrastive(m, WorldFoilPairs(df, m.preprocess, seed=0), config=cfg, progress=False)
     assert len(h.steps) == 2 and all(math.isfinite(s["loss"]) for s in h.steps)
+    # same weights, same batch: the foils are extra negatives, so the first step's loss is higher
+    assert h.steps[0]["loss"] > plain.steps[0]["loss"]
 
 
 # ---------------------------------------------------------------------------------------------- full profile
@@ -293,8 +299,8 @@ def test_probes_run_on_every_hub_model_family(tiny_hub_models):
 
     models = {name: load_model(path) for name, path in tiny_hub_models.items()}
     df, _ = build_world_manifest(n_train=0, n_test=6, seed=0)
-    table, report, pairs = world_probe(models, df, types=["attribute swap", "object replacement"], n_boot=50,
-                                       progress=False)
+    table, _, pairs = world_probe(models, df, types=["attribute swap", "object replacement"], n_boot=50,
+                                  progress=False)
     heads_of = table.groupby("model")["head"].agg(lambda h: sorted(set(h))).to_dict()
     names = list(tiny_hub_models)
     assert heads_of[names[0]] == ["ITC"] and heads_of[names[3]] == ["ITM"]
@@ -318,3 +324,18 @@ def test_negclip_recipes_differ_from_their_control_only_by_the_foils():
     assert neg.init_from == ctl.init_from == "scratch-world" and neg.data_kwargs == base.data_kwargs
     assert neg.key()["init_from"] == {"name": "scratch-world", **base.key()}  # a changed parent retrains both
     assert "negatives" not in base.key() and "init_from" not in base.key()  # older recipes keep their keys
+
+
+def test_published_order_numbers_join_on_the_checkpoint():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from vlnb.eval.compositionality import PUBLISHED_ORDER, with_published_order
+
+    assert PUBLISHED_ORDER["accuracy"].between(0, 1).all() and PUBLISHED_ORDER["source"].str.len().gt(0).all()
+    t = pd.DataFrame({"model": ["CLIP", "CLIP", "mine"], "head": ["ITC"] * 3, "dataset": ["coco"] * 3,
+                      "type": ["ARO 5-way", "shuffle trigrams", "ARO 5-way"]})
+    out = with_published_order(t, {"CLIP": SimpleNamespace(name="openai/clip-vit-base-patch32"),
+                                   "mine": SimpleNamespace(name="/tmp/local-copy")})
+    assert out["published"].tolist()[0] == 0.46 and out["published"].isna().tolist()[1:] == [True, True]

@@ -97,10 +97,11 @@ def test_no_loader_defaults_to_cpu():
 
     from vlnb import heads, zoo
     from vlnb.models import ADAPTERS, load_model
+    from vlnb.models.fusion import load_fusion
     from vlnb.models.scratch import ScratchDualEncoder
     from vlnb.models.towers import TowersDualEncoder
 
-    funcs = [zoo.profile_models, zoo.reference_model, zoo.train_reference, load_model, heads.load_backbones,
+    funcs = [zoo.profile_models, zoo.reference_model, zoo.train_reference, load_model, heads.load_backbones, load_fusion,
              ScratchDualEncoder.load, TowersDualEncoder.load, *(a.from_pretrained for a in ADAPTERS.values())]
     for f in funcs:
         default = inspect.signature(f).parameters["device"].default

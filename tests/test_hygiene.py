@@ -198,6 +198,7 @@ def test_preview_links_and_downloads(tmp_path, monkeypatch):
     assert 'href="results/long.csv"' in html and "12 of 56 rows" in html
     fig, ax = plt.subplots()
     assert run.savefig(fig, "f") is None and (tmp_path / "figures" / "f.png").exists()
+    assert run.glue("x", "0.2") is None  # a cell ending with a glue shows no stray '0.2'
     plt.close(fig)
     monkeypatch.setenv("VLNB_LINK_BASE", "../runs/01_data_prep/")
     links = run.downloads().data

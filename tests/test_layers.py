@@ -41,3 +41,13 @@ def test_the_private_import_check_sees_one(tmp_path, monkeypatch):
     src.write_text("from .other import _hidden, visible\n")
     monkeypatch.setattr(f"{__name__}.ROOT", tmp_path)
     assert _private_imports(src) == ["m.py:1: from .other import _hidden"]
+
+
+def test_the_package_map_names_every_module_and_sub_package():
+    import vlnb
+
+    doc = vlnb.__doc__
+    names = [p.stem for p in (ROOT / "vlnb").glob("*.py") if p.stem != "__init__"]
+    names += [p.parent.name for p in (ROOT / "vlnb").glob("*/__init__.py")]
+    missing = sorted(n for n in names if f":mod:`vlnb.{n}`" not in doc)
+    assert not missing, f"vlnb/__init__.py's map of the package lacks {missing}"

@@ -192,6 +192,9 @@ def test_sweep_records_failures_resumes_and_collects(tmp_path, toy_nb):
     assert proc.returncode == 0, proc.stderr
     assert "toy: 4 rows from 2 run(s)" in proc.stdout
     pd.testing.assert_frame_equal(pd.read_csv(out / "collected" / "toy.csv"), toy)
+    assert sw.write_collected(out)["toy"] == out / "collected" / "toy.csv"  # its own folder: replaced
+    with pytest.raises(sw.SweepError, match="not written by vlnb collect"):
+        sw.write_collected(out, tmp_path)  # a folder of someone else's files is refused
     # a folder that is not a sweep's is refused as --out
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")

@@ -346,13 +346,13 @@ class NotebookRun:
                              + "</p>")
         return HTML("".join(parts) or "<p>This run wrote no tables or figures.</p>")
 
-    def glue(self, name: str, value, display: bool = False):
-        """Publish a value for the prose (myst-nb ``{glue}``); numbers in text come from the run."""
+    def glue(self, name: str, value, display: bool = False) -> None:
+        """Publish a value for the prose (myst-nb ``{glue}``); numbers in text come from the run. Returns None,
+        so that a cell ending with a glue shows no stray ``'0.2'`` on the page."""
         try:
             from myst_nb import glue
         except ImportError:  # plain Jupyter without the book tools: show it instead
             if display:
                 print(f"{name} = {value}")
-            return value
+            return
         glue(name, value, display=display)
-        return value

@@ -9,6 +9,15 @@ Book runs disable bars altogether (``TQDM_DISABLE=1``, set by :func:`vlnb.runs.r
 from __future__ import annotations
 
 import importlib.util
+import warnings
+
+from tqdm.std import TqdmWarning
+
+# Libraries the book uses (huggingface_hub, sentence-transformers …) import ``tqdm.auto`` themselves; in a
+# Jupyter kernel without ipywidgets that import warns "IProgress not found" into whichever cell triggers it.
+# Their bars fall back to text (and are off in book runs); the warning says nothing about the results.
+# ``import vlnb`` installs this one filter (vlnb/__init__.py), so no chapter shows it.
+warnings.filterwarnings("ignore", message=r"IProgress not found", category=TqdmWarning)
 
 
 def _bar_class():

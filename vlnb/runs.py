@@ -64,7 +64,8 @@ class OutDirError(RunError):
 #: Written into a build folder vlnb created: only such a folder's ``src/`` and ``html/`` are ever deleted.
 BUILD_MARKER = ".vlnb-build"
 #: What vlnb itself puts in a build folder (a default ``_build`` from before the marker holds only these).
-BUILD_ENTRIES = {"src", "html", "runs", "jb", "jupyter-book.log", "timings.json", "timings.csv", BUILD_MARKER}
+BUILD_ENTRIES = {"src", "html", "runs", "jb", "jupyter-book.log", "timings.json", "timings.csv", "timings_cpu.csv",
+                 BUILD_MARKER}
 
 
 def injectable(cfg, params: Mapping[str, Any]) -> dict[str, Any]:

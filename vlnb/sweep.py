@@ -20,8 +20,9 @@ anything runs: a bad grid fails at once, naming the combination, parameter and v
 **Runs.** Each combination runs through :func:`vlnb.runs.run_notebook` (the path of ``vlnb run``) into
 its own folder ``<out>/<swept values>-<hash>``, the hash being that of the notebook, profile and
 parameters. A run whose folder holds a ``run.json`` with ``status: ok`` and the same notebook, profile and
-parameters is skipped, so rerunning the same command resumes a sweep after a crash or Ctrl-C. A run that
-fails is recorded with its error and the others go on. ``<out>/sweep.json`` and ``<out>/sweep_summary.csv``
+(validated) parameters is skipped, so rerunning the same command resumes a sweep after a crash or Ctrl-C;
+a run that failed or was cut off is run again in its folder. A run that fails is recorded with its error
+and the others go on. ``out`` must be new, empty, or an earlier sweep's folder. ``<out>/sweep.json`` and ``<out>/sweep_summary.csv``
 record every run (parameters, status, seconds, error), updated as runs finish.
 
 **Where runs execute.** Locally, a pool of worker processes sized so that workers x torch threads <=
@@ -36,9 +37,10 @@ an error of the infrastructure raised inside a task (not a notebook failure: tha
 
 **Collecting.** :func:`collect` joins every finished run's ``results/<table>.csv`` into one tidy table per
 table name (tables of different names have different columns, so they are not stacked): a ``run`` column
-(the run folder's name), one column per parameter of the run (lists and mappings as JSON text; a
-parameter whose name is already a column of the table is called ``param_<name>``), then the table's own
-columns. ``vlnb collect DIR`` writes them to ``DIR/collected/<table>.csv``.
+(the run folder's name), ``profile``, one column per parameter given to the run (its validated value;
+lists and mappings as JSON text; a parameter whose name is already a column of the table is called
+``param_<name>``), then the table's own columns. Runs that did not finish are left out, with a warning.
+``vlnb collect DIR`` writes them to ``DIR/collected/<table>.csv``.
 """
 
 from __future__ import annotations
@@ -558,7 +560,11 @@ def write_collected(directory: str | os.PathLike, dest: str | os.PathLike | None
     """:func:`collect` into ``dest`` (default ``<directory>/collected``), one ``<table>.csv`` each."""
     tables = collect(directory)
     dest = Path(dest or Path(directory) / "collected")
+    marker = dest / ".vlnb-collected"  # a folder collect wrote before: its tables are replaced
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir()) and not marker.exists()):
+        raise SweepError(f"--out {dest}: exists and was not written by vlnb collect; choose a new or empty folder")
     dest.mkdir(parents=True, exist_ok=True)
+    marker.write_text("written by `vlnb collect`; its <table>.csv files are replaced by the next collect\n")
     paths = {}
     for name, df in tables.items():
         paths[name] = dest / f"{name}.csv"

@@ -310,6 +310,18 @@ PUBLISHED_ORDER = pd.DataFrame(
 )
 
 
+def with_published_order(table: pd.DataFrame, models: Mapping) -> pd.DataFrame:
+    """``table`` (of :func:`order_probe`) with ARO's published 5-way accuracy beside each "ARO 5-way" row whose
+    model was loaded from the published checkpoint (joined on hub id and data set; NaN elsewhere)."""
+    pub = {(h, d): (a, s) for h, d, a, s in zip(PUBLISHED_ORDER["hub_id"], PUBLISHED_ORDER["dataset"],
+                                                 PUBLISHED_ORDER["accuracy"], PUBLISHED_ORDER["source"]) if h}
+    hub = {name: str(getattr(m, "name", "")) for name, m in models.items()}
+    found = [pub.get((hub.get(m, ""), d)) if t == "ARO 5-way" else None
+             for m, d, t in zip(table["model"], table["dataset"], table["type"])]
+    return table.assign(published=[f[0] if f else np.nan for f in found],
+                        published_source=[f[1] if f else "" for f in found])
+
+
 # ---------------------------------------------------------------------------------------------- display
 def probe_pivot(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     """A wide display table: one row per (model, head), one "acc [lo, hi]" column per type."""
@@ -323,5 +335,5 @@ def probe_pivot(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
 
 __all__ = [
     "PROBE_COLUMNS", "PUBLISHED_ORDER", "grouped_accuracy", "heads", "order_probe", "probe_pivot", "readable",
-    "retrieval_with_ci", "score_pairs", "verdict", "win", "world_probe",
+    "retrieval_with_ci", "score_pairs", "verdict", "win", "with_published_order", "world_probe",
 ]

@@ -2,9 +2,9 @@
 
 :func:`load_model` is the single entry point: it infers the family from the checkpoint's HF config
 (``model_type``: clip, blip, blip-2, vilt) or from a vlnb save folder (:class:`TowersDualEncoder`, the
-scratch model of :mod:`vlnb.models.scratch`), and returns a :class:`DualEncoder` (CLIP, BLIP, BLIP-2,
-towers, scratch; BLIP/BLIP-2 offer ``.cross_encoder()`` for their ITM head) or a :class:`CrossEncoder`
-(ViLT). See :mod:`vlnb.models.base` for the contract.
+scratch model of :mod:`vlnb.models.scratch`, the fusion models of :mod:`vlnb.models.fusion`), and returns a
+:class:`DualEncoder` (CLIP, BLIP, BLIP-2, towers, scratch, the BLIP-/Q-Former-like fusion models; those with an
+ITM head offer ``.cross_encoder()``) or a :class:`CrossEncoder` (ViLT, the ViLT-like fusion model). See :mod:`vlnb.models.base` for the contract.
 """
 
 from __future__ import annotations

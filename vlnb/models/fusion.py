@@ -486,7 +486,7 @@ def is_fusion_dir(path) -> bool:
         return False
 
 
-def load_fusion(directory: str | Path, device="cpu"):
+def load_fusion(directory: str | Path, device="auto"):
     """Rebuild a fusion model written by ``save`` (strict: every weight must be present and match)."""
     from safetensors.torch import load_file
 
@@ -507,7 +507,9 @@ def load_fusion(directory: str | Path, device="cpu"):
     model.load_state_dict(load_file(str(d / WEIGHTS_FILE)))
     if cfg.arch == "qformer":
         model.backbone.requires_grad_(False)
-    return model.to(device).eval()
+    from ..device import resolve_device
+
+    return model.to(resolve_device(device)).eval()
 
 
 __all__ = [
