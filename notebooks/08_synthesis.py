@@ -75,7 +75,8 @@ run.preview(table.round(2), "headlines", top=40)
 # %% [markdown]
 # ## Do the chapters agree with each other?
 #
-# Chapter 2 evaluates the models it trains on their held-out test sets; chapter 4 evaluates the same
+# {doc}`Chapter 2 <02_clip_training>` evaluates the models it trains on their held-out test sets;
+# {doc}`chapter 4 <04_compare>` evaluates the same
 # models again, through the feature cache and the comparison code, on the same images. The two must
 # agree; a difference would mean that one of the two evaluations is wrong.
 
@@ -103,17 +104,18 @@ agreement.round(2)
 #   heads trained on 80 photos, are far from CLIP trained on 400M pairs; the full profile measures the
 #   hub checkpoints on COCO's 5k and Flickr30k's 1k test images, where intervals are a few points wide
 #   instead of tens.
-# - **Small groups and small test sets decide little.** The coco-mini test set has 79 images; chapter 7's
+# - **Small groups and small test sets decide little.** The coco-mini test set has 79 images;
+#   {doc}`chapter 7 <07_fairness>`'s
 #   groups of a few dozen images are flagged, not ranked. The full profile's groups hold hundreds.
-# - **Controlled experiments transfer as experiments.** The planted rarity of chapter 7 and the
-#   corruption sweep of chapter 5 are causal designs; their offline direction (rarer in training, worse at
+# - **Controlled experiments transfer as experiments.** The planted rarity of {doc}`chapter 7 <07_fairness>`
+#   and the corruption sweep of {doc}`chapter 5 <05_robustness>` are causal designs; their offline direction (rarer in training, worse at
 #   test; stronger corruption, lower accuracy) is what one expects at scale, their size is not.
 #
 # ## Where the offline and full profiles differ, and why
 #
 # | | offline | full | why it matters |
 # |---|---|---|---|
-# | models | trained in chapter 2 (a tiny ViT; frozen EfficientNet-Lite0 + MiniLM with heads) | CLIP ViT-B/32, BLIP, BLIP-2, ViLT from the hub | offline numbers describe the book's models, not the published ones |
+# | models | trained in {doc}`chapter 2 <02_clip_training>` (a tiny ViT; frozen EfficientNet-Lite0 + MiniLM with heads) | CLIP ViT-B/32, BLIP, BLIP-2, ViLT from the hub | offline numbers describe the book's models, not the published ones |
 # | retrieval test sets | world (procedural), coco-mini val2017 (79 images) | COCO Karpathy 5k, Flickr30k 1k | chance is $k/N$: far higher on 79 images, so compare to chance, not across sets |
 # | intervals | wide (tens of points on coco-mini) | a few points | many offline comparisons "cannot be told apart" |
 # | zero-shot classes | shapes and colours of the world, COCO categories present in coco-mini | all 80 COCO categories, CIFAR-100 | fewer classes, higher chance |
