@@ -196,7 +196,7 @@ def test_preview_links_and_downloads(tmp_path, monkeypatch):
     assert len(pd.read_csv(tmp_path / "results" / "long.csv")) == 56
     assert html.count("<tr") == 12 + 1 and "r55" in html and "r0<" not in html  # largest drops first
     assert 'href="results/long.csv"' in html and "12 of 56 rows" in html
-    fig, ax = plt.subplots()
+    fig, _ = plt.subplots()
     assert run.savefig(fig, "f") is None and (tmp_path / "figures" / "f.png").exists()
     assert run.glue("x", "0.2") is None  # a cell ending with a glue shows no stray '0.2'
     plt.close(fig)

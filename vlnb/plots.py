@@ -12,6 +12,7 @@ import pandas as pd
 import seaborn as sns
 
 from .data.images import try_open_rgb
+from .eval.published import protocol_stage
 
 
 def image_grid(df: pd.DataFrame, n: int = 12, ncols: int = 4, seed: int = 0, width: int = 34, title: str | None = None):
@@ -94,7 +95,6 @@ def published_markers(part: pd.DataFrame, published: pd.DataFrame | None, entrie
     """
     if published is None or not len(published) or "hub_id" not in part or part.empty:
         return []
-    from .eval.published import protocol_stage
 
     pub = published[(published["dataset"] == part["dataset"].iloc[0])
                     & (published["direction"] == part["direction"].iloc[0])]

@@ -191,7 +191,9 @@ def headlines(runs: str | Path) -> pd.DataFrame:
     rows = []
     for stem, f in EXTRACTORS.items():
         found = f(runs)
-        rows += found or [_row(stem, "(no run of this chapter in this build)", math.nan, interval="", source="—")]
+        if not found:
+            found = [{**_row(stem, "(no run of this chapter in this build)", math.nan, unit=""), "source": ""}]
+        rows += found
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

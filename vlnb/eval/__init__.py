@@ -6,6 +6,12 @@
 - :mod:`vlnb.eval.zeroshot`  -- prompt-ensemble classifiers, top-k accuracy, mean per-class recall
 - :mod:`vlnb.eval.templates` -- OpenAI's CLIP prompt templates (ImageNet 80, CIFAR 18)
 - :mod:`vlnb.eval.features`  -- image/text embeddings cached on disk, keyed by weights + data + preprocessing
+- :mod:`vlnb.eval.bootstrap` -- bootstrap intervals of any statistic, of Recall@K and of paired differences
+- :mod:`vlnb.eval.compare`   -- any model on any manifest: retrieval (+ re-ranking) and zero-shot rows with protocols
+- :mod:`vlnb.eval.published` -- published reference numbers (literature values) with their protocols
+- :mod:`vlnb.eval.compositionality` -- the caption-vs-foil probe; :mod:`vlnb.eval.ambiguity` -- the world
+  captions' ambiguity ceiling; :mod:`vlnb.eval.cost`, :mod:`vlnb.eval.protocol_cost` -- what a model and a
+  protocol cost
 """
 
 from ..data.classnames import CIFAR100_CLASSNAMES

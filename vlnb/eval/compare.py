@@ -19,7 +19,9 @@ import pandas as pd
 import torch
 
 from ..data.classnames import CIFAR100_CLASSNAMES
+from ..data.hub import CIFAR100_ALIASES, cifar100_fine_names
 from ..data.pixels import pixel_loader
+from ..data.world import WORLD_SHAPES
 from .chance import recall_chance, zeroshot_chance
 from .features import image_features, text_features
 from .rerank import rerank_similarity, reranked_recall
@@ -184,7 +186,6 @@ def zeroshot_task(dataset: str, manifest: pd.DataFrame, coco_templates: str | Se
     """
     kind = str(manifest.attrs.get("vlnb", {}).get("source", dataset)).lower()
     if "world" in kind or "primary_shape" in manifest.columns:
-        from ..data.world import WORLD_SHAPES
 
         names = list(WORLD_SHAPES)
         return ZeroShotTask(dataset, names, WORLD_TEMPLATES, {
@@ -209,7 +210,6 @@ def cifar100_targets(manifest: pd.DataFrame, dataset: str = "cifar100") -> np.nd
     is there (labels by index, so a copy's misspelt names cannot drop images), else the label name mapped to
     the official names. An image whose label matches no class is a ValueError naming it, never a target -1
     that silently leaves the accuracy's denominator."""
-    from ..data.hub import CIFAR100_ALIASES, cifar100_fine_names
 
     if "fine_label_id" in manifest.columns:
         t = pd.to_numeric(manifest["fine_label_id"], errors="coerce").to_numpy(dtype=float)

@@ -37,7 +37,11 @@ import torch
 
 from ..data.images import REPORT_COLUMNS, empty_report, try_open_rgb
 from ..data.manifest import fingerprint as manifest_fingerprint
+from ..data.pixels import cacheable, decoded_pixels
+from ..device import autocast, precision_name
+from ..paths import atomic_write, clean_stale_temp
 from ..paths import cache_dir as default_cache_dir
+from ..progress import tqdm
 from ..timing import timed
 
 FORMAT_VERSION = 2  # 2: the sidecar carries its own checksum (meta_sha256)
@@ -58,14 +62,11 @@ def _uses_autocast(model) -> bool:
 def autocast_for(model):
     """Autocast when a float32 ``model`` runs on CUDA (bf16 on compute capability >= 8, fp16 on older GPUs such
     as the T4: :func:`vlnb.device.autocast_dtype`), else a no-op context."""
-    from ..device import autocast
 
     return autocast(model_device(model)) if _uses_autocast(model) else contextlib.nullcontext()
 
 
 def _precision(model) -> str:
-    from ..device import precision_name
-
     return precision_name(model_device(model)) if _uses_autocast(model) else str(getattr(model, "dtype", "float32"))
 
 
@@ -144,7 +145,6 @@ def _save_cache(directory: Path, key: str, emb: torch.Tensor, meta: dict) -> Non
     directory.mkdir(parents=True, exist_ok=True)
     tpath, jpath = _cache_paths(directory, key)
     emb = emb.contiguous()
-    from ..paths import atomic_write, clean_stale_temp
 
     meta = {**meta, "key": key, "format": FORMAT_VERSION, "shape": list(emb.shape), "sha256": _tensor_digest(emb)}
     meta = json.loads(json.dumps(meta, default=jsonable))
@@ -269,7 +269,6 @@ def image_features(
 
     def compute_from_pixels():
         # decoded once per (manifest, preprocessing geometry) in the pixel cache; normalised on the device
-        from ..data.pixels import decoded_pixels
 
         px_dir = None if cache_dir is None else Path(cache_dir) / "pixels"
         px = decoded_pixels(manifest, pre, cache_dir=px_dir, workers=num_workers, progress=progress)
@@ -277,7 +276,6 @@ def image_features(
         # batches of manifest rows minus the bad ones, exactly as the decoding loader forms them (same bits)
         starts = range(0, len(ids), batch_size)
         if progress:
-            from ..progress import tqdm
 
             starts = tqdm(starts, desc="encoding images", leave=False)
         chunks = []
@@ -295,8 +293,6 @@ def image_features(
         return emb, {"image_ids": [jsonable(ids[i]) for i in ok], "skipped": skipped}
 
     def compute():
-        from ..data.pixels import cacheable
-
         if cacheable(pre):
             return compute_from_pixels()
         device = model_device(model)
@@ -306,7 +302,6 @@ def image_features(
             num_workers=num_workers, collate_fn=_collate, shuffle=False, pin_memory=device.type == "cuda",
         )
         if progress:
-            from ..progress import tqdm
 
             loader = tqdm(loader, desc="encoding images", leave=False)
         rows, chunks, skipped = [], [], []

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..progress import tqdm
 from ..timing import timer
 from .features import autocast_for, model_device
 from .retrieval import DIRECTIONS, as_tensor, recall_at_k
@@ -46,7 +47,6 @@ def score_pixel_text_pairs(cross_encoder, load, texts, img_idx, txt_idx, batch_s
     device, out = model_device(cross_encoder), []
     starts = range(0, len(img_idx), batch_size)
     if progress:
-        from ..progress import tqdm
 
         starts = tqdm(starts, desc="re-ranking pairs", leave=False)
     with torch.inference_mode(), autocast_for(cross_encoder):

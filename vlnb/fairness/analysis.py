@@ -8,9 +8,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ..data import build_manifest
+from ..data.profiles import evaluation_manifest, repo_path
+from ..device import resolve_device as _resolve_device
+from ..eval.chance import zeroshot_chance
+from ..eval.compare import zeroshot_task
+from ..paths import shared_data_dir
+from ..zoo import chapter_models as _models
 from .controlled import world_attribute_task
+from .gender import read_coco_captions
 from .groups import dataset_groups
 from .metrics import Outcomes, evaluate_outcomes, gap_table, group_table
+from .stats import holm_adjust
 
 #: Groupings analysed per kind of data set, and the groups that are shown but never ranked.
 DEFAULT_GROUPINGS = {"world": ("colour", "shape", "background"), "coco": ("supercategory", "gender")}
@@ -20,7 +29,6 @@ EXCLUDED_GROUPS = {"gender": ("unlabelled",)}
 def zeroshot_tasks(dataset: str, manifest: pd.DataFrame, templates: str | None = None) -> dict:
     """The zero-shot tasks of a test set: world -> shape and colour of the largest object; COCO -> the
     80 categories ("any label": a top-1 class that is any of the image's categories counts)."""
-    from ..eval.compare import zeroshot_task
 
     if "primary_colour" in manifest.columns:
         return {"zero-shot shape": (world_attribute_task(manifest, "shape"), "primary"),
@@ -91,7 +99,6 @@ def subgroup_analysis(
 def zeroshot_chance_levels(tasks: dict) -> dict[str, float]:
     """``{"<task> top-1": chance}`` of the zero-shot tasks of :func:`zeroshot_tasks` (exact top-1 chance of a
     random ranking of the task's classes, :func:`vlnb.eval.chance.zeroshot_chance`)."""
-    from ..eval.chance import zeroshot_chance
 
     out = {}
     for metric, (task, variant) in tasks.items():
@@ -121,7 +128,6 @@ def adjust_gap_tests(gaps: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     """Multiple testing: one permutation test per (model, data set, grouping, metric) is a family of tests, so
     ``p_holm`` is Holm's adjusted p-value over the whole table and ``gap_detected`` means ``p_holm < 1 - level``
     (family-wise error rate at most ``1 - level``); ``p_value`` stays the unadjusted one."""
-    from .stats import holm_adjust
 
     if gaps.empty or "p_value" not in gaps:
         return gaps
@@ -160,9 +166,7 @@ def gap_headline(gaps: pd.DataFrame) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------- chapter glue
 def resolve_device(device: str = "auto") -> str:
     """The chapter's device (:func:`vlnb.device.resolve_device`: ``"auto"`` = CUDA when available, else CPU)."""
-    from ..device import resolve_device as repo_path
-
-    return repo_path(device)
+    return _resolve_device(device)
 
 
 def chapter_models(cfg, device: str = "auto", progress: bool = True) -> dict:
@@ -170,7 +174,6 @@ def chapter_models(cfg, device: str = "auto", progress: bool = True) -> dict:
     full the hub models (a dict replaces / adds / drops entries of :data:`vlnb.zoo.HUB_MODELS`, a list keeps
     those display names). Cross encoders (ViLT) are left out: they have no zero-shot classifier and no
     similarity matrix to take per-group retrieval from."""
-    from ..zoo import chapter_models as _models
 
     return _models(cfg, device=device, progress=progress, include_cross=False)
 
@@ -188,7 +191,6 @@ def chapter_datasets(cfg, model_names: Sequence[str]) -> dict[str, list[str]]:
 
 def chapter_manifests(cfg, names: Sequence[str]) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
     """The test manifests (:func:`vlnb.data.profiles.evaluation_manifest`) and their bad-image reports."""
-    from ..data.profiles import evaluation_manifest
 
     out, reports = {}, []
     for name in dict.fromkeys(names):
@@ -208,10 +210,6 @@ def gender_sources(cfg) -> dict[str, pd.DataFrame]:
     """
     from pathlib import Path
 
-    from ..data import build_manifest
-    from ..data.profiles import repo_path
-    from ..paths import shared_data_dir
-    from .gender import read_coco_captions
 
     out: dict[str, pd.DataFrame] = {}
     files = cfg.gender_caption_files

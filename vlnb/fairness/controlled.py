@@ -30,6 +30,11 @@ import pandas as pd
 
 from ..data.manifest import subset
 from ..data.world import WorldConfig, build_world_manifest
+from ..eval.compare import WORLD_TEMPLATES, ZeroShotTask, class_indices
+from ..models.scratch import ScratchDualEncoder
+from ..progress import tqdm
+from ..train import TrainConfig, train_contrastive
+from ..train.trainer import PairDataset
 from .metrics import Outcomes, evaluate_outcomes, gap_table, group_contrast, group_table
 
 #: Architecture overrides of the ``tiny`` ScratchConfig preset for the experiment's models.
@@ -48,7 +53,6 @@ def world_attribute_task(manifest: pd.DataFrame, attribute: str = "colour"):
     Colour prompts name the colour with every shape ("a {} circle", "a {} square", ...: the world's captions
     always say both) and are averaged; shape prompts are :data:`vlnb.eval.compare.WORLD_TEMPLATES`.
     """
-    from ..eval.compare import WORLD_TEMPLATES, ZeroShotTask, class_indices
 
     attribute = "colour" if attribute == "color" else attribute
     if attribute not in _PRIMARY:
@@ -66,9 +70,6 @@ def train_world_model(train: pd.DataFrame, seed: int = 0, model: dict | None = N
 
     Returns ``(model, history)``. The preprocessed images are kept in memory across epochs.
     """
-    from ..models.scratch import ScratchDualEncoder
-    from ..train import TrainConfig, train_contrastive
-    from ..train.trainer import PairDataset
 
     kw = {**RARITY_MODEL, **(model or {})}
     preset = kw.pop("config", "tiny")
@@ -159,7 +160,6 @@ def rarity_experiment(
     runs = [(f, s) for f in fractions for s in seeds]
     bar = runs
     if progress:
-        from ..progress import tqdm
 
         bar = tqdm(runs, desc="rarity experiment")
     groups, contrasts, gaps, training, outs = [], [], [], [], {}

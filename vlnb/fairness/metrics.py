@@ -34,6 +34,10 @@ import torch
 
 from ..eval.bootstrap import bootstrap_weights
 from ..eval.bootstrap import percentile_interval as _percentile_interval
+from ..eval.compare import captions_table, manifest_rows, zeroshot_task
+from ..eval.features import image_features, text_features
+from ..eval.retrieval import retrieval_ranks
+from ..eval.zeroshot import target_matrix, zeroshot_classifier, zeroshot_scores
 from ..timing import timer
 from .stats import binomial_interval
 
@@ -125,10 +129,6 @@ def evaluate_outcomes(
     ``t2i R@k`` for each ``k`` (proportions), ``mean similarity`` (cosine of image and own caption).
     Images that cannot be decoded are left out (``image_ids`` lists the evaluated ones).
     """
-    from ..eval.compare import captions_table, manifest_rows, zeroshot_task
-    from ..eval.features import image_features, text_features
-    from ..eval.retrieval import retrieval_ranks
-    from ..eval.zeroshot import target_matrix, zeroshot_classifier, zeroshot_scores
 
     name = model_name or getattr(model, "name", type(model).__name__)
     feats = image_features(model, manifest, batch_size=batch_size, cache_dir=cache_dir, progress=progress)

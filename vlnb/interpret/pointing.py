@@ -32,6 +32,8 @@ from PIL import Image
 
 from ..data import get_annotations, open_rgb
 from ..models.transforms import ImagePreprocess
+from ..progress import tqdm
+from .explain import explain, supported_methods
 
 
 @dataclass
@@ -236,7 +238,6 @@ def score_pairs(model, model_name: str, pairs: Sequence[PointingPair], methods: 
     frame -- and the first ``keep`` pairs as :class:`Example` for overlays. Pairs whose target or distractor
     falls outside the model's crop are dropped (column ``n_dropped`` of :func:`summarise` counts them).
     """
-    from .explain import explain, supported_methods
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -244,7 +245,6 @@ def score_pairs(model, model_name: str, pairs: Sequence[PointingPair], methods: 
     recs, examples = [], []
     starts = range(0, len(pairs), batch_size)
     if progress:
-        from ..progress import tqdm
 
         starts = tqdm(starts, desc=f"pointing game: {model_name}", leave=False)
     for s in starts:

@@ -9,6 +9,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ..data import build_manifest
+from ..device import resolve_device
+from ..zoo import RECIPES, reference_data
 from .explain import cnn_grid, entropy_table, explain, supported_methods
 from .pointing import PointingPair, coco_pairs, score_pairs, world_pairs
 from .trace import trace_attention
@@ -22,8 +25,6 @@ def load_pairs(datasets: Sequence[str], n_images: int, coco_root: str | None = N
     """``{dataset: pairs}``. ``world``: test images of the offline world the reference ViT was trained on
     (its recipe's config); ``coco``: ``coco_root`` / ``coco_split`` (None: the shared coco-mini val2017, the
     towers' test set)."""
-    from ..data import build_manifest
-    from ..zoo import reference_data
 
     bad = [d for d in datasets if d not in POINTING_DATASETS]
     if bad:
@@ -47,7 +48,6 @@ def load_pairs(datasets: Sequence[str], n_images: int, coco_root: str | None = N
 def model_datasets(name: str, datasets: Sequence[str]) -> list[str]:
     """The data sets model ``name`` is scored on: a reference model of :data:`vlnb.zoo.RECIPES` on its own
     training data (the world ViT sees 64-px world scenes only), any other model on all of ``datasets``."""
-    from ..zoo import RECIPES
 
     if name in RECIPES:
         own = _RECIPE_DATA.get(RECIPES[name].data)
@@ -135,7 +135,6 @@ def entropy_summary(table: pd.DataFrame) -> pd.DataFrame:
 
 def pick_device(device: str = "auto") -> str:
     """The chapter's device (:func:`vlnb.device.resolve_device`: ``"auto"`` = CUDA when available, else CPU)."""
-    from ..device import resolve_device
 
     return resolve_device(device)
 

@@ -5,6 +5,9 @@
 scratch model of :mod:`vlnb.models.scratch`, the fusion models of :mod:`vlnb.models.fusion`), and returns a
 :class:`DualEncoder` (CLIP, BLIP, BLIP-2, towers, scratch, the BLIP-/Q-Former-like fusion models; those with an
 ITM head offer ``.cross_encoder()``) or a :class:`CrossEncoder` (ViLT, the ViLT-like fusion model). See :mod:`vlnb.models.base` for the contract.
+
+Shared pieces: :mod:`vlnb.models.transforms` (each model's exact preprocessing) and :mod:`vlnb.models.memo` (one
+memo of frozen-tower features, and the explicit mean pooling of sentence features).
 """
 
 from __future__ import annotations

@@ -54,6 +54,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data import get_annotations
+
 VERSION = 1
 REFERENCE_SIZE = 224
 
@@ -660,7 +662,6 @@ class ObjectMasks:
     def one(self, image_id) -> np.ndarray:
         k = _id_text(image_id)
         if k not in self._cache:
-            from ..data import get_annotations
 
             best = None
             for o in get_annotations(self.manifest, image_id):

@@ -33,9 +33,30 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..data.manifest import subset
+from ..data import build_manifest
+from ..data.images import try_open_rgb
+from ..data.manifest import subset, texts_and_targets
+from ..data.pixels import cacheable, decoded_pixels
+from ..data.profiles import evaluation_manifest
+from ..data.world import WorldConfig, world_class_names
 from ..device import resolve_device  # the chapter's device resolver, re-exported
+from ..eval import (
+    classification_metrics,
+    image_features,
+    multilabel_targets,
+    recall_at_k,
+    text_features,
+    zeroshot_classifier,
+    zeroshot_scores,
+)
 from ..eval.chance import recall_chance, zeroshot_chance
+from ..eval.features import autocast_for, jsonable, model_device
+from ..eval.retrieval import check_ks
+from ..eval.zeroshot import fill_template
+from ..models import CrossEncoder
+from ..progress import tqdm
+from ..zoo import RECIPES
+from ..zoo import chapter_models as _models
 from .perturbations import CORRUPTIONS, REFERENCE_SIZE, ObjectMasks, corruption
 
 RESULT_COLUMNS = ["model", "dataset", "task", "metric", "corruption", "severity", "value", "clean", "relative",
@@ -83,8 +104,6 @@ def _head(df: pd.DataFrame, n: int | None) -> pd.DataFrame:
 
 
 def _multilabel(column, classes) -> np.ndarray:
-    from ..eval import multilabel_targets
-
     return multilabel_targets([list(v) for v in column], classes)
 
 
@@ -93,7 +112,6 @@ def world_task(manifest: pd.DataFrame, n_images: int | None = None, dataset: str
     """The offline world: zero-shot over shapes (prompt ``"a {shape}"``) and colours (the prompt ensemble
     ``"a {colour} {shape}"`` over every shape: the world's captions name objects that way), multi-label
     targets (any object of that value), and retrieval. The first ``n_images`` rows are kept."""
-    from ..data.world import WorldConfig, world_class_names
 
     spec = (manifest.attrs.get("vlnb") or {}).get("config")
     cfg = WorldConfig.from_dict(spec) if spec else None
@@ -139,14 +157,10 @@ def make_task(dataset: str, manifest: pd.DataFrame, n_images: int | None = None,
 
 # ---------------------------------------------------------------------------------------------- metrics
 def _ks(ks) -> tuple[int, ...]:
-    from ..eval.retrieval import check_ks
-
     return check_ks(ks)
 
 
 def _zeroshot_metrics(scores: torch.Tensor, targets: np.ndarray) -> dict[str, float]:
-    from ..eval import classification_metrics
-
     keep = targets.any(axis=1)
     if not keep.any():
         return {}
@@ -154,8 +168,6 @@ def _zeroshot_metrics(scores: torch.Tensor, targets: np.ndarray) -> dict[str, fl
 
 
 def _retrieval_metrics(sim: torch.Tensor, t2i: np.ndarray, ks) -> dict[str, float]:
-    from ..eval import recall_at_k
-
     return recall_at_k(sim, t2i, ks)
 
 
@@ -163,15 +175,11 @@ class _TextSide:
     """Per (model, task): the text embeddings computed once (dual) or the texts to pair (cross)."""
 
     def __init__(self, model, task: EvalTask, cross: bool, cache_dir, batch_size: int):
-        from ..data.manifest import texts_and_targets
-        from ..eval import text_features, zeroshot_classifier
-
         self.cross = cross
         self.texts, self.t2i = texts_and_targets(task.manifest) if task.retrieval else ([], np.zeros(0, np.int64))
         self.classifiers: dict[str, torch.Tensor] = {}
         self.prompts: dict[str, list[str]] = {}
         if cross:  # a cross encoder scores image x prompt pairs: one prompt (the first template) per class
-            from ..eval.zeroshot import fill_template
 
             self.prompts = {n: [fill_template(ls.templates[0], c) for c in ls.classes] for n, ls in task.label_sets.items()}
             return
@@ -208,8 +216,6 @@ def _cell_metrics(model, task: EvalTask, text: _TextSide, image_ids: list, score
 
 
 def _dual_cell(model, task, text: _TextSide, perturbation, ks, batch_size, cache_dir, num_workers):
-    from ..eval import image_features, zeroshot_scores
-
     fs = image_features(model, task.manifest, batch_size=batch_size, cache_dir=cache_dir, perturbation=perturbation,
                         num_workers=num_workers, progress=False)
 
@@ -226,9 +232,6 @@ class _CrossPixels:
     """A cross encoder's [0, 1] pixels of the task's images, decoded and preprocessed once."""
 
     def __init__(self, model, task: EvalTask):
-        from ..data.images import try_open_rgb
-        from ..data.pixels import cacheable, decoded_pixels
-
         pre = model.preprocess
         if cacheable(pre):  # the shared pixel cache (vlnb.data.pixels): decoded once for every cell and chapter
             px = decoded_pixels(task.manifest, pre, progress=False)
@@ -248,8 +251,6 @@ class _CrossPixels:
 
 
 def _cross_cell(model, task, text: _TextSide, pixels: _CrossPixels, perturbation, ks, batch_size):
-    from ..eval.features import autocast_for, jsonable, model_device
-
     pre, dev = model.preprocess, model_device(model)
     ids = [jsonable(i) for i in pixels.ids]
     cache: dict[str, torch.Tensor] = {}
@@ -285,7 +286,6 @@ def auto_batch_size(model, device=None) -> int:
     """128 on CUDA; on a CPU about 256k pixels a batch (64 images of 64 px, 5 of 224 px): larger CPU batches
     buy nothing and cost page faults on every activation allocation (measured on the towers: batch 40
     spent twice its compute time in the kernel, batch 4 almost none)."""
-    from ..eval.features import model_device
 
     dev = torch.device(device) if device is not None else model_device(model)
     if dev.type == "cuda":
@@ -328,7 +328,6 @@ def run_sweep(
     receives one dict per cell (model, dataset, corruption, severity, seconds, cached). Returns the tidy
     table (:data:`RESULT_COLUMNS`, values in percent).
     """
-    from ..models import CrossEncoder
 
     cells = _cells(corruptions, severities)
     ks = _ks(ks)
@@ -340,7 +339,6 @@ def run_sweep(
     total = sum(len(t) for t in per_model.values()) * (1 + len(cells))
     bar = None
     if progress:
-        from ..progress import tqdm
 
         bar = tqdm(total=total, desc="robustness sweep")
     rows = []
@@ -536,20 +534,16 @@ def noise_tolerance(results: pd.DataFrame) -> float:
 def chapter_models(cfg, device: str = "auto", progress: bool = True) -> dict:
     """The models of a :class:`~vlnb.params.05_robustness.RobustnessParams` run (see
     :func:`vlnb.zoo.chapter_models`)."""
-    from ..zoo import chapter_models as _models
 
     return _models(cfg, device=device, progress=progress)
 
 
 def _manifest(name: str, cfg) -> pd.DataFrame:
     if name == "world":  # the scratch reference model's test split, without generating its training images
-        from ..data import build_manifest
-        from ..zoo import RECIPES
 
         kw = {**RECIPES["scratch-world"].data_kwargs, "n_train": 0}
         df, _ = build_manifest("world", **kw)
         return df
-    from ..data.profiles import evaluation_manifest
 
     return evaluation_manifest(name, cfg)[0]
 
@@ -573,8 +567,6 @@ def chapter_tasks(cfg, model_names: Sequence[str]) -> dict[str, list[EvalTask]]:
 
 def unit_pixels(manifest: pd.DataFrame, preprocess, n: int = 4) -> tuple[torch.Tensor, list]:
     """The first ``n`` decodable images of ``manifest`` as ``[0, 1]`` pixels under ``preprocess`` and their ids."""
-    from ..data.images import try_open_rgb
-    from ..data.pixels import cacheable, decoded_pixels
 
     if cacheable(preprocess):
         px = decoded_pixels(manifest, preprocess, progress=False)

@@ -6,6 +6,11 @@
 - :mod:`vlnb.train.checkpoint`  -- atomic, ``weights_only``-loadable checkpoints and RNG states
 - :mod:`vlnb.train.distributed` -- torchrun process groups, gather-with-gradient, gradient averaging
 - :mod:`vlnb.train.plots`       -- learning curves (static or live)
+- :mod:`vlnb.train.itm`         -- ITM with hard negatives: the fusion models' training loop
+- :mod:`vlnb.train.negclip`     -- NegCLIP: composition-aware hard negatives in the batch
+- :mod:`vlnb.train.variants`    -- text-encoder attention variants of the from-scratch CLIP, compared
+- :mod:`vlnb.train.paired`      -- the paired-CIFAR-100 experiment (scratch ViT against a frozen text tower)
+- :mod:`vlnb.train.report`      -- chapter 2's held-out results table and prose numbers
 """
 
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..paths import atomic_write, clean_stale_temp
+
 
 def rng_state() -> dict[str, Any]:
     """Python, numpy and torch (CPU and every CUDA device) random states as weights-only-safe values."""
@@ -58,7 +60,6 @@ def seed_everything(seed: int) -> None:
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``state`` atomically (temporary file + ``os.replace``) and return the path."""
-    from ..paths import atomic_write, clean_stale_temp
 
     path = Path(path)
     clean_stale_temp(path.parent, path.name)  # left by a writer killed mid-write (SIGKILL, power loss)
@@ -67,7 +68,6 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``; a clear error if it is missing or unsafe."""
-    from ..paths import clean_stale_temp
 
     path = Path(path)
     clean_stale_temp(path.parent, path.name)

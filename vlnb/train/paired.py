@@ -17,10 +17,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.manifest import subset
+from ..data.paired_cifar import pair_preprocess, pair_prompts
+from ..eval.chance import recall_chance
+from ..eval.compare import evaluate_retrieval
+from ..eval.features import image_features, text_features
 from ..models.base import DualEncoder
 from ..models.memo import FeatureMemo, mean_pool
 from ..models.scratch import ScratchConfig, VisionTransformer, init_tower
+from ..models.towers import TEXT_DIM, minilm_path
 from ..models.transforms import HALF, ImagePreprocess
+from . import TrainConfig, train_contrastive
+from .trainer import PairDataset
 
 
 class ScratchImageFrozenText(DualEncoder):
@@ -33,7 +40,6 @@ class ScratchImageFrozenText(DualEncoder):
                  seed: int | None = 0, **overrides):
         from transformers import AutoModel, AutoTokenizer
 
-        from ..models.towers import TEXT_DIM, minilm_path
 
         cfg = ScratchConfig.preset(config, **overrides) if isinstance(config, str) else config
         s = cfg.image_size
@@ -92,8 +98,6 @@ def pair_classification(model, test: pd.DataFrame, class_names, batch_size: int 
     ``ordered top-1``: the best prompt names the right classes in the right order; ``unordered top-1``: the
     right two classes in either order. Proportions in [0, 1], with their chance levels.
     """
-    from ..data.paired_cifar import pair_prompts
-    from ..eval.features import image_features, text_features
 
     names = list(class_names)
     present = sorted(set(test["left_class"]) | set(test["right_class"]))
@@ -121,11 +125,6 @@ def train_paired_cifar(manifest: pd.DataFrame, epochs: int = 6, batch_size: int 
     """Train :class:`ScratchImageFrozenText` on the ``train`` pairs of a paired-CIFAR-100 manifest; returns
     ``(results table, History)`` with test retrieval R@1/5/10 (percent) and, with ``classify``, pair
     classification among all C·(C−1) class-pair prompts (proportions), each with its chance level."""
-    from ..data.paired_cifar import pair_preprocess
-    from ..eval.chance import recall_chance
-    from ..eval.compare import evaluate_retrieval
-    from . import TrainConfig, train_contrastive
-    from .trainer import PairDataset
 
     train, test = (subset(manifest, (manifest["split"] == s).to_numpy()) for s in ("train", "test"))
     if len(train) == 0 or len(test) == 0:

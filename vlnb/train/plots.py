@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..timing import timed
+
 
 def plot_history(history, axes=None, ceiling: dict | None = None):
     """Three panels: training loss (per step, and the epoch mean), temperature ``exp(logit_scale)`` with
@@ -64,8 +66,6 @@ def live_plot(force: bool | None = None):
     handle = None
 
     def callback(history):
-        from ..timing import timed
-
         nonlocal handle
         with timed("plotting"):
             fig = plot_history(history)

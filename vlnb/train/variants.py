@@ -38,6 +38,10 @@ import pandas as pd
 import torch
 
 from ..data.manifest import subset, texts_and_targets
+from ..device import resolve_device
+from ..models.fusion import FusionConfig, create_fusion
+from ..models.scratch import ScratchConfig, ScratchDualEncoder
+from .itm import evaluate_fusion, train_fusion
 from .trainer import TrainConfig, evaluate_retrieval, train_contrastive
 
 VARIANTS = ("self", "memory", "cross", "local")
@@ -133,7 +137,6 @@ def compare_text_attention(
     :data:`COLUMNS`, one row per variant, in order), and ``{variant: model}`` too with ``return_models=True``.
     ``rerank_k``: candidates per query the ``"cross"`` variant's ITM head re-ranks.
     """
-    from ..models.scratch import ScratchConfig, ScratchDualEncoder
 
     variants = list(variants)
     if not variants:
@@ -151,7 +154,6 @@ def compare_text_attention(
     if not texts_and_targets(test)[0]:
         raise ValueError("the test manifest has no captions: nothing to retrieve")
 
-    from ..device import resolve_device
 
     dev = torch.device(resolve_device(tc.device))
     # untimed warm-up: one step of a throwaway model, so the first variant does not pay one-off start-up costs
@@ -180,7 +182,6 @@ def compare_text_attention(
         with meter:
             t0 = time.perf_counter()
             if v == "cross":
-                from .itm import train_fusion
 
                 history = train_fusion(model, train, tc.model_copy(update={"device": str(dev)}), progress=progress)
             else:
@@ -189,7 +190,6 @@ def compare_text_attention(
                 torch.cuda.synchronize(dev)
             elapsed = time.perf_counter() - t0
         if v == "cross":
-            from .itm import evaluate_fusion
 
             recall = evaluate_fusion(model, test, k=rerank_k, batch_size=eval_batch_size, progress=progress)
             protocol = f"ITC top-{rerank_k} → ITM re-rank (cross encoder)"
@@ -214,7 +214,6 @@ def compare_text_attention(
 
 def _cross_modal_variant(cfg, captions, seed: int):
     """The ``"cross"`` variant: a BLIP-like model (:class:`~vlnb.models.fusion.ScratchBLIP`) of ``cfg``'s sizes."""
-    from ..models.fusion import FusionConfig, create_fusion
 
     if cfg.tokenizer != "word" or cfg.width != cfg.text_width or cfg.heads != cfg.text_heads:
         raise ValueError("the 'cross' variant (a BLIP-like text encoder over the image's patches) needs the word "
