@@ -472,8 +472,9 @@ PUBLISHED_ORDER
 # %% [markdown]
 # ## What each model costs
 #
-# The other side of the trade-off, measured in this run on this machine: parameters, peak memory of one
-# forward pass (CUDA's allocator peak on a GPU; on a CPU the sampled resident-set growth, a lower bound),
+# The other side of the trade-off, measured in this run on this machine: parameters, the weights' memory,
+# the memory one forward pass adds on top of them (CUDA's allocator peak on a GPU; on a CPU the sampled
+# resident-set growth, a lower bound that reads 0 when the allocator reuses memory it already holds),
 # images and texts encoded per second (dual encoders and ITC heads; decoding excluded), pairs scored per
 # second (cross encoders and ITM heads), and the time to answer one text query over a gallery of N images:
 # a dual encoder embeds the gallery once (the index) and then needs one text forward pass and one matrix

@@ -50,6 +50,7 @@ from IPython.display import display
 from vlnb import fairness as F
 from vlnb.config import NotebookRun
 from vlnb.fairness import analysis as A
+from vlnb.fairness import gender as G
 from vlnb.fairness import plots as FP
 from vlnb.fairness.controlled import rarity_shape_sentence
 
@@ -123,10 +124,9 @@ pd.Series(cfg.model_dump(), name="value").to_frame()
 
 # %%
 sources = A.gender_sources(cfg)
-gender = pd.concat([F.gender_counts(F.gender_labels(df, min_captions=cfg.min_gender_captions), name)
-                    for name, df in sources.items()], ignore_index=True)
+gender = G.source_counts(sources, min_captions=cfg.min_gender_captions)
 run.save_table(gender, "gender_counts")
-gender.pivot_table(index="source", columns="reason", values="images", sort=False)[["man", "woman", "mixed", "neutral"]]
+G.counts_table(gender)
 
 # %%
 big = list(sources)[-1]

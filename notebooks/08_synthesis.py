@@ -70,7 +70,8 @@ print(f"reading {len(found)} chapter runs in {runs.name}/: {', '.join(found)}")
 
 # %%
 table = synthesis.headlines(runs)
-run.preview(table.round(2), "headlines", top=40)
+run.save_table(table, "headlines")  # the numbers; the page shows them formatted, with their intervals
+run.preview(synthesis.page_table(table), "headlines_page", top=40)
 
 # %% [markdown]
 # ## Do the chapters agree with each other?
@@ -86,7 +87,7 @@ run.save_table(agreement, "consistency")
 checked = agreement.dropna(subset=["agree"])
 run.glue("n_checked", len(checked))
 run.glue("n_agree", int(checked["agree"].astype(bool).sum()))
-agreement.round(2)
+agreement.round(2).astype(object).where(agreement.notna(), "not run")
 
 # %% [markdown]
 # {glue:text}`n_agree` of the {glue:text}`n_checked` numbers measured in both chapters agree to 0.05 points.

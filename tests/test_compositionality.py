@@ -339,3 +339,37 @@ def test_published_order_numbers_join_on_the_checkpoint():
     out = with_published_order(t, {"CLIP": SimpleNamespace(name="openai/clip-vit-base-patch32"),
                                    "mine": SimpleNamespace(name="/tmp/local-copy")})
     assert out["published"].tolist()[0] == 0.46 and out["published"].isna().tolist()[1:] == [True, True]
+
+
+def test_probe_and_cost_take_the_fusion_models(world_test):
+    """The book's own fusion models (ViLT-like cross encoder; BLIP-like and Q-Former ITC + ITM) go through the
+    probe and the cost table by the shared interface alone (tiny, untrained: the plumbing is checked)."""
+    from PIL import Image
+
+    from vlnb.eval.cost import measure_cost
+    from vlnb.models.fusion import FusionConfig, create_fusion, qformer_config
+    from vlnb.models.scratch import ScratchDualEncoder
+
+    caps = [c for cs in world_test["captions"] for c in cs]
+    tiny = {"width": 16, "layers": 1, "text_layers": 1, "heads": 2, "embed_dim": 8, "image_size": 16,
+            "patch_size": 8, "context_length": 24}
+    dual = ScratchDualEncoder.create("tiny", captions=caps, seed=0, image_size=16, patch_size=8, width=16, layers=1,
+                                     heads=2, embed_dim=8, text_width=16, text_layers=1, text_heads=2,
+                                     context_length=24)
+    models = {"vilt": create_fusion(FusionConfig(arch="vilt", **tiny), tokenizer=dual.tokenizer, seed=0).eval(),
+              "blip": create_fusion(FusionConfig(arch="blip", **tiny), tokenizer=dual.tokenizer, seed=0).eval(),
+              "qformer": create_fusion(qformer_config(dual.config, width=16, layers=1, heads=2, embed_dim=8,
+                                                      n_queries=2), tokenizer=dual.tokenizer, seed=0,
+                                       backbone=dual.visual).eval()}
+    table, _, pairs = world_probe(models, world_test.iloc[:8], types=["attribute swap", "count change"], n_boot=50,
+                                  progress=False)
+    assert sorted(set(zip(table["model"], table["head"]))) == [
+        ("blip", "ITC"), ("blip", "ITM"), ("qformer", "ITC"), ("qformer", "ITM"), ("vilt", "ITM")]
+    assert pairs["s_true"].notna().all()
+    imgs = [Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)) for i in range(3)]
+    costs, queries = measure_cost(models, imgs, caps[:6], gallery_sizes=(10, 200), n_images=4, n_texts=4,
+                                  n_pairs=10, rerank_k=4, batch_size=4, repeats=1, progress=False)
+    assert dict(zip(costs["model"], costs["kind"])) == {"vilt": "ITM", "blip": "ITC+ITM", "qformer": "ITC+ITM"}
+    q = queries.set_index(["model", "protocol", "n_gallery"])["basis"]
+    assert q[("vilt", "ITM on every image", 10)] == "measured"
+    assert q[("vilt", "ITM on every image", 200)].startswith("extrapolated")

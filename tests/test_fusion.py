@@ -304,6 +304,8 @@ def test_train_and_evaluate_each_fusion_model(tiny_world):
     glue = fusion_glue(table)
     assert glue["blip_rerank_t2i_r1"] == f"{row['recall']:.1f}" and "qformer_itc_i2t_r1" in glue
     assert float(glue["fusion_train_s"]) >= 0
+    itc_blip = r1[(r1["model"] == "blip") & (r1["protocol"] == FUSION_PROTOCOLS[0][1])]["recall"].iloc[0]
+    assert "blip: " in glue["fusion_rerank_verdict"] and f"{itc_blip:.1f} → {row['recall']:.1f}" in glue["fusion_rerank_verdict"]
     with pytest.raises(ValueError, match="miner"):
         train_fusion(models["vilt"], train, cfg, progress=False)
     with pytest.raises(ValueError, match="first_stage"):

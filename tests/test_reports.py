@@ -110,3 +110,15 @@ def test_comparison_report_tables_and_glue():
     bad = pd.DataFrame({"dataset": ["world"]})
     man = make_manifest([{"image_id": 0, "image": "0.png", "captions": ["a", "b"], "split": "test"}], name="world")
     assert report.datasets_table({"world": man}, bad).iloc[0].tolist() == ["world", 1, 2, 1]
+
+
+def test_fairness_gender_counts_per_source():
+    from vlnb.fairness.gender import counts_table, source_counts
+
+    a = pd.DataFrame({"image_id": [1, 2, 3], "captions": [["a man rides"], ["a woman and a man"], ["a dog"]]})
+    b = pd.DataFrame({"image_id": [4], "captions": [["she smiles"]]})
+    counts = source_counts({"a": a, "b": b})
+    assert set(counts["source"]) == {"a", "b"} and counts.groupby("source")["images"].sum().to_dict() == {"a": 3, "b": 1}
+    table = counts_table(counts)
+    assert list(table.columns) == ["man", "woman", "mixed", "neutral"] and list(table.index) == ["a", "b"]
+    assert table.loc["a"].tolist() == [1, 0, 1, 1] and table.loc["b"].tolist() == [0, 1, 0, 0]

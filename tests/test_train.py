@@ -484,3 +484,20 @@ def test_two_process_data_parallel_equals_single_process(tmp_path):
     for k, v in m2.state_dict().items():
         torch.testing.assert_close(got["state"][k], v, atol=1e-5, rtol=1e-4, msg=k)
     assert load_checkpoint(tmp_path / "ckpt" / CHECKPOINT_NAME)["world_size"] == 2
+
+
+def test_live_plot_callback_can_hand_its_place_to_the_final_figure(monkeypatch):
+    """The chapter calls ``live.replace_with(final_fig)`` after training: a no-op in batch runs (nothing was
+    drawn), an in-place update otherwise — never a second curves figure below the live one."""
+    import matplotlib.pyplot as plt
+
+    from vlnb.train.plots import live_plot
+
+    monkeypatch.setenv("VLNB_RUN_DIR", "/tmp")
+    monkeypatch.delenv("VLNB_LIVE_PLOT", raising=False)
+    cb = live_plot()
+    fig = plt.figure()
+    assert cb(None) is None and cb.replace_with(fig) is None
+    assert plt.fignum_exists(fig.number)  # not drawn by the callback: the notebook shows it once, as usual
+    plt.close(fig)
+    assert callable(live_plot(force=True).replace_with)

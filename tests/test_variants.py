@@ -62,6 +62,17 @@ def test_one_row_per_variant_with_metrics_time_memory_and_params():
         r.loc["local", RECALL_COLUMNS + ["final_train_loss"]].tolist()
 
 
+def test_the_cross_modal_variant_can_run_alone_or_first():
+    from vlnb.data.paired_cifar import pair_preprocess
+
+    train, test = manifest(32, 0, "train"), manifest(8, 1, "test")
+    table = compare_text_attention(train, test, variants=["cross", "self"], epochs=1, device="cpu", progress=False,
+                                   adapt_preprocess=pair_preprocess, rerank_k=4,
+                                   train_config={"batch_size": 16, "warmup_steps": 1}, **TINY)
+    assert table["variant"].tolist() == ["cross", "self"] and "top-4" in table["protocol"].iloc[0]
+    assert table[[c for c in RECALL_COLUMNS if not c.endswith("@5") and not c.endswith("@10")]].notna().all().all()
+
+
 def test_bad_variants_are_named():
     train, test = manifest(16, 0, "train"), manifest(4, 1, "test")
     with pytest.raises(ValueError, match="sparse"):
@@ -98,3 +109,15 @@ def test_seed_summary_intervals_and_paired_differences():
     assert s.loc["self", "ci_lo"] == pytest.approx(12.0 - half) and s.loc["self", "ci_hi"] == pytest.approx(12.0 + half)
     assert s.loc["cross", "diff_vs_self"] == pytest.approx(2.0) and bool(s.loc["cross", "distinguishable"])
     assert s.loc["local", "diff_vs_self"] == pytest.approx(0.0) and not bool(s.loc["local", "distinguishable"])
+
+
+def test_seed_summary_page_has_no_nan_and_names_the_baseline():
+    import pandas as pd
+
+    from vlnb.train.variants import seed_summary, seed_summary_page
+
+    t = pd.DataFrame({"variant": ["self", "local"] * 2, "seed": [0, 0, 1, 1], "t2i_R@1": [10.0, 9.0, 12.0, 12.0],
+                      "i2t_R@1": [20.0, 18.0, 22.0, 21.0]})
+    page = seed_summary_page(seed_summary(t, metrics=["t2i_R@1", "i2t_R@1"]), metrics=("t2i_R@1", "i2t_R@1"))
+    assert page["variant"].tolist() == ["self", "local"] and "nan" not in page.to_string().lower()
+    assert page.loc[0, "t2i_R@1 − self"] == "baseline" and page.loc[1, "t2i_R@1 − self"].startswith("-0.5 [")

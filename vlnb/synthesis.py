@@ -228,3 +228,24 @@ def consistency(runs: str | Path) -> pd.DataFrame:
                          "chapter B": "4", "value B": b,
                          "agree": bool(np.isclose(a, b, atol=0.05)) if not (math.isnan(a) or math.isnan(b)) else None})
     return pd.DataFrame(rows)
+
+
+def _fmt(x: float) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    return f"{x:,.0f}" if abs(x) >= 1000 or float(x).is_integer() else f"{x:.1f}"
+
+
+def page_table(table: pd.DataFrame) -> pd.DataFrame:
+    """What the chapter shows of :func:`headlines`: the value with its interval in one cell, the chance level,
+    the unit and the table it came from (file name); no NaN, no float noise. The CSV keeps the numbers."""
+    rows = []
+    for r in table.itertuples(index=False):
+        if isinstance(r.value, float) and math.isnan(r.value):
+            value = "not run"
+        else:
+            value = _fmt(r.value) + (f" [{_fmt(r.ci_lo)}, {_fmt(r.ci_hi)}]" if not math.isnan(r.ci_lo) else "")
+        rows.append({"chapter": r.chapter, "finding": r.finding, "value [95 % interval]": value,
+                     "interval": r.interval or "—", "chance": _fmt(r.chance), "unit": r.unit or "—",
+                     "table": Path(r.source).name if r.source else "—"})
+    return pd.DataFrame(rows)

@@ -8,10 +8,12 @@ product plus ``k`` pairs, whatever N is.
 
 :func:`measure_cost` returns two tidy tables:
 
-- ``models`` -- one row per model: ``params``, ``peak_mem_mb`` (CUDA: ``torch.cuda.max_memory_allocated``
-  during a forward pass of a batch of images and texts; CPU: the peak of the process's resident set
-  sampled every ~2 ms over the same pass, minus the RSS before it -- allocations freed between two samples
-  are missed, so it is a lower bound), ``images_per_s`` / ``texts_per_s`` (dual encoders and ITC heads:
+- ``models`` -- one row per model: ``params``, ``weights_mb`` (parameters + buffers, exact), ``peak_mem_mb``
+  -- memory a forward pass of a batch of images and texts adds on top of the weights (CUDA:
+  ``torch.cuda.max_memory_allocated`` minus the memory allocated before; CPU: the peak of the process's
+  resident set sampled every ~2 ms over the pass, minus the RSS before it -- allocations freed between two
+  samples, or served from memory the allocator already holds, are missed, so on a CPU it is a lower bound
+  and a small model can read 0), ``images_per_s`` / ``texts_per_s`` (dual encoders and ITC heads:
   preprocessed pixels in, embeddings out -- decoding excluded), ``pairs_per_s`` (cross encoders and ITM
   heads).
 - ``queries`` -- one row per (model, protocol, N): ``query_s`` = the time to answer one text query over a
@@ -39,7 +41,8 @@ from .features import autocast_for, model_device
 
 #: Gallery sizes of the query-time table.
 GALLERY_SIZES = (100, 300, 1000, 3000, 5000)
-MODEL_COLUMNS = ["model", "kind", "params", "peak_mem_mb", "mem_method", "images_per_s", "texts_per_s", "pairs_per_s"]
+MODEL_COLUMNS = ["model", "kind", "params", "weights_mb", "peak_mem_mb", "mem_method", "images_per_s", "texts_per_s",
+                 "pairs_per_s"]
 QUERY_COLUMNS = ["model", "protocol", "n_gallery", "query_s", "index_s", "basis"]
 
 
@@ -152,7 +155,9 @@ def _measure_model(name, model, images, texts, sizes, n_images, n_texts, n_pairs
     model.eval()
     hs = _model_heads(model)
     device = model_device(model)
-    row = {"model": name, "kind": "+".join(hs), "params": count_parameters(model), "peak_mem_mb": np.nan,
+    weights = sum(t.numel() * t.element_size() for t in {id(t): t for t in (*model.parameters(), *model.buffers())}.values())
+    row = {"model": name, "kind": "+".join(hs), "params": count_parameters(model), "weights_mb": weights / 2**20,
+           "peak_mem_mb": np.nan,
            "mem_method": "", "images_per_s": np.nan, "texts_per_s": np.nan, "pairs_per_s": np.nan}
     dual, cross = hs.get("ITC"), hs.get("ITM")
     with autocast_for(model):
@@ -258,6 +263,7 @@ def cost_summary(models: pd.DataFrame, queries: pd.DataFrame, n: int | None = No
     q = queries[queries["n_gallery"] == n]
     out = models.set_index("model").copy()
     out["params"] = [f"{p / 1e6:.2f}M" for p in out["params"]]
+    out["weights_mb"] = out["weights_mb"].round(1)
     out["peak_mem_mb"] = out["peak_mem_mb"].round(1)
     for col in ("images_per_s", "texts_per_s", "pairs_per_s"):
         out[col] = out[col].round(0)

@@ -210,7 +210,6 @@ def gender_sources(cfg) -> dict[str, pd.DataFrame]:
     """
     from pathlib import Path
 
-
     out: dict[str, pd.DataFrame] = {}
     files = cfg.gender_caption_files
     if cfg.profile == "offline":

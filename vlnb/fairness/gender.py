@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -150,6 +150,17 @@ def gender_counts(labels: pd.DataFrame, source: str | None = None) -> pd.DataFra
     if source is not None:
         out.insert(0, "source", source)
     return out
+
+
+def source_counts(sources: Mapping[str, pd.DataFrame], min_captions: int = 1) -> pd.DataFrame:
+    """:func:`gender_counts` of every caption source (``{name: frame with image_id, captions}``), one table."""
+    return pd.concat([gender_counts(gender_labels(df, min_captions=min_captions), name) for name, df in sources.items()],
+                     ignore_index=True)
+
+
+def counts_table(counts: pd.DataFrame) -> pd.DataFrame:
+    """Images per source (rows) and reason (columns ``man, woman, mixed, neutral``) of :func:`source_counts`."""
+    return counts.pivot_table(index="source", columns="reason", values="images", sort=False)[list(REASONS)]
 
 
 def gender_examples(data: pd.DataFrame, per_reason: int = 1) -> pd.DataFrame:

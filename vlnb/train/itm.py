@@ -379,4 +379,20 @@ def fusion_glue(results: pd.DataFrame) -> dict[str, str]:
         out[f"{tag}_train_s"] = f"{r['train time (s)']:.0f}"
     if len(results):
         out["fusion_train_s"] = f"{results.groupby('model')['train time (s)'].first().sum():.0f}"
+        out["fusion_rerank_verdict"] = rerank_verdict(results)
     return out
+
+
+def rerank_verdict(results: pd.DataFrame, direction: str = "t2i") -> str:
+    """A sentence per model, computed from :func:`fusion_results`: did ITM re-ranking raise or lower R@1 over
+    the ITC ranking it re-scores (and by how much)?"""
+    r1 = results[(results["k"] == 1) & (results["direction"] == direction)]
+    parts = []
+    for name, g in r1.groupby("model", sort=False):
+        by = dict(zip(g["protocol"], g["recall"], strict=True))
+        itc, rr = by.get(FUSION_PROTOCOLS[0][1]), by.get(FUSION_PROTOCOLS[1][1])
+        if itc is None or rr is None:
+            continue
+        verb = "raised" if rr > itc else "lowered" if rr < itc else "left"
+        parts.append(f"{name}: {verb} {itc:.1f} → {rr:.1f}")
+    return "; ".join(parts)

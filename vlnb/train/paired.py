@@ -40,7 +40,6 @@ class ScratchImageFrozenText(DualEncoder):
                  seed: int | None = 0, **overrides):
         from transformers import AutoModel, AutoTokenizer
 
-
         cfg = ScratchConfig.preset(config, **overrides) if isinstance(config, str) else config
         s = cfg.image_size
         super().__init__(name, ImagePreprocess(s, crop=s, resample="bicubic", mean=HALF, std=HALF))

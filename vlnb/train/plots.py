@@ -62,7 +62,11 @@ def live_plot(force: bool | None = None):
     if force is None:
         force = os.environ.get("VLNB_LIVE_PLOT") == "1" or not os.environ.get("VLNB_RUN_DIR")
     if not force:
-        return lambda history: None
+        def nothing(history) -> None:
+            return None
+
+        nothing.replace_with = lambda fig: None  # nothing was drawn: the chapter's final figure shows as usual
+        return nothing
     handle = None
 
     def callback(history):

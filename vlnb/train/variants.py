@@ -154,11 +154,11 @@ def compare_text_attention(
     if not texts_and_targets(test)[0]:
         raise ValueError("the test manifest has no captions: nothing to retrieve")
 
-
     dev = torch.device(resolve_device(tc.device))
     # untimed warm-up: one step of a throwaway model, so the first variant does not pay one-off start-up costs
     # (lazy imports and initialisation, thread pools, CUDA context and kernels, allocator growth)
-    warm = ScratchDualEncoder.create(cfg, captions=captions, seed=seed, text_attention=variants[0])
+    warm = ScratchDualEncoder.create(cfg, captions=captions, seed=seed,
+                                     text_attention="self" if variants[0] == "cross" else variants[0])
     if adapt_preprocess is not None:
         warm.preprocess = adapt_preprocess(warm.preprocess)
     n_warm = min(len(train), tc.global_batch())
@@ -282,3 +282,23 @@ def variant_verdict(summary: pd.DataFrame, metric: str = "t2i_R@1") -> dict[str,
                 text += f", {d:+.1f} points vs {diff_col[8:]} (one seed: no interval)"
         parts.append(text)
     return {"variant_n_seeds": str(int(s["seeds"].max())) if len(s) else "0", "variant_verdict": "; ".join(parts)}
+
+
+def seed_summary_page(summary: pd.DataFrame, metrics: Sequence[str] = ("t2i_R@1", "i2t_R@1", "t2i_R@5")) -> pd.DataFrame:
+    """What the page shows of :func:`seed_summary`: one row per variant, per metric "mean [lo, hi]" and the
+    paired difference to the baseline "±d [lo, hi]" ("baseline" on its own row); no NaN, narrow enough for a
+    page. The CSV keeps the numbers."""
+    def f(x):
+        return "—" if pd.isna(x) else f"{x:.1f}"
+
+    diff_col = next((c for c in summary.columns if c.startswith("diff_vs_")), None)
+    rows = {}
+    for r in summary[summary["metric"].isin(metrics)].itertuples(index=False):
+        r = r._asdict()
+        row = rows.setdefault(r["variant"], {"variant": r["variant"], "seeds": int(r["seeds"])})
+        row[f"{r['metric']} mean [95 % CI]"] = f"{f(r['mean'])} [{f(r['ci_lo'])}, {f(r['ci_hi'])}]"
+        if diff_col is not None:
+            d = r.get(diff_col)
+            row[f"{r['metric']} − {diff_col[8:]}"] = ("baseline" if pd.isna(d) else
+                                                     f"{d:+.1f} [{r['diff_lo']:+.1f}, {r['diff_hi']:+.1f}]")
+    return pd.DataFrame(list(rows.values()))
