@@ -122,9 +122,10 @@ pd.DataFrame([{"recipe": n, **{k: v for k, v in zoo.RECIPES[n].key().items() if 
 # %% [markdown]
 # ## Training
 #
-# Each recipe is trained with the same trainer; the curves below are redrawn after every epoch: the
-# contrastive loss, the learned temperature $\tau^{-1}$ with the learning-rate schedule, and retrieval
-# Recall@K on the *held-out* split.
+# Each recipe is trained with the same trainer; the curves below (redrawn after every epoch in an
+# interactive session) show the contrastive loss, the learned temperature $\tau^{-1}$ with the learning-rate
+# schedule, and retrieval Recall@K on the *held-out* split, measured every few epochs and after the last
+# (evaluation only reads the model, so how often it runs does not change the weights).
 
 # %%
 models, histories, ceilings, ambiguities = {}, {}, {}, {}

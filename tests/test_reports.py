@@ -42,7 +42,7 @@ def test_held_out_results_and_glue():
         held_out_results({"m": h}, {"m": test})
 
 
-def _sweep_results():
+def sweep_results():
     from vlnb.robustness import RESULT_COLUMNS
 
     rows = []
@@ -59,7 +59,7 @@ def test_robustness_report_tables_and_glue():
     from vlnb.robustness import report
     from vlnb.robustness.sweep import chance_table, degradation_table, summarize
 
-    res = _sweep_results()
+    res = sweep_results()
     clean = report.clean_table(res)
     assert clean.loc[("A", "world"), ("retrieval", "t2i_R@1")] == 80.0 and len(clean) == 2
     head = [("retrieval", "t2i_R@1")]
