@@ -77,9 +77,10 @@ run.preview(synthesis.page_table(table), "headlines_page", top=40)
 # ## Do the chapters agree with each other?
 #
 # {doc}`Chapter 2 <02_clip_training>` evaluates the models it trains on their held-out test sets;
-# {doc}`chapter 4 <04_compare>` evaluates the same
-# models again, through the feature cache and the comparison code, on the same images. The two must
-# agree; a difference would mean that one of the two evaluations is wrong.
+# {doc}`chapter 3 <03_blip2_heads>` evaluates the towers' model again as its offline "pretrained head"
+# (through frozen features), and {doc}`chapter 4 <04_compare>` evaluates both models again through the
+# feature cache and the comparison code, on the same images. They must agree; a difference would mean that
+# one of the evaluations is wrong.
 
 # %%
 agreement = synthesis.consistency(runs)

@@ -82,6 +82,10 @@ def test_nan_and_na_glued_into_prose_are_found():
     for value in ("'nan'", "'relative mCE nan'", "'n/a'", "'gap 0.12 (n/a)'"):
         nb = nb_with([new_output("display_data", data={"text/plain": value}, metadata={"scrapbook": {"name": "x"}})])
         assert kinds(nb) == ["missing-in-prose"], value
+    # as myst-nb writes a glue (papermill record): the value sits under the record's mime prefix
+    rec = new_output("display_data", data={"application/papermill.record/text/plain": "'relative mCE nan'"},
+                     metadata={"scrapbook": {"name": "x", "mime_prefix": "application/papermill.record/"}})
+    assert kinds(nb_with([rec])) == ["missing-in-prose"]
     for value in ("'finance'", "'0.5 (nanometre)'", "'banana 3'"):
         nb = nb_with([new_output("display_data", data={"text/plain": value}, metadata={"scrapbook": {"name": "x"}})])
         assert kinds(nb) == [], value
@@ -203,3 +207,20 @@ def test_preview_links_and_downloads(tmp_path, monkeypatch):
     monkeypatch.setenv("VLNB_LINK_BASE", "../runs/01_data_prep/")
     links = run.downloads().data
     assert 'href="../runs/01_data_prep/results/long.csv"' in links and 'href="../runs/01_data_prep/figures/f.png"' in links
+
+
+def test_kernel_warning_filter_silences_tqdm_iprogress_from_the_start():
+    """Chapters' kernels get PYTHONWARNINGS with this filter (vlnb.runs.run_notebook): tqdm.auto's
+    "IProgress not found", raised by libraries imported before vlnb, never reaches a page; other warnings do."""
+    import os
+    import subprocess
+    import sys
+
+    from vlnb.runs import KERNEL_WARNING_FILTER
+
+    code = ("import warnings; from tqdm.std import TqdmWarning; "
+            "warnings.warn('IProgress not found. Please update jupyter and ipywidgets.', TqdmWarning); "
+            "warnings.warn('something else', UserWarning)")
+    env = {**os.environ, "PYTHONWARNINGS": KERNEL_WARNING_FILTER}
+    err = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stderr
+    assert "IProgress" not in err and "something else" in err

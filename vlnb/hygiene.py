@@ -79,9 +79,11 @@ def scan_notebook(nb, name: str = "notebook", max_table_rows: int = MAX_TABLE_RO
                 continue
             data = out.get("data") or {}
             if _is_glue(out):  # a value glued into the prose: it is read inside a sentence
+                prefix = (out.get("metadata") or {}).get("scrapbook", {}).get("mime_prefix", "")
                 for mime in ("text/plain", "text/markdown", "text/html"):
-                    if mime in data:
-                        value = _text(data[mime])
+                    key = next((k for k in (prefix + mime, mime) if k in data), None)
+                    if key is not None:
+                        value = _text(data[key])
                         if mime == "text/plain":
                             value = value.strip("'\"")
                         if MISSING_RE.search(value):

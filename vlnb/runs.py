@@ -157,7 +157,11 @@ def run_notebook(
     env = {"VLNB_RUN_DIR": str(out), "TQDM_DISABLE": os.environ.get("TQDM_DISABLE", "1"),
            # download links to results/ and figures/ (NotebookRun.link): relative to the executed notebook, or
            # where a book build copies the run folder (build_book sets VLNB_LINK_BASE per chapter)
-           "VLNB_LINK_BASE": os.environ.get("VLNB_LINK_BASE", "")}
+           "VLNB_LINK_BASE": os.environ.get("VLNB_LINK_BASE", ""),
+           # libraries imported before vlnb (transformers, sentence-transformers) import tqdm.auto, which warns
+           # "IProgress not found" into the page in a kernel without ipywidgets: filtered from the kernel's start
+           # (vlnb.progress filters it too, once vlnb is imported)
+           "PYTHONWARNINGS": ",".join(w for w in (os.environ.get("PYTHONWARNINGS"), KERNEL_WARNING_FILTER) if w)}
     env_before = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -191,6 +195,9 @@ def run_notebook(
         atomic_write_text(out / "run.json", json.dumps(record, indent=2, default=str))
     return executed
 
+
+#: A ``PYTHONWARNINGS`` entry for the chapters' kernels (see run_notebook).
+KERNEL_WARNING_FILTER = "ignore:IProgress not found"
 
 #: Folder of the HTML book that holds each chapter's tables and figures: ``<html>/runs/<stem>/{results,figures}``.
 RUN_FILES_DIR = "runs"

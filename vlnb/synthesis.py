@@ -215,12 +215,22 @@ def _recall(df: pd.DataFrame | None, model: str, dataset: str | None, direction:
 def consistency(runs: str | Path) -> pd.DataFrame:
     """Numbers two chapters measure independently, side by side (``agree``: equal to 0.05 points).
 
-    - the from-scratch model's retrieval on the world test set: chapter 2's last evaluation vs chapter 4;
-    - the frozen towers' retrieval on coco-mini val2017: chapter 2 vs chapter 4.
+    - the frozen towers' retrieval on coco-mini val2017: chapter 2 vs chapter 3's "pretrained head" (offline it
+      is the same model) and vs chapter 4;
+    - the from-scratch model's retrieval on the world test set: chapter 2's last evaluation vs chapter 4.
     """
     r2 = read(runs, "02_clip_training", "results")
+    r3 = read(runs, "03_blip2_heads", "recall_summary")
     r4 = read(runs, "04_compare", "retrieval")
     rows = []
+    # chapter 3's "pretrained head" offline is chapter 2's towers-coco model, on the same coco-mini test images
+    if r3 is not None and "method" in r3:
+        for d in ("i2t", "t2i"):
+            a = _recall(r2, "towers-coco", None, d)
+            b = _recall(r3.assign(model="towers-coco"), "towers-coco", "coco-mini", d, method="pretrained head")
+            rows.append({"quantity": f"towers-coco on coco-mini: {d} R@1", "chapter A": "2", "value A": a,
+                         "chapter B": "3 (pretrained head)", "value B": b,
+                         "agree": bool(np.isclose(a, b, atol=0.05)) if not (math.isnan(a) or math.isnan(b)) else None})
     for model, ds in (("scratch-world", "world"), ("towers-coco", "coco-mini")):
         for d in ("i2t", "t2i"):
             a, b = _recall(r2, model, None, d), _recall(r4, model, ds, d)
@@ -237,15 +247,16 @@ def _fmt(x: float) -> str:
 
 
 def page_table(table: pd.DataFrame) -> pd.DataFrame:
-    """What the chapter shows of :func:`headlines`: the value with its interval in one cell, the chance level,
-    the unit and the table it came from (file name); no NaN, no float noise. The CSV keeps the numbers."""
+    """What the chapter shows of :func:`headlines`: the value with its unit and interval in one cell, the kind of
+    interval and the chance level; no NaN, no float noise, narrow enough for a page. The CSV (``headlines.csv``)
+    keeps the numbers and the table each row came from."""
     rows = []
     for r in table.itertuples(index=False):
+        unit = {"%": " %", "": ""}.get(r.unit, f" {r.unit}")
         if isinstance(r.value, float) and math.isnan(r.value):
             value = "not run"
         else:
-            value = _fmt(r.value) + (f" [{_fmt(r.ci_lo)}, {_fmt(r.ci_hi)}]" if not math.isnan(r.ci_lo) else "")
-        rows.append({"chapter": r.chapter, "finding": r.finding, "value [95 % interval]": value,
-                     "interval": r.interval or "—", "chance": _fmt(r.chance), "unit": r.unit or "—",
-                     "table": Path(r.source).name if r.source else "—"})
+            value = _fmt(r.value) + unit + (f" [{_fmt(r.ci_lo)}, {_fmt(r.ci_hi)}]" if not math.isnan(r.ci_lo) else "")
+        rows.append({"chapter": r.chapter, "finding": r.finding, "value [interval]": value,
+                     "interval": r.interval or "—", "chance": _fmt(r.chance) + (unit if _fmt(r.chance) != "—" else "")})
     return pd.DataFrame(rows)

@@ -15,11 +15,16 @@ def fmt_ci(value: float, lo: float, hi: float, digits: int = 1) -> str:
     return f"{value:.{digits}f} % [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
+#: What the prose reads for a method this run does not have (e.g. ITM re-ranking of towers without an ITM head).
+NOT_MEASURED = "not measured in this run (the model has no such head)"
+
+
 def prose_numbers(exp: HeadsExperiment, summary: pd.DataFrame | None = None, prefix: str = "main") -> dict:
     """Strings and numbers for the chapter's prose, keyed ``<prefix>_<what>`` (see the notebook):
     test size and chance, every (pretrained | linear | mlp | rerank) x (t2i | i2t) x k recall with its
     interval (``..._ci``) and seed spread (``..._sd``), and the paired differences MLP - linear and
-    linear - pretrained (``<prefix>_diff_mlp_linear_t2i_r1`` ...). Methods a run lacks read "n/a"."""
+    linear - pretrained (``<prefix>_diff_mlp_linear_t2i_r1`` ...). Methods a run lacks read
+    :data:`NOT_MEASURED` (a phrase for the prose, never "n/a")."""
     s = exp.summary_table() if summary is None else summary
     s = s[s["dataset"] == exp.dataset]
     out: dict = {f"{prefix}_dataset": exp.dataset, f"{prefix}_model": exp.model_name,
@@ -29,9 +34,9 @@ def prose_numbers(exp: HeadsExperiment, summary: pd.DataFrame | None = None, pre
     for method in (m.key for m in quoted):
         for d in ("t2i", "i2t"):
             for k in exp.ks:
-                out[f"{prefix}_{method}_{d}_r{k}"] = "n/a"
-                out[f"{prefix}_{method}_{d}_r{k}_ci"] = "n/a"
-                out[f"{prefix}_{method}_{d}_r{k}_sd"] = "n/a"
+                out[f"{prefix}_{method}_{d}_r{k}"] = NOT_MEASURED
+                out[f"{prefix}_{method}_{d}_r{k}_ci"] = NOT_MEASURED
+                out[f"{prefix}_{method}_{d}_r{k}_sd"] = NOT_MEASURED
     for _, r in s.iterrows():
         kind = Method.of(r["method"])
         key = kind.key if kind in quoted else ""
@@ -44,7 +49,7 @@ def prose_numbers(exp: HeadsExperiment, summary: pd.DataFrame | None = None, pre
     for a, b, name in ((Method.MLP, Method.LINEAR, "mlp_linear"), (Method.LINEAR, Method.PRETRAINED, "linear_pretrained")):
         for d in ("t2i", "i2t"):
             for k in exp.ks:
-                out[f"{prefix}_diff_{name}_{d}_r{k}"] = "n/a"
+                out[f"{prefix}_diff_{name}_{d}_r{k}"] = NOT_MEASURED
         if exp.runs_of(a) and exp.runs_of(b):
             for _, r in exp.compare(a, b).iterrows():
                 out[f"{prefix}_diff_{name}_{r['direction']}_r{int(r['k'])}"] = (
@@ -54,12 +59,12 @@ def prose_numbers(exp: HeadsExperiment, summary: pd.DataFrame | None = None, pre
 
 def geometry_numbers(geo: pd.DataFrame, dataset: str, prefix: str = "main") -> dict[str, str]:
     """``<prefix>_align_<method>`` / ``<prefix>_gap_<method>`` (mean over seeds) for the prose, methods
-    ``untrained_linear, linear, mlp, pretrained`` ("n/a" where absent) of :meth:`HeadsExperiment.geometry_table`."""
+    ``untrained_linear, linear, mlp, pretrained`` (:data:`NOT_MEASURED` where absent) of :meth:`HeadsExperiment.geometry_table`."""
     g = geo[geo["dataset"] == dataset].groupby("method")[["alignment", "modality_gap"]].mean()
     out = {}
     for method in (Method.UNTRAINED_LINEAR, Method.LINEAR, Method.MLP, Method.PRETRAINED):
         for col, name in (("alignment", "align"), ("modality_gap", "gap")):
-            out[f"{prefix}_{name}_{method.key}"] = f"{g.loc[method.value, col]:.2f}" if method.value in g.index else "n/a"
+            out[f"{prefix}_{name}_{method.key}"] = f"{g.loc[method.value, col]:.2f}" if method.value in g.index else NOT_MEASURED
     return out
 
 

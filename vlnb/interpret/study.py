@@ -160,7 +160,8 @@ def headlines(summary: pd.DataFrame, families: Mapping[str, str] | None = None) 
     families = dict(families or {})
     s = summary.dropna(subset=["energy_target"])
     if s.empty:
-        return {"best": "no pair could be scored", "agnostic_gap": "n/a", "per_row": ""}
+        return {"best": "no pair could be scored", "agnostic_gap": "not measurable (no pair could be scored)",
+                "per_row": ""}
     b = s.loc[s["excess"].idxmax()]
     best = (f"{b['model']} with {b['method']} on {b['dataset']} (energy share {_fmt(b['energy_target'])} on the "
             f"named object vs {_fmt(b['energy_distractor'])} on the distractor; excess over a uniform map "

@@ -42,7 +42,10 @@ def plot_history(history, axes=None, ceiling: dict | None = None):
         if ceiling and c in ceiling:
             ax.axhline(ceiling[c], color=line.get_color(), ls="--", lw=1, label=f"{c} ceiling (ambiguous captions)")
     ax.set(xlabel="epoch", ylabel="recall (%)", title="validation retrieval")
-    if metrics:
+    if metrics and ceiling:  # curves and their ceilings: the legend goes below the panel, not over the curves
+        ax.set_ylim(0, 100)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=7, frameon=False)
+    elif metrics:
         ax.legend(loc="lower right")
     fig.tight_layout()
     return fig
