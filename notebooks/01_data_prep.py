@@ -90,8 +90,8 @@ pd.Series(cfg.model_dump(), name="value").to_frame()
 # different people. The published retrieval protocol ranks *all* of them: an image→text query is a hit
 # at $k$ when *any* of the image's captions is among the top $k$ texts, and each caption is a
 # text→image query with exactly one correct image. Keeping one caption per image turns a 5-way target
-# into a 1-way target and lowers image→text Recall@K; {doc}`chapter 4 <04_compare>` measures by how much, on
-# the same similarities, for every model and data set. The manifest therefore always keeps the full caption
+# into a 1-way target (and removes four of every five candidate texts); {doc}`chapter 4 <04_compare>` measures
+# what that does to image→text Recall@K, on the same similarities, for every model and data set. The manifest therefore always keeps the full caption
 # list.
 
 # %%

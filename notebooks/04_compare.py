@@ -27,7 +27,7 @@
 # * **Retrieval** uses *all* captions of an image. Image→text (I→T) is a hit at $k$ when *any* of the
 #   image's ~5 captions is among the $k$ best texts; text→image (T→I) when the caption's one image is
 #   among the $k$ best images. Ties are ranked pessimistically, so a constant model cannot score.
-#   Evaluating with one caption per image instead lowers I→T recall: measured below, on the same
+#   Evaluating with one caption per image instead changes I→T recall: measured below, on the same
 #   similarities.
 # * **Dual encoders** (CLIP, the ITC heads of BLIP and BLIP-2) rank by cosine similarity of L2-normalised
 #   embeddings; BLIP-2's image side is 32 query embeddings and the score is their *maximum*, as in LAVIS
@@ -163,8 +163,10 @@ i2t5.set_index(["model", "dataset"])[["captions_per_image", "all captions", "fir
 
 # %% [markdown]
 # Image→text R@5, all captions → first caption only: {glue:text}`one_caption_cost_desc`. The chance level
-# barely moves (it is $K/N$ either way); what changes is the target: five chances to find a correct caption
-# become one.
+# barely moves (it is about $K/N$ either way). Two things change, in opposite directions: an image has one
+# correct caption instead of five, and it competes with five times fewer texts. The measured difference is
+# what is left of the two — not the "tens of points" an evaluation gets when it keeps all captions as
+# candidates but counts only one of them as correct.
 
 # %% [markdown]
 # The coverage table is part of the result: a model whose word-level tokenizer was fit on the world's
