@@ -139,7 +139,10 @@ def text_to_image_experiment(
     """
     train, test = split_manifest(manifest, test_fraction, seed)
     baseline = TowersDualEncoder(embed_dim=256, head="mlp", name="BERT+CNN baseline (MiniLM + EfficientNet-Lite0)")
-    cfg = TrainConfig(epochs=baseline_epochs, batch_size=min(64, len(train)), lr=1e-3, warmup_steps=5, seed=seed,
+    train_batch = min(64, len(train))
+    # 5 warmup steps (the recipe), but never more than a tenth of the run: a warmup that does not fit is an error
+    warmup = min(5, baseline_epochs * max(1, len(train) // train_batch) // 10)
+    cfg = TrainConfig(epochs=baseline_epochs, batch_size=train_batch, lr=1e-3, warmup_steps=warmup, seed=seed,
                       eval_every=max(1, baseline_epochs))
     pairs = PairDataset(train, baseline.preprocess, cfg.caption_sampling, cfg.seed, cache=True)
     history = train_contrastive(baseline, pairs, val_data=test, config=cfg, progress=progress)

@@ -21,8 +21,9 @@ class CompareParams(NotebookParams):
     datasets: Datasets = ["world", "coco-mini", "cifar100"]
     #: Keep at most this many images per data set (None: all).
     max_images: int | None = Field(None, ge=1)
-    #: Which dual encoder's ITC top-k a cross encoder without its own ITC (ViLT) re-ranks.
-    first_stage: str | None = None
+    #: Which dual encoder's ITC top-k a cross encoder without its own ITC (ViLT) re-ranks (offline: the
+    #: scratch CLIP, whose similarities vilt-world was trained to re-rank; full: CLIP ViT-B/32).
+    first_stage: str | None = "scratch-world"
     #: Candidates re-ranked per query by ITM heads / cross encoders: an int (0: no re-ranking), {data set: k},
     #: or "lavis": LAVIS's k_test per model and data set (BLIP 256 on COCO / 128 on Flickr30k, BLIP-2 128;
     #: others 128). Own ITM heads score ITM + ITC (LAVIS); a pure cross encoder (ViLT) its ITM score alone.
