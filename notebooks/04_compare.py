@@ -38,7 +38,8 @@
 # * **Zero-shot classification** embeds a prompt ensemble per class (OpenAI's templates
 #   {cite}`radford2021clip`) and picks the nearest class. COCO images show several categories, so a
 #   prediction counts when it is *any* of the image's categories; a stricter *primary* variant (the
-#   largest object's category) is reported beside it. Accuracies are proportions in $[0, 1]$.
+#   largest object's category) is reported beside it. Accuracies are in percent, like every recall and
+#   accuracy of the book (`zeroshot.csv` keeps the proportions, in columns without `(%)`).
 #
 # In the **offline** profile (this build) the hub checkpoints cannot be downloaded, so the models are the
 # ones this book trains itself in {doc}`chapter 2 <02_clip_training>`: a from-scratch ViT + text transformer trained on the

@@ -79,8 +79,10 @@ run.preview(synthesis.page_table(table), "headlines_page", top=40)
 # {doc}`Chapter 2 <02_clip_training>` evaluates the models it trains on their held-out test sets;
 # {doc}`chapter 3 <03_blip2_heads>` evaluates the towers' model again as its offline "pretrained head"
 # (through frozen features), and {doc}`chapter 4 <04_compare>` evaluates both models again through the
-# feature cache and the comparison code, on the same images. They must agree; a difference would mean that
-# one of the evaluations is wrong.
+# feature cache and the comparison code, on the same images. Chapter 4's zero-shot shape accuracy of the
+# from-scratch model ("any object", its five prompts) is measured again by {doc}`chapter 5 <05_robustness>`
+# on the clean images, with the same classes, prompts and label rule. They must agree; a difference would
+# mean that one of the evaluations is wrong.
 
 # %%
 agreement = synthesis.consistency(runs)

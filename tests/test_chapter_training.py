@@ -13,7 +13,7 @@ NB = REPO_ROOT / "notebooks" / "02_clip_training.ipynb"
 def test_chapter2_offline(tmp_path):
     # the reference models go to the default artifacts folder: trained once, then shared with the other chapters
     params = {"variant_n_train": 200, "variant_n_test": 60, "variant_epochs": 1, "attention_variants": ["self", "local"],
-              "paired_n_train": 128, "paired_n_test": 64, "paired_epochs": 1}
+              "variant_warmup_steps": 0, "paired_n_train": 128, "paired_n_test": 64, "paired_epochs": 1}
     run_notebook(NB, params, out_dir=tmp_path / "run", progress=False)
     res = pd.read_csv(tmp_path / "run" / "results" / "results.csv")
     assert set(res["model"]) == {"scratch-world", "towers-coco"}

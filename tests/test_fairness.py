@@ -358,7 +358,7 @@ def test_params_registered_and_validated():
 
 
 # ---------------------------------------------------------------------------------------------- chapter
-SMALL = {"rare_fractions": [1.0, 0.05], "rare_seeds": [0], "rare_n_train": 256, "rare_n_test": 96, "rare_epochs": 2,
+SMALL = {"rare_fractions": [1.0, 0.05], "rare_seeds": [0], "rare_n_train": 256, "rare_n_test": 96, "rare_epochs": 3,
          "n_boot": 100, "n_perm": 100, "max_images": 60, "min_group_size": 5}
 
 

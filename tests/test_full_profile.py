@@ -235,13 +235,13 @@ def test_published_markers_join_on_hub_id_and_stage():
     df = pd.DataFrame(rows)
     df["entry"] = df["model"] + "\n" + df["protocol"]
     entries = list(dict.fromkeys(df["entry"]))
-    marks = published_markers(df, published_retrieval(), entries, [1, 5, 10], 0.8 / 3)
-    ys = sorted(y for _, y in marks)
+    marks = published_markers(df, published_retrieval(), entries, [1, 5, 10])
+    ys = sorted(y for _, _, y in marks)
     # CLIP's markers sit on the bar of the model loaded from its hub id (whatever its display name); BLIP-2's
     # published ITC→ITM numbers on its re-ranked bar, not on its ITC bar; the look-alike name gets none
     assert ys == sorted([50.1, 75.0, 83.5, 85.4, 97.0, 98.5])
-    xs = {round(x) for x, _ in marks}
-    assert xs == {entries.index("My CLIP\nITC"), entries.index("BLIP-2\nITC top-128 → own ITM")}
+    assert {e for e, _, _ in marks} == {"My CLIP\nITC", "BLIP-2\nITC top-128 → own ITM"}
+    assert sorted(k for _, k, _ in marks) == [1, 1, 5, 5, 10, 10]
 
 
 def test_vilt_rerank_row_is_its_itm_score_alone(tmp_path, tiny_clip_dir, tiny_vilt_dir):
@@ -419,7 +419,7 @@ def test_full_profile_reads_nothing_from_the_shared_folder(tmp_path, monkeypatch
     try:
         cfg = resolve("02_clip_training", "full")
         train = pd.DataFrame({"captions": [["a dog"], ["a cat"]]})
-        assert zoo._build(zoo.RECIPES["scratch-coco"], train) == "model"
+        assert zoo.build_model(zoo.RECIPES["scratch-coco"], train) == "model"
         paired = build_paired_cifar(n_train=8, n_test=4, seed=0, source=cfg.paired_source)
     finally:
         state["on"] = False

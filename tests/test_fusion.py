@@ -367,7 +367,8 @@ def test_zoo_trains_saves_and_reloads_fusion_recipes(tmp_path, monkeypatch):
                                                                   **small},
                                 {"epochs": 1, "batch_size": 16, "warmup_steps": 1}, data, uses="t-scratch"),
     }
-    monkeypatch.setattr(zoo, "RECIPES", {**zoo.RECIPES, **recipes})
+    for name, r in recipes.items():  # into the one registry dict (zoo.RECIPES is zoo.recipes.RECIPES)
+        monkeypatch.setitem(zoo.RECIPES, name, r)
     assert recipes["t-vilt"].key()["uses"]["name"] == "t-scratch"
     assert recipes["t-vilt"].key()["uses"]["model"] == recipes["t-scratch"].model
     assert "uses" not in zoo.RECIPES["scratch-world"].key()  # older recipes keep their keys

@@ -623,7 +623,7 @@ def test_cli_value_errors_of_vlnb_checks_are_one_line_library_ones_are_bugs(tmp_
     from vlnb import data
 
     monkeypatch.setenv("VLNB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(data, "build_manifest", lambda *a, **k: zoo._recipe("no-such-recipe"))  # vlnb's check
+    monkeypatch.setattr(data, "build_manifest", lambda *a, **k: zoo.recipe("no-such-recipe"))  # vlnb's check
     rc, _, err = _run_cli(["prepare", "world", "--out", tmp_path / "a.parquet"], capsys)
     assert rc == 2 and err.startswith("error: unknown reference model 'no-such-recipe'") and "details:" in err
 

@@ -288,6 +288,15 @@ def test_run_heads_full_path_on_tiny_blip2(blip2, tmp_path):
     heights = [p.get_height() for p in ax.patches]
     np.testing.assert_allclose(heights, expect)  # re-ranking: R@1 only, no bar at K > k
     assert ax.get_title() == "tiny: text → image" and len(fig.axes) == 2
+    chance = [seg[0][1] for c in ax.collections for seg in c.get_segments()  # horizontal: not the error bars
+              if len(seg) and seg[0][1] == seg[1][1] and seg[0][0] != seg[1][0] and not np.isnan(seg[0][1])]
+    ch = trained.drop_duplicates("k").set_index("k")["chance"]
+    assert set(np.round(chance, 6)) == set(np.round(ch, 6))  # the chance ticks (one definition, vlnb.eval.chance)
+    assert [p.get_hatch() for p in ax.patches].count("//") == 3  # the re-ranked method's bars
+    ps = per_seed[per_seed["seed"].notna() & (per_seed["direction"] == "t2i")
+                  & per_seed["method"].isin(trained["method"])]
+    dots = sorted(y for ln in ax.get_lines() if ln.get_marker() == "." for y in ln.get_ydata())
+    np.testing.assert_allclose(dots, sorted(ps["recall"]))  # each seed's value
     fig = H.geometry_plot(geo)
     assert sum(len(c.get_offsets()) for c in fig.axes[0].collections) == len(geo)
     fig = H.pca_plot(exp)
@@ -312,6 +321,8 @@ def test_chapter3_offline_notebook(tmp_path):
     summary = pd.read_csv(tmp_path / "run" / "results" / "recall_summary.csv")
     assert set(summary["dataset"]) == {"coco-mini", "world"}
     assert {"pretrained head", "linear head", "MLP head"} <= set(summary["method"])
+    # the Q-Former over the 7x7 map runs where qformer_datasets says (offline default: coco-mini only)
+    assert set(summary.loc[summary["method"] == "Q-Former (7x7 map)", "dataset"]) == {"coco-mini"}
     trained = summary[summary["method"].isin(["linear head", "MLP head"])]
     # heads trained on frozen tower features are far above chance on both data sets
     r10 = trained[(trained["k"] == 10) & (trained["direction"] == "t2i")]
@@ -352,3 +363,64 @@ def test_chapter3_full_profile_with_tiny_blip2(tmp_path, tiny_blip2_dir):
     feats = pd.read_csv(tmp_path / "run" / "results" / "features.csv")
     assert feats["train_images"].iloc[0] == 16 and feats["test_images"].iloc[0] == 10
     assert "Q-Former" in feats["image_features"].iloc[0]
+
+
+# ----------------------------------------------------------------------------- the Q-Former over a patch map
+def test_qformer_shapes_on_a_fake_7x7_map():
+    m = H.QFormerHeads(32, 24, n_patches=49, embed_dim=16, width=16, layers=1, n_queries=4, n_heads=4, seed=0)
+    fmap = torch.randn(3, 32, 7, 7)  # (B, C, 7, 7) as EfficientNet's last stage, to the 49 tokens the cache holds
+    e = m.encode_image(fmap.flatten(2).transpose(1, 2))
+    assert e.shape == (3, 4, 16) and torch.allclose(e.norm(dim=-1), torch.ones(3, 4), atol=1e-5)
+    assert m.query_outputs(torch.randn(3, 49, 32)).shape == (3, 4, 16)
+    m.set_text_table(["a", "b"], torch.randn(2, 24))
+    assert m.encode_text(**m.tokenize(["b"])).shape == (1, 16)
+    assert not hasattr(m, "image_head") and m.adapter_config()["head"] == "qformer"
+    with pytest.raises(ValueError, match=r"\(B, 49, 32\)"):
+        m.encode_image(torch.randn(3, 32))
+    with pytest.raises(ValueError, match="width % heads"):
+        H.QFormerHeads(32, 24, width=18, n_heads=4)
+    a, b = (H.QFormerHeads(32, 24, 49, 16, 16, 1, 4, seed=3).state_dict() for _ in range(2))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # seeded initialisation
+
+
+def test_qformer_itc_is_max_over_queries():
+    img = F.normalize(torch.randn(3, 4, 8), dim=-1)
+    txt = F.normalize(torch.randn(5, 8), dim=-1)
+    want = torch.tensor([[max(float(img[i, q] @ txt[j]) for q in range(4)) for j in range(5)] for i in range(3)])
+    torch.testing.assert_close(similarity(img, txt), want.to(img.dtype))
+    from vlnb.train.loss import clip_logits, clip_loss
+
+    torch.testing.assert_close(clip_logits(img, txt, math.log(10.0)), 10 * want, rtol=1e-5, atol=1e-5)
+    # the training loss of multi-query images is the 2-D loss of their max-over-queries similarities
+    pair_img, pair_txt = img, txt[:3]
+    s = torch.einsum("nqd,md->nqm", pair_img, pair_txt).amax(dim=1)
+    labels = torch.arange(3)
+    ref = (F.cross_entropy(5 * s, labels) + F.cross_entropy(5 * s.T, labels)) / 2
+    torch.testing.assert_close(clip_loss(pair_img, pair_txt, math.log(5.0)), ref)
+
+
+def test_qformer_train_step_lowers_the_loss_on_a_separable_case():
+    # 8 images whose patch maps each carry one distinct one-hot "concept" at a random position; captions = concept
+    g = torch.Generator().manual_seed(0)
+    n, p, d = 16, 9, 16
+    patches = 0.1 * torch.randn(n, p, d, generator=g)
+    for i in range(n):
+        patches[i, int(torch.randint(p, (1,), generator=g)), i] += 3.0
+    texts = [f"concept {i}" for i in range(n)]
+    text = torch.eye(n, 20)
+    man = pd.DataFrame({"image_id": [str(i) for i in range(n)], "captions": [[t] for t in texts]})
+    feats = FrozenFeatures(patches, text, man, texts, np.arange(n))
+    cfg = {"epochs": 30, "batch_size": n, "lr": 3e-3, "warmup_steps": 0, "weight_decay": 0.0, "device": "cpu"}
+    m, hist = H.train_qformer(feats, seed=0, config=cfg, embed_dim=16, width=16, layers=1, n_queries=2)
+    loss = hist.epochs_df["train_loss"].to_numpy()
+    assert loss[-1] < 0.5 * loss[0], loss
+    i, t = head_embeddings(m, feats)
+    assert i.shape == (n, 2, 16)
+    assert (similarity(i, t).argmax(dim=0) == torch.arange(n)).float().mean() >= 0.75
+
+
+def test_verdict_reads_the_interval_of_a_difference():
+    from vlnb.heads.report import verdict
+
+    assert verdict(-5.0, -0.1) == "below" and verdict(0.2, 3.0) == "above"
+    assert verdict(-1.0, 1.0) == "not distinguishable from" and verdict(0.0, 2.0) == "not distinguishable from"

@@ -98,12 +98,17 @@ def test_comparison_report_tables_and_glue():
     zs = pd.DataFrame([{"model": m, "dataset": "world", "variant": v, "top1": t, "top5": 0.9,
                         "mean_per_class_recall": t, "chance_top1": 1 / 6, "n_classes": 6, "n_templates": 5, "n": 50}
                        for m, t in (("A", 0.5), ("B", 0.25)) for v in ("any object", "primary")])
-    assert report.zeroshot_table(zs).loc[("world", "B", "primary"), "chance_top1"] == round(1 / 6, 3)
+    zt = report.zeroshot_table(zs)  # shown in percent, like every recall of the book, with its protocol
+    assert zt.loc[("world", "B", "primary"), "chance top-1 (%)"] == round(100 / 6, 1)
+    assert zt.loc[("world", "A", "primary"), "top-1 (%)"] == 50.0
+    assert zt.loc[("world", "A", "primary"), ["classes", "templates", "test images"]].tolist() == [6, 5, 50]
+    assert zs["top1"].tolist() == [0.5, 0.5, 0.25, 0.25]  # the tidy table (and its CSV) keeps proportions
     fig = report.zeroshot_bars(zs)
     widths = sorted(round(p.get_width(), 3) for p in fig.axes[0].patches if p.get_width() > 0)
-    assert widths == [0.25, 0.25, 0.5, 0.5]
+    assert widths == [25.0, 25.0, 50.0, 50.0]
+    assert "%" in fig.axes[0].get_xlabel()
     ticks = [ln.get_xdata()[0] for ln in fig.axes[0].lines if ln.get_color() == "black"]
-    assert ticks == pytest.approx([1 / 6, 1 / 6])
+    assert ticks == pytest.approx([100 / 6, 100 / 6])
     pub = pd.DataFrame([{"dataset": "coco", "model": "CLIP", "protocol": "ITC", "source": "paper", "direction": "t2i",
                          "k": 1, "recall": 30.4}])
     assert report.published_wide(pub).loc[("coco", "CLIP", "ITC", "paper"), "T→I R@1"] == 30.4

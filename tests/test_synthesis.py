@@ -53,3 +53,22 @@ def test_consistency_agrees_and_disagrees(tmp_path):
     write(tmp_path, "04_compare", "retrieval", ch4_retrieval(recall_i2t=31.0))
     c = synthesis.consistency(tmp_path).set_index("quantity")
     assert not c.loc["scratch-world on world: i2t R@1", "agree"] and c.loc["scratch-world on world: t2i R@1", "agree"]
+
+
+def test_consistency_zeroshot_row_compares_chapter_4_with_chapter_5_in_percent(tmp_path):
+    """Chapter 4's CSV keeps proportions, chapter 5's percent: the row compares both in percent."""
+    zs = pd.DataFrame([{"model": "scratch-world", "dataset": "world", "variant": v, "top1": t}
+                       for v, t in (("any object", 0.304), ("primary", 0.242))])
+    res = pd.DataFrame([{"model": "scratch-world", "dataset": "world", "task": task, "metric": "top1",
+                         "corruption": c, "severity": s, "value": v}
+                        for task, v in (("zeroshot:shape", 30.4), ("zeroshot:colour", 99.0))
+                        for c, s in (("gaussian_noise", 0), ("gaussian_noise", 3))])
+    res.loc[res["severity"] == 3, "value"] = 20.0
+    write(tmp_path, "04_compare", "zeroshot", zs)
+    write(tmp_path, "05_robustness", "robustness_results", res)
+    row = synthesis.consistency(tmp_path).iloc[-1]
+    assert row["quantity"].startswith("scratch-world on world: zero-shot shape")
+    assert (row["value A"], row["value B"]) == (30.4, 30.4) and row["agree"]
+    write(tmp_path, "04_compare", "zeroshot", zs.assign(top1=[0.302, 0.242]))
+    row = synthesis.consistency(tmp_path).iloc[-1]
+    assert row["value A"] == 30.2 and not row["agree"]

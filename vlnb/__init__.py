@@ -16,10 +16,11 @@ chapters
 - :mod:`vlnb.robustness` -- chapter 5: image corruptions, sweeps, mCE
 - :mod:`vlnb.interpret`  -- chapter 6: attention maps, relevancy, Grad-CAM, the pointing game
 - :mod:`vlnb.fairness`   -- chapter 7: subgroup performance with intervals, a planted bias
-- :mod:`vlnb.plots`      -- figures shared by chapters 1 and 4
+- :mod:`vlnb.plots`      -- figures shared by the chapters (1, 3, 4), below them: `recall_bars`, galleries
 
 models the book trains
 - :mod:`vlnb.zoo` -- reference recipes (chapter 2 trains them), loading them, the models of each profile
+  (`zoo.recipes`, `zoo.data`, `zoo.train`, `zoo.load`)
 
 training and metrics
 - :mod:`vlnb.train` -- contrastive (CLIP) and ITM training, checkpoints, data parallelism; chapter 2's report

@@ -23,6 +23,7 @@ MATHJAX_DIR = "mathjax"
 def mathjax_source() -> Path | None:
     """The packaged MathJax folder (holding ``MathJax.js``), or None when the wheel is not installed."""
     try:
+        # lazy: the book extra; Sphinx loads this module only when the book builds
         import jupyter_server_mathjax
     except ImportError:
         return None
@@ -34,6 +35,7 @@ def mathjax_source() -> Path | None:
 # author–year labels for pybtex
 # ----------------------------------------------------------------------------------------------
 def _last(person) -> str:
+    # lazy: the book extra; Sphinx loads this module only when the book builds
     from pybtex.richtext import Text
 
     return Text(*person.rich_prelast_names, " " if person.prelast_names else "", *person.rich_last_names).render_as(
@@ -56,6 +58,7 @@ def author_year_label(entry) -> str:
 
 
 def _register_pybtex_style() -> None:
+    # lazy: the book extra (this block); Sphinx loads this module only when the book builds
     from pybtex.plugin import register_plugin
     from pybtex.style.formatting.unsrt import Style as UnsrtStyle
     from pybtex.style.labels import BaseLabelStyle
@@ -81,6 +84,7 @@ def _register_pybtex_style() -> None:
 def _config_inited(app, config) -> None:
     src = mathjax_source()
     if src is None:
+        # lazy: the book extra; Sphinx loads this module only when the book builds
         from sphinx.util import logging
 
         logging.getLogger(__name__).info("vlnb.bookext: jupyter-server-mathjax is not installed; MathJax from a CDN")

@@ -13,12 +13,22 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
+import time
+import traceback
 from pathlib import Path
 
 from .config import ParameterError, coerce_cli_value
+from .data.builder import DATASETS
+from .data.images import BadImageError
+from .data.manifest import ManifestError
+from .errors import ArtifactError, DataError
+from .paths import cache_dir, temp_name
+from .runs import RunError
 
 
 def _cmd_run(args) -> int:
+    # lazy: a subcommand's modules load when it runs (looked up then: tests swap them)
     from .runs import run_notebook
 
     params = {name: coerce_cli_value(value, name) for name, value in (args.param or [])}
@@ -30,6 +40,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_book(args) -> int:
+    # lazy: a subcommand's modules load when it runs (looked up then: tests swap them)
     from .runs import build_book
 
     index = build_book(profile=args.profile, build_dir=args.build_dir, progress=not args.quiet)
@@ -48,8 +59,6 @@ def check_output_file(out: Path, force: bool = False) -> None:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise PermissionError(f"--out {out}: cannot create its folder {parent} ({e.strerror or e})") from None
-    from .paths import temp_name
-
     probe = temp_name(out)
     try:
         probe.write_bytes(b"")
@@ -60,6 +69,7 @@ def check_output_file(out: Path, force: bool = False) -> None:
 
 
 def _cmd_prepare(args) -> int:
+    # lazy: a subcommand's modules load when it runs (looked up then: tests swap them)
     from .data import build_manifest, save_manifest
     from .data.manifest import report_path, save_report, summary
 
@@ -75,6 +85,7 @@ def _cmd_prepare(args) -> int:
     check_output_file(out, force=args.force)  # before minutes of scanning images
     root = args.root
     if args.download:
+        # lazy: a subcommand's modules load when it runs (looked up then: tests swap them)
         from .data.coco import coco_split_folders
         from .data.download import SPLITS, prepare_coco
 
@@ -110,6 +121,7 @@ def _cmd_prepare(args) -> int:
 
 
 def _cmd_sweep(args) -> int:
+    # lazy: a subcommand's modules load when it runs (looked up then: tests swap them)
     from .sweep import sweep
 
     try:
@@ -121,6 +133,7 @@ def _cmd_sweep(args) -> int:
 
 
 def _cmd_collect(args) -> int:
+    # lazy: a subcommand's modules load when it runs (looked up then: tests swap them)
     from .sweep import collect, write_collected
 
     paths = write_collected(args.dir, args.out)
@@ -148,8 +161,6 @@ def _int_at_least(low: int):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .data.builder import DATASETS
-
     p = argparse.ArgumentParser(prog="vlnb", description="vlnb: reproducible vision-language notebooks")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -211,24 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def expected_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input or a refused action: one ``error:`` line and exit code 2."""
-    from .data.images import BadImageError
-    from .data.manifest import ManifestError
-    from .errors import ArtifactError, DataError
-    from .runs import RunError
-
     return (ParameterError, RunError, ManifestError, DataError, ArtifactError, BadImageError, OSError)
 
 
 def _log_unexpected(argv) -> Path:
     """Write the current exception's traceback to a log file and return its path."""
-    import tempfile
-    import time
-    import traceback
-
     text = f"vlnb {' '.join(argv if argv is not None else sys.argv[1:])}\n\n{traceback.format_exc()}"
     try:
-        from .paths import cache_dir
-
         folder = cache_dir() / "logs"
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:

@@ -14,6 +14,7 @@ In a notebook::
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import os
@@ -21,9 +22,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
+import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ParameterError
+from .paths import atomic_write, atomic_write_text
 
 Profile = Literal["offline", "full"]
 PROFILES = ("offline", "full")
@@ -40,6 +43,7 @@ Ks = Annotated[list[int], AfterValidator(_positive_ks)]
 
 
 def _device_spec(v: str) -> str:
+    # lazy: vlnb.device imports torch; the CLI's startup imports this module
     from .device import check_device_spec
 
     return check_device_spec(v)
@@ -67,7 +71,7 @@ def check_datasets(v):
 
 def check_recipes(names, what: str = "reference model") -> None:
     """Raise ValueError unless every name is a recipe of :data:`vlnb.zoo.RECIPES`."""
-    from .zoo import RECIPES
+    from .zoo import RECIPES  # lazy: the zoo imports torch; the CLI's startup imports this module
 
     bad = [n for n in names if n not in RECIPES]
     if bad:
@@ -96,7 +100,7 @@ class NotebookParams(BaseModel):
         """Offline, ``models`` names reference models of vlnb.zoo.RECIPES (checked in every chapter that has it)."""
         models = getattr(self, "models", None)
         if self.profile == "offline" and models:
-            from .zoo import RECIPES
+            from .zoo import RECIPES  # lazy: the zoo imports torch; the CLI's startup imports this module
 
             # a list / dict keys name recipes; a dict may also map a display name to a recipe (chapter 3)
             names = [k if k in RECIPES or not isinstance(models, dict) or not isinstance(models[k], str) else models[k]
@@ -160,6 +164,7 @@ class DataPrepParams(NotebookParams):
 def params_class(stem: str) -> type[NotebookParams]:
     stem = Path(stem).stem
     if stem not in REGISTRY:
+        # lazy: a cycle (vlnb.params imports this module)
         import vlnb.params  # noqa: F401  (registers the configs of chapters 2 onwards)
     if stem not in REGISTRY:
         raise ParameterError(f"no parameter config is registered for notebook '{stem}'; known: {sorted(REGISTRY)}")
@@ -222,8 +227,6 @@ def coerce_cli_value(text: str, name: str | None = None) -> Any:
     (dates, bytes, sets) raise :class:`ParameterError` naming the parameter; text YAML cannot parse is
     taken as a plain string.
     """
-    import yaml
-
     what = f"parameter '{name}'" if name else "parameter value"
     try:
         tokens = list(yaml.scan(text))
@@ -260,6 +263,7 @@ class NotebookRun:
         """Call before the parameters cell: remembers which names already exist. In a ``vlnb run`` kernel
         (``$VLNB_RUN_DIR`` set) it also starts the per-category timers (:mod:`vlnb.timing`)."""
         if os.environ.get("VLNB_RUN_DIR"):
+            # lazy: timing imports pandas; the CLI's startup imports this module
             from .timing import install_notebook_hooks
 
             install_notebook_hooks(os.environ["VLNB_RUN_DIR"])
@@ -289,20 +293,15 @@ class NotebookRun:
 
     def save_table(self, df, name: str) -> Path:
         """Write a tidy result table as CSV into the run folder (``results/<name>.csv``)."""
-        from .paths import atomic_write
-
         return atomic_write(self.path(f"results/{name}.csv"), lambda tmp: df.to_csv(tmp, index=False))
 
     def save_json(self, obj, name: str) -> Path:
-        from .paths import atomic_write_text
-
         return atomic_write_text(self.path(f"results/{name}.json"), json.dumps(obj, indent=2, default=str))
 
     def savefig(self, fig, name: str) -> None:
         """Write ``figures/<name>.png`` into the run folder. Returns None, so that a ``run.savefig(...)`` ending a
         cell adds no ``PosixPath(...)`` to the page; the notebook shows the figure itself, once."""
-        from .paths import atomic_write
-        from .timing import timed
+        from .timing import timed  # lazy: timing imports pandas; the CLI's startup imports this module
 
         p = self.path(f"figures/{name}.png")
         with timed("plotting"):
@@ -312,8 +311,6 @@ class NotebookRun:
         """An HTML link to a file of this run folder, from the page that shows the notebook: relative to the
         executed notebook (it lies in the run folder), or under ``$VLNB_LINK_BASE`` in a book build, which
         copies each run's ``results/`` and ``figures/`` next to the HTML (:func:`vlnb.runs.build_book`)."""
-        import html
-
         href = os.environ.get("VLNB_LINK_BASE", "") + relpath
         return f'<a href="{html.escape(href)}" download>{html.escape(text or relpath)}</a>'
 
@@ -321,7 +318,7 @@ class NotebookRun:
                 index: bool = False):
         """Save ``df`` as ``results/<name>.csv`` and return what a page should show of it: the first ``top`` rows
         (after sorting by ``sort_by``) and a link to the full CSV. A short table is shown whole, with its link."""
-        from IPython.display import HTML
+        from IPython.display import HTML  # lazy: IPython is slow to import; only a notebook shows HTML
 
         self.save_table(df.reset_index() if index else df, name)
         shown = df.sort_values(sort_by, ascending=ascending) if sort_by is not None else df
@@ -336,7 +333,7 @@ class NotebookRun:
 
     def downloads(self):
         """Links to every table (``results/*.csv``) and figure (``figures/*.png``) this run wrote (chapter ends)."""
-        from IPython.display import HTML
+        from IPython.display import HTML  # lazy: IPython is slow to import; only a notebook shows HTML
 
         parts = []
         for folder, what in (("results", "Tables (CSV)"), ("figures", "Figures (PNG)")):
@@ -350,7 +347,7 @@ class NotebookRun:
         """Publish a value for the prose (myst-nb ``{glue}``); numbers in text come from the run. Returns None,
         so that a cell ending with a glue shows no stray ``'0.2'`` on the page."""
         try:
-            from myst_nb import glue
+            from myst_nb import glue  # lazy: the book extra; only a notebook glues
         except ImportError:  # plain Jupyter without the book tools: show it instead
             if display:
                 print(f"{name} = {value}")

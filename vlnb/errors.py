@@ -7,7 +7,9 @@ code 2; anything else is a bug: a short message and the traceback in a log file.
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 
 class DataError(ValueError):
@@ -33,9 +35,6 @@ class ArtifactError(ValueError):
 
 def read_json_artifact(path, what: str = "JSON file", hint: str = "") -> object:
     """``json.loads`` of a saved artifact; a missing/garbage file raises :class:`ArtifactError` naming it."""
-    import json
-    from pathlib import Path
-
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -48,8 +47,7 @@ def read_json_artifact(path, what: str = "JSON file", hint: str = "") -> object:
 def load_safetensors_artifact(path, hint: str = "") -> dict:
     """``safetensors.torch.load_file`` of a saved artifact; a missing, truncated or garbage file raises
     :class:`ArtifactError` naming it (safetensors' own error does not)."""
-    from pathlib import Path
-
+    # lazy: the CLI's startup imports this module; safetensors.torch imports torch
     from safetensors.torch import load_file
 
     path = Path(path)

@@ -21,6 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import nbformat
+
 #: A warning class name or a ``Warning:`` prefix, as Python's warnings module prints them.
 WARNING_RE = re.compile(r"\b[A-Z]\w*Warning\b|\bWarning:|\bWARNING\b")
 PATH_REPR_RE = re.compile(r"\b(?:Posix|Windows|Pure\w*)?Path\(['\"]")
@@ -60,8 +62,6 @@ def _is_glue(output) -> bool:
 def scan_notebook(nb, name: str = "notebook", max_table_rows: int = MAX_TABLE_ROWS) -> list[Problem]:
     """Every hygiene problem in the outputs of an executed notebook (an ``nbformat`` node or a path)."""
     if isinstance(nb, (str, Path)):
-        import nbformat
-
         name = Path(nb).stem if name == "notebook" else name
         nb = nbformat.read(str(nb), as_version=4)
     problems: list[Problem] = []

@@ -9,7 +9,11 @@ can all run the same notebooks:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
+import secrets
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -52,10 +56,15 @@ def notebooks_dir() -> Path:
 # ------------------------------------------------------------------------------ safe file writes
 def temp_name(path: str | os.PathLike) -> Path:
     """A unique temporary name beside ``path`` (``.<name>.tmp-<pid>-<random>``): two writers never share one."""
-    import secrets
-
     p = Path(path)
     return p.with_name(f".{p.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def sidecar_digest(meta: dict) -> str:
+    """Checksum of a cache sidecar's content except the checksum itself (``meta_sha256``): the feature and
+    pixel caches store it so that a changed id list or shape is detected, not only a changed array."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def atomic_write(path: str | os.PathLike, write) -> Path:
@@ -94,8 +103,6 @@ def _pid_alive(pid: int) -> bool:
 def clean_stale_temp(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
     """Remove temporary files a killed writer left in ``folder`` (``.<name>.tmp-<pid>[-<random>]`` whose
     process is gone; ``name`` limits it to one file's). Returns the removed paths."""
-    import re
-
     folder = Path(folder)
     if not folder.is_dir():
         return []

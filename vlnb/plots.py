@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import textwrap
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -84,9 +84,10 @@ def label_frequency_plot(df: pd.DataFrame, column: str = "labels", top: int = 20
     return fig
 
 
-def published_markers(part: pd.DataFrame, published: pd.DataFrame | None, entries: list, ks: list,
-                      width: float) -> list[tuple[float, float]]:
-    """``(x, recall)`` of the published numbers drawn beside the bars of one panel (one data set, one direction).
+def published_markers(part: pd.DataFrame, published: pd.DataFrame | None, entries: list,
+                      ks: list) -> list[tuple[str, int, float]]:
+    """``(entry, k, recall)`` of the published numbers drawn beside the bars of one panel (one data set, one
+    direction).
 
     A published row is joined to a measured bar on the **checkpoint** (``hub_id``: the hub id the model was
     loaded from, never its display name) and the **stage** (``"itc"`` or ``"itm"``: an ITC row is not drawn
@@ -102,53 +103,100 @@ def published_markers(part: pd.DataFrame, published: pd.DataFrame | None, entrie
     out = []
     for e in entries:
         rows = part[part["entry"] == e]
+        if rows.empty:
+            continue
         hub = rows["hub_id"].iloc[0]
         stage = rows["stage"].iloc[0] if "stage" in rows else protocol_stage(rows["protocol"].iloc[0])
         if not isinstance(hub, str) or not hub:
             continue
         for _, r in pub[(pub["hub_id"] == hub) & (pub_stage == stage)].iterrows():
             if r["k"] in ks:
-                out.append((entries.index(e) - 0.4 + width * (ks.index(r["k"]) + 0.5), float(r["recall"])))
+                out.append((e, int(r["k"]), float(r["recall"])))
     return out
 
 
-def recall_bars(df: pd.DataFrame, published: pd.DataFrame | None = None, title: str | None = None):
-    """Grouped bars of Recall@K: one panel per (dataset, direction), bars per model/protocol, hue = k.
+DIRECTIONS = {"t2i": "text → image", "i2t": "image → text"}
 
-    ``df``: a tidy retrieval table (``model, dataset, protocol, direction, k, recall`` [+ ``chance``]);
-    chance levels are drawn as short black ticks; ``published`` rows (:func:`vlnb.eval.published_retrieval`) as
-    hollow markers beside the bars of the same checkpoint and stage (:func:`published_markers`).
+
+def recall_bars(df: pd.DataFrame, per_seed: pd.DataFrame | None = None, published: pd.DataFrame | None = None,
+                title: str | None = None, entry: str | None = None, order: list | None = None,
+                hatched: Collection[str] = ()):
+    """Recall@K bars, the one figure of every chapter's retrieval table: a row of panels per data set, one panel
+    per direction (text → image, then image → text), R@K on the x axis and one bar per entry.
+
+    ``df``: a tidy retrieval table (``dataset, direction, k, recall`` + ``chance``, and ``ci_lo, ci_hi`` when
+    the recall is a mean with an interval). An entry is the ``entry`` column's value (chapter 3: ``"method"``),
+    by default ``model · protocol``; bars follow ``order`` (default: the table's order), those in ``hatched``
+    are hatched. Drawn with the bars: chance as a black tick on each bar; the interval as an error bar; each
+    seed's value as a dot (``per_seed``: the same table with a ``seed`` column, one row per seed); ``published``
+    rows (:func:`vlnb.eval.published_retrieval`) as hollow red diamonds beside the bars of the same checkpoint
+    and stage (:func:`published_markers`). ``fig.n_published`` counts the diamonds drawn (for the prose).
     """
     if df.empty:
         raise ValueError("recall_bars: empty table")
-    df = df.assign(entry=df["model"] + "\n" + df["protocol"].str.wrap(28))
-    panels = df[["dataset", "direction"]].drop_duplicates().values.tolist()
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(4.5, 2.2 * df["entry"].nunique()) * len(panels) / 1.6, 4.2),
+
+    def with_entry(t: pd.DataFrame) -> pd.DataFrame:
+        return t.assign(entry=t[entry] if entry else t["model"] + " · " + t["protocol"])
+
+    df = with_entry(df)
+    per_seed = with_entry(per_seed) if per_seed is not None else None
+    entries = list(dict.fromkeys(order if order is not None else df["entry"]))
+    datasets = list(dict.fromkeys(df["dataset"]))
+    directions = [d for d in DIRECTIONS if d in set(df["direction"])]
+    ks = sorted(df["k"].unique())
+    width = 0.8 / len(entries)
+    fig, axes = plt.subplots(len(datasets), len(directions), figsize=(5.5 * len(directions), 3.2 * len(datasets)),
                              squeeze=False, sharey=True)
-    n_published = 0
-    for ax, (ds, d) in zip(axes[0], panels):
-        part = df[(df["dataset"] == ds) & (df["direction"] == d)]
-        sns.barplot(data=part, x="entry", y="recall", hue="k", ax=ax, palette="crest")
-        entries = list(dict.fromkeys(part["entry"]))
-        ks = sorted(part["k"].unique())
-        width = 0.8 / len(ks)
-        if "chance" in part:
-            for _, r in part.iterrows():
-                x = entries.index(r["entry"]) - 0.4 + width * (ks.index(r["k"]) + 0.5)
-                ax.plot([x - width / 2, x + width / 2], [r["chance"]] * 2, color="black", lw=1.5)
-        for x, y in published_markers(part, published, entries, ks, width):
-            ax.plot(x, y, marker="D", mfc="none", mec="crimson", ms=7)
-            n_published += 1
-        ax.set_title(f"{ds} · {'image→text' if d == 'i2t' else 'text→image'}")
-        ax.set_xlabel("")
-        ax.set_ylabel("Recall@K (%)")
-        ax.set_ylim(0, 100)
-        ax.tick_params(axis="x", labelsize=8)
-    # the legend names only what is drawn: the published marker appears when at least one was joined
-    legend = "black ticks: chance" + ("; red diamonds: published (same checkpoint and stage)" if n_published else "")
-    fig.suptitle(f"{title} ({legend})" if title else legend)
+    n_published = n_seeds = 0
+    for r, ds in enumerate(datasets):
+        for c, d in enumerate(directions):
+            ax = axes[r, c]
+            part = df[(df["dataset"] == ds) & (df["direction"] == d)]
+
+            def x_of(e_i: int) -> np.ndarray:
+                return np.arange(len(ks)) + (e_i - (len(entries) - 1) / 2) * width
+
+            for e_i, e in enumerate(entries):
+                rows = part[part["entry"] == e]
+                row = rows.groupby("k")[["recall", "chance"] if "chance" in rows else ["recall"]].mean().reindex(ks)
+                x = x_of(e_i)
+                err = None
+                if {"ci_lo", "ci_hi"} <= set(rows.columns):
+                    ci = rows.groupby("k")[["ci_lo", "ci_hi"]].mean().reindex(ks)
+                    err = np.vstack([row["recall"] - ci["ci_lo"], ci["ci_hi"] - row["recall"]])
+                hatch = e in hatched
+                ax.bar(x, row["recall"], width * 0.9, yerr=err, capsize=3, color=f"C{e_i % 10}", label=e,
+                       hatch="//" if hatch else None, edgecolor="k" if hatch else "white")
+                if "chance" in row:
+                    ax.hlines(row["chance"], x - width * 0.45, x + width * 0.45, colors="black", lw=1.5)
+                if per_seed is not None:
+                    ps = per_seed[(per_seed["dataset"] == ds) & (per_seed["direction"] == d) & (per_seed["entry"] == e)]
+                    if ps["seed"].notna().any():
+                        for k_i, k in enumerate(ks):
+                            v = ps[ps["k"] == k]["recall"]
+                            ax.plot(np.full(len(v), x[k_i]), v, "k.", ms=4, zorder=3)
+                            n_seeds += len(v)
+            for e, k, y in published_markers(part, published, entries, ks):
+                ax.plot(x_of(entries.index(e))[ks.index(k)], y, marker="D", mfc="none", mec="crimson", ms=7)
+                n_published += 1
+            ax.set_xticks(np.arange(len(ks)), [f"R@{k}" for k in ks])
+            ax.set_ylim(0, 100)
+            ax.set_ylabel("Recall@K (%)")
+            ax.set_title(f"{ds}: {DIRECTIONS[d]}", fontsize=10)
+    # the legend names only what is drawn: seeds and published markers appear when at least one was drawn
+    legend = "black ticks: chance"
+    if n_seeds:
+        legend += "; dots: one per seed"
+    if n_published:
+        legend += "; red diamonds: published (same checkpoint and stage)"
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    height = fig.get_figheight()
+    ncol = min(len(labels), 4)
+    legend_h = 0.25 * int(np.ceil(len(labels) / max(ncol, 1))) + 0.2
+    fig.tight_layout(rect=(0, 0, 1, 1 - (legend_h + 0.3) / height))  # room above the panels for legend and title
+    fig.legend(handles, labels, loc="upper center", ncol=ncol, fontsize=8, bbox_to_anchor=(0.5, 1 - 0.3 / height))
+    fig.suptitle(f"{title} ({legend})" if title else legend, y=1.0, fontsize=10)
     fig.n_published = n_published  # how many published markers were drawn (for the prose)
-    fig.tight_layout()
     return fig
 
 

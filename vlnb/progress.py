@@ -12,6 +12,7 @@ import importlib.util
 import warnings
 
 from tqdm.std import TqdmWarning
+from tqdm.std import tqdm as text_bar
 
 # Libraries the book uses (huggingface_hub, sentence-transformers …) import ``tqdm.auto`` themselves; in a
 # Jupyter kernel without ipywidgets that import warns "IProgress not found" into whichever cell triggers it.
@@ -21,16 +22,14 @@ warnings.filterwarnings("ignore", message=r"IProgress not found", category=TqdmW
 
 
 def _bar_class():
-    from tqdm.std import tqdm as text_bar
-
     try:
-        from IPython import get_ipython
+        from IPython import get_ipython  # lazy: `import vlnb` imports this module; IPython is slow to import
 
         in_kernel = get_ipython() is not None and "IPKernelApp" in get_ipython().config
     except (ImportError, AttributeError):
         in_kernel = False
     if in_kernel and importlib.util.find_spec("ipywidgets") is not None:
-        from tqdm.notebook import tqdm as notebook_bar
+        from tqdm.notebook import tqdm as notebook_bar  # lazy: needs ipywidgets; only in a Jupyter kernel
 
         return notebook_bar
     return text_bar

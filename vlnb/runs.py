@@ -22,6 +22,7 @@ from typing import Any
 
 from .config import resolve
 from .paths import REPO_ROOT, atomic_write_text, notebooks_dir
+from .timing import breakdown, breakdown_table, cpu_breakdown
 
 BOOK_FILES = ("_config.yml", "_toc.yml", "book")
 
@@ -126,7 +127,7 @@ def run_notebook(
     with ``force=True``, any other non-empty folder is refused (:class:`OutDirError`), and so is the
     notebooks' own folder (the executed copy would replace the source).
     """
-    import papermill as pm
+    import papermill as pm  # lazy: papermill is slow to import; only running a notebook needs it
 
     nb = Path(notebook).resolve()
     if not nb.exists():
@@ -186,8 +187,6 @@ def run_notebook(
             else:
                 os.environ[k] = v
         record["seconds"] = round(time.time() - t0, 1)
-        from .timing import breakdown, cpu_breakdown
-
         # where the time went (vlnb.timing): training / decode / encoding / metrics / plotting / other / kernel,
         # in wall seconds and in the kernel's CPU seconds
         record["timing"] = breakdown(out, executed if executed.exists() else None, record["seconds"])
@@ -319,8 +318,6 @@ def build_book(
     timings["jupyter-book"] = round(time.time() - t0, 1)
     (build / "timings.json").write_text(json.dumps(timings, indent=2))
     if parts:  # where each chapter's time went (vlnb.timing), also as a CSV
-        from .timing import breakdown_table
-
         table = breakdown_table(parts)
         table.to_csv(build / "timings.csv", index_label="chapter")
         print(f"[vlnb book] wall seconds per chapter and category:\n{table.to_string()}", flush=True)

@@ -49,6 +49,7 @@ import hashlib
 import itertools
 import json
 import math
+import multiprocessing as mp
 import os
 import re
 import sys
@@ -57,12 +58,17 @@ import time
 import uuid
 import warnings
 from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from .config import ParameterError, resolve
+from .paths import atomic_write_text
+from .progress import tqdm
+from .runs import injectable, run_notebook
 
 GRID_KEYS = ("profile", "parameters", "grid")
 RESERVED = ("profile", "out_dir")  # set by the sweep itself, never by the grid
@@ -98,8 +104,6 @@ def _check_json(v: Any, where: str) -> None:
 
 def load_grid(grid: str | os.PathLike | Mapping) -> dict[str, Any]:
     """Read and check a grid (a YAML file or an equivalent mapping): ``{"profile", "parameters", "grid"}``."""
-    import yaml
-
     src = "grid"
     if not isinstance(grid, Mapping):
         path = Path(grid)
@@ -173,8 +177,6 @@ def validate(notebook: str, grid: Mapping, profile: str) -> list[tuple[dict[str,
     """Every combination validated against the notebook's config: ``[(grid values, validated values)]``, the
     validated ones in the JSON form a run records in ``run.json`` (:func:`vlnb.runs.injectable`). Every bad
     combination is named in one :class:`SweepError` (the first on its first line)."""
-    from .runs import injectable
-
     stem = Path(notebook).stem
     combos = combinations(grid)
     errors, out = [], []
@@ -245,8 +247,6 @@ def _one_line(e: BaseException) -> str:
 def run_one(notebook: str, params: Mapping, profile: str, out_dir: str, threads: int | None) -> dict:
     """Execute one combination with :func:`vlnb.runs.run_notebook`; a failing notebook is a result
     (``status: failed`` and its error), not an exception. The kernel gets ``threads`` torch/OMP threads."""
-    from .runs import run_notebook
-
     with _RUN_LOCK:
         before = {k: os.environ.get(k) for k in _THREAD_VARS}
         if threads:
@@ -269,7 +269,7 @@ def run_one(notebook: str, params: Mapping, profile: str, out_dir: str, threads:
 
 def _dask_run_one(notebook: str, params: Mapping, profile: str, out_dir: str, threads: int | None) -> dict:
     try:
-        from distributed import get_worker
+        from distributed import get_worker  # lazy: dask is optional (the sweep extra)
 
         worker = get_worker()
     except (ImportError, ValueError):  # not in a worker (e.g. a synchronous scheduler)
@@ -312,8 +312,6 @@ def pool_size(n_runs: int, workers: int | None = None, threads: int | None = Non
 # The sweep
 # ---------------------------------------------------------------------------------------------------
 def _write_json(path: Path, obj) -> None:
-    from .paths import atomic_write_text
-
     atomic_write_text(path, json.dumps(obj, indent=2, default=str))  # unique temp name, atomic replace
 
 
@@ -365,7 +363,7 @@ def sweep(
 def _connect(scheduler):
     """``(distributed.Client, whether this function opened it)``; an unreachable scheduler is a SweepError."""
     try:
-        from distributed import Client
+        from distributed import Client  # lazy: dask is optional (the sweep extra)
     except ImportError:
         raise SweepError('--scheduler needs Dask distributed: pip install "vlnb[sweep]"') from None
     if isinstance(scheduler, Client):
@@ -417,8 +415,6 @@ def _execute(nb: Path, g: dict, profile: str, combos: list, out: Path, workers, 
         print(f"[vlnb sweep] local: {workers} worker(s) x {threads} thread(s) ({available_cores()} core(s))",
               flush=True)
     if todo:
-        from .progress import tqdm
-
         bar = tqdm(total=len(todo), desc="sweep", unit="run", disable=not progress, file=sys.stdout)
         try:
             if client is not None:
@@ -459,9 +455,6 @@ def _run_local(nb, todo, profile, out, workers, threads, finish, bar) -> None:
             finish(run_one(str(nb), params, profile, str(out / name), threads))
             bar.update()
         return
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
     pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_pool_init,
                                initargs=(threads,))
     try:
@@ -479,7 +472,7 @@ def _run_local(nb, todo, profile, out, workers, threads, finish, bar) -> None:
 
 
 def _run_dask(client, nb, todo, profile, out, threads, retries, finish, bar) -> None:
-    from distributed import as_completed
+    from distributed import as_completed  # lazy: dask is optional (the sweep extra)
 
     n = len(client.scheduler_info().get("workers", {}))
     print(f"[vlnb sweep] Dask: {client.scheduler.address} with {n} worker(s)", flush=True)

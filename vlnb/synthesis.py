@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .fairness.stats import wilson_interval
+
 CHAPTERS = {
     "01_data_prep": "1. Data",
     "02_clip_training": "2. Training CLIP",
@@ -39,8 +41,6 @@ def read(runs: str | Path, stem: str, table: str) -> pd.DataFrame | None:
 
 def _wilson_pct(recall_pct: float, n: int, level: float = 0.95) -> tuple[float, float]:
     """Wilson interval (in %) of a recall measured over ``n`` independent queries (one per image)."""
-    from .fairness.stats import wilson_interval
-
     k = round(recall_pct / 100 * n)
     lo, hi = wilson_interval(k, n, level)
     return 100 * float(lo), 100 * float(hi)
@@ -217,7 +217,9 @@ def consistency(runs: str | Path) -> pd.DataFrame:
 
     - the frozen towers' retrieval on coco-mini val2017: chapter 2 vs chapter 3's "pretrained head" (offline it
       is the same model) and vs chapter 4;
-    - the from-scratch model's retrieval on the world test set: chapter 2's last evaluation vs chapter 4.
+    - the from-scratch model's retrieval on the world test set: chapter 2's last evaluation vs chapter 4;
+    - the from-scratch model's zero-shot shape accuracy on the world test set: chapter 4 vs chapter 5's clean
+      images (same images, classes, prompts and label rule).
     """
     r2 = read(runs, "02_clip_training", "results")
     r3 = read(runs, "03_blip2_heads", "recall_summary")
@@ -237,7 +239,29 @@ def consistency(runs: str | Path) -> pd.DataFrame:
             rows.append({"quantity": f"{model} on {ds}: {d} R@1", "chapter A": "2", "value A": a,
                          "chapter B": "4", "value B": b,
                          "agree": bool(np.isclose(a, b, atol=0.05)) if not (math.isnan(a) or math.isnan(b)) else None})
+    # zero-shot shape of scratch-world on the world test set: chapter 4's "any object" variant (proportion in its
+    # CSV) vs chapter 5's clean cell (percent); same 500 images, 6 shapes, WORLD_TEMPLATES, any-object label rule
+    zs4, r5 = read(runs, "04_compare", "zeroshot"), read(runs, "05_robustness", "robustness_results")
+    if zs4 is not None and r5 is not None:
+        a = zeroshot_pct(zs4, "scratch-world", "world", "any object")
+        b = clean_value(r5, "scratch-world", "world", "zeroshot:shape", "top1")
+        rows.append({"quantity": "scratch-world on world: zero-shot shape top-1 (any object, 5 prompts)",
+                     "chapter A": "4", "value A": a, "chapter B": "5 (clean)", "value B": b,
+                     "agree": bool(np.isclose(a, b, atol=0.05)) if not (math.isnan(a) or math.isnan(b)) else None})
     return pd.DataFrame(rows)
+
+
+def zeroshot_pct(zeroshot: pd.DataFrame, model: str, dataset: str, variant: str) -> float:
+    """Chapter 4's zero-shot top-1 (its CSV keeps proportions) in percent, or NaN when that row is missing."""
+    sel = (zeroshot["model"] == model) & (zeroshot["dataset"] == dataset) & (zeroshot["variant"] == variant)
+    return 100.0 * float(zeroshot.loc[sel, "top1"].iloc[0]) if sel.any() else math.nan
+
+
+def clean_value(results: pd.DataFrame, model: str, dataset: str, task: str, metric: str) -> float:
+    """Chapter 5's clean (severity 0) value of one (model, data set, task, metric), in percent, or NaN."""
+    sel = ((results["model"] == model) & (results["dataset"] == dataset) & (results["task"] == task)
+           & (results["metric"] == metric) & (results["severity"] == 0))
+    return float(results.loc[sel, "value"].iloc[0]) if sel.any() else math.nan
 
 
 def _fmt(x: float) -> str:

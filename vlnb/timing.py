@@ -28,6 +28,10 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
+import pandas as pd
+
+from .paths import atomic_write_text
+
 CATEGORIES = ("training", "decode", "encoding", "metrics", "plotting")
 TIMINGS_FILE = "timings.json"
 
@@ -115,8 +119,6 @@ def dump(path: str | os.PathLike) -> Path:
             "process_cpu_seconds": round(time.process_time() - _cpu_start, 3),
             "load_average": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
             "counts": {c: counts.get(c, 0) for c in CATEGORIES}}
-    from .paths import atomic_write_text
-
     return atomic_write_text(p, json.dumps(data, indent=2))  # unique temp name, atomic replace
 
 
@@ -143,7 +145,7 @@ def install_notebook_hooks(run_dir: str | os.PathLike) -> bool:
     """In an IPython kernel: time the inline backend's figure flushes as ``plotting`` and dump the totals to
     ``run_dir/timings.json`` after every cell. Returns False (and does nothing) outside IPython."""
     try:
-        from IPython import get_ipython
+        from IPython import get_ipython  # lazy: IPython is slow to import; only the notebook hooks need it
     except ImportError:
         return False
     ip = get_ipython()
@@ -219,8 +221,6 @@ def cpu_breakdown(run_dir: str | os.PathLike) -> dict[str, float]:
 
 def breakdown_table(rows: dict[str, dict[str, float]]):
     """A ``pandas`` table of :func:`breakdown` rows (index: chapter), with a total column and a total row."""
-    import pandas as pd
-
     cols = [*CATEGORIES, "other", "kernel"]
     df = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=cols).fillna(0.0)
     cols = [c for c in cols if c != "kernel" or df[c].any()]  # (a CPU breakdown has no kernel column)

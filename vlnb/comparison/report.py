@@ -17,6 +17,10 @@ import torch
 from ..device import precision_name
 
 ZEROSHOT_COLUMNS = ["top1", "top5", "mean_per_class_recall", "chance_top1", "n_classes", "n_templates", "n"]
+#: the accuracy-type columns of the zero-shot table: proportions in the experiment's tidy table (and its CSV,
+#: ``zeroshot.csv``), shown in percent like every recall and accuracy of the book
+ZEROSHOT_PCT = {"top1": "top-1 (%)", "top5": "top-5 (%)", "mean_per_class_recall": "mean per-class recall (%)",
+                "chance_top1": "chance top-1 (%)"}
 
 
 def models_table(models: Mapping[str, object]) -> pd.DataFrame:
@@ -66,22 +70,27 @@ def published_wide(published: pd.DataFrame) -> pd.DataFrame:
 
 
 def zeroshot_table(zeroshot: pd.DataFrame) -> pd.DataFrame:
-    """Zero-shot accuracy (proportions, three decimals) with its chance level per (data set, model, variant)."""
-    return zeroshot.set_index(["dataset", "model", "variant"])[ZEROSHOT_COLUMNS].round(3)
+    """Zero-shot accuracy in percent (one decimal; the tidy table's proportions x 100) with its chance level and
+    protocol (classes, prompt templates, test images) per (data set, model, variant)."""
+    t = zeroshot.set_index(["dataset", "model", "variant"])[ZEROSHOT_COLUMNS].copy()
+    for c in ZEROSHOT_PCT:
+        t[c] = (100.0 * t[c].astype(float)).round(1)
+    return t.rename(columns={**ZEROSHOT_PCT, "n_classes": "classes", "n_templates": "templates", "n": "test images"})
 
 
 def zeroshot_bars(zeroshot: pd.DataFrame):
     """Zero-shot top-1 accuracy per (data set, target variant), one bar per model, chance as a black tick."""
     fig, ax = plt.subplots(figsize=(7, 3.2))
     part = zeroshot.assign(entry=zeroshot["dataset"] + " · " + zeroshot["variant"])
-    sns.barplot(data=part, y="entry", x="top1", hue="model", ax=ax)
+    part = part.assign(top1_pct=100.0 * part["top1"], chance_pct=100.0 * part["chance_top1"])
+    sns.barplot(data=part, y="entry", x="top1_pct", hue="model", ax=ax)
     for i, (_, r) in enumerate(part.drop_duplicates("entry").iterrows()):
-        ax.plot([r["chance_top1"]] * 2, [i - 0.4, i + 0.4], color="black", lw=1.5)
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("zero-shot top-1 accuracy (proportion; black: chance)")
+        ax.plot([r["chance_pct"]] * 2, [i - 0.4, i + 0.4], color="black", lw=1.5)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("zero-shot top-1 accuracy (%; black: chance)")
     ax.set_ylabel("")
     return fig
 
 
-__all__ = ["ZEROSHOT_COLUMNS", "best_r1_glue", "datasets_table", "models_table", "published_wide", "retrieval_wide",
+__all__ = ["ZEROSHOT_COLUMNS", "ZEROSHOT_PCT", "best_r1_glue", "datasets_table", "models_table", "published_wide", "retrieval_wide",
            "zeroshot_bars", "zeroshot_table"]

@@ -7,6 +7,8 @@ Providers register a factory for their kind; :func:`get_annotations` dispatches.
 
 from __future__ import annotations
 
+import importlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -41,14 +43,12 @@ def register_provider(kind: str):
 
 @lru_cache(maxsize=16)
 def _lookup(kind: str, spec_key: str):
-    import json
 
     return _PROVIDERS[kind](json.loads(spec_key))
 
 
 def get_annotations(df: pd.DataFrame, image_id) -> list[ObjectAnnotation]:
     """Objects (category, box, mask) of ``image_id`` in the manifest ``df``."""
-    import json
 
     spec = dict(df.attrs.get("vlnb", {}).get("annotations") or {})
     if not spec:
@@ -57,7 +57,6 @@ def get_annotations(df: pd.DataFrame, image_id) -> list[ObjectAnnotation]:
     kind = spec.get("kind")
     if kind not in _PROVIDERS:
         # providers register when their module is imported; import only the one this spec names
-        import importlib
 
         try:
             importlib.import_module(f"{__package__}.{kind}")

@@ -11,43 +11,39 @@ from typing import Any
 
 import pandas as pd
 
+from ..paths import shared_data_dir
+from .coco import load_coco
+from .hub import load_cifar100, load_flickr30k, load_pokemon
+from .world import build_world_manifest
+
 DATASETS = ("world", "coco", "flickr30k", "pokemon", "cifar100")
 
 
 def _world(root=None, split=None, **kw):
-    from .world import build_world_manifest
 
     return build_world_manifest(**kw)
 
 
 def _coco(root=None, split=None, **kw):
-    from .coco import load_coco
 
     if root is None:
-        from ..paths import shared_data_dir
-
         root = shared_data_dir(required=True) / "coco-mini"
     return load_coco(root, split=split or "val2017", **kw)
 
 
 def _flickr(root=None, split=None, **kw):
-    from .hub import load_flickr30k
 
     return load_flickr30k(root or "nlphuji/flickr30k", split=split or "test", **kw)
 
 
 def _pokemon(root=None, split=None, **kw):
-    from .hub import load_pokemon
 
     return load_pokemon(root or "reach-vb/pokemon-blip-captions", split=split or "train", **kw)
 
 
 def _cifar(root=None, split=None, **kw):
-    from .hub import load_cifar100
 
     if root is None:
-        from ..paths import shared_data_dir
-
         root = shared_data_dir(required=True) / "cifar100-test-partial" / "cifar100_test_first916.npz"
     return load_cifar100(root, split=split or "test", **kw)
 

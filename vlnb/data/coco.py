@@ -22,7 +22,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
+from pycocotools.coco import COCO
 
+from ..errors import DataError
+from ..progress import tqdm
 from .annotations import ObjectAnnotation, register_provider
 from .images import REPORT_COLUMNS, empty_report
 from .manifest import drop_bad_images, make_manifest
@@ -48,7 +51,6 @@ def read_coco_json(path: str | os.PathLike, kind: str = "captions") -> tuple[dic
     (not UTF-8, not JSON, not an object, an entry missing a field or with a wrong type, an unknown
     ``category_id``) raises :class:`vlnb.errors.DataError` naming the file, the entry and the field.
     """
-    from ..errors import DataError
 
     path = Path(path)
     raw = path.read_bytes()
@@ -141,7 +143,6 @@ def read_coco_json(path: str | os.PathLike, kind: str = "captions") -> tuple[dic
 def _coco_api(path: str | os.PathLike, kind: str = "instances"):
     """A checked ``pycocotools.coco.COCO`` of ``path`` (see :func:`read_coco_json`), without its chatter on
     stdout; ``api.vlnb_problems`` holds the report rows of dropped entries."""
-    from pycocotools.coco import COCO
 
     data, problems = read_coco_json(path, kind)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -171,7 +172,6 @@ _COCO_FILE_ID = re.compile(r"(\d+)\.(?:jpg|jpeg|png)$", re.IGNORECASE)
 
 def _karpathy_entries(path: Path, data) -> list[tuple[int, str, str]]:
     """``[(cocoid, split, relative image path)]`` of either split format (see :func:`read_karpathy_split`)."""
-    from ..errors import DataError
 
     if isinstance(data, dict) and isinstance(data.get("images"), list):  # Karpathy's dataset_coco.json
         out = []
@@ -212,7 +212,6 @@ def read_karpathy_split(
     file; the id is the number in the image's name). ``subset`` is one split name or several (e.g.
     ``("train", "restval")``: LAVIS's train file already holds both); order follows the file.
     """
-    from ..errors import DataError
 
     path = Path(path)
     if not path.is_file():
@@ -334,8 +333,6 @@ def load_coco(
             ids = list(dict.fromkeys([*ids, *inst.imgs]))
         ids = [i for i in ids if i not in records and (wanted is None or i in wanted)]
         if progress:
-            from ..progress import tqdm
-
             ids = tqdm(ids, desc=f"COCO {folder}", leave=False)
         for i in ids:
             info = (caps.imgs.get(i) if caps else None) or inst.imgs[i]

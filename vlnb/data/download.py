@@ -32,6 +32,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..progress import tqdm
+
 
 class DownloadError(OSError):
     """A file that could not be fetched or is corrupt; the message names it."""
@@ -144,8 +146,6 @@ def fetch(url: str, dest: str | os.PathLike, remote: Remote | None = None, progr
             total = start + int(length) if length is not None and length.isdigit() else None
             bar = None
             if progress:
-                from ..progress import tqdm
-
                 bar = tqdm(total=total, initial=start, unit="B", unit_scale=True, desc=dest.name, leave=False)
             try:
                 with open(part, "ab" if start else "wb") as f:
@@ -205,8 +205,6 @@ def extract(archive: str | os.PathLike, root: str | os.PathLike, progress: bool 
             raise corrupt(f"CRC mismatch in {bad_member}")
         members = list(_safe_members(zf, archive))
         if progress:
-            from ..progress import tqdm
-
             members = tqdm(members, desc=f"extracting {archive.name}", leave=False)
         for info in members:
             target = root / info.filename

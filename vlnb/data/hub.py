@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
+from ..progress import tqdm
 from .classnames import CIFAR100_CLASSNAMES
 from .images import empty_report, encode_png
 from .manifest import drop_bad_images, make_manifest
@@ -44,7 +46,7 @@ def _open_hf(source: str | os.PathLike, split: str):
     """Open ``source`` as a :class:`datasets.Dataset`: a ``save_to_disk`` folder (``load_from_disk``; a
     ``DatasetDict`` gives its ``split``), a parquet file or folder (``load_dataset("parquet")``), else a
     hub id (``load_dataset(source, split=split)``)."""
-    import datasets
+    import datasets  # lazy: slow to import; only the hub loaders need it
 
     p = Path(source)
     if p.exists():
@@ -97,8 +99,8 @@ def _parquet_conversion(repo_id: str, split: str):
     """Split ``split`` of the hub's parquet conversion of ``repo_id`` (``<config>/<split>/NNNN.parquet`` on the
     ``refs/convert/parquet`` branch), downloaded through the HF cache and opened with the parquet builder: no
     script runs."""
-    import datasets
-    from huggingface_hub import HfApi, hf_hub_download
+    import datasets  # lazy: slow to import; only the hub loaders need it
+    from huggingface_hub import HfApi, hf_hub_download  # lazy: slow to import; only the hub loaders need it
 
     files = [f for f in HfApi().list_repo_files(repo_id, repo_type="dataset", revision=PARQUET_REVISION)
              if f.endswith(".parquet")]
@@ -113,7 +115,6 @@ def _parquet_conversion(repo_id: str, split: str):
 
 def _encoded_bytes(v: Any) -> bytes:
     """Encoded image bytes from a datasets image cell: ``{"bytes", "path"}`` dict, raw bytes, PIL or array."""
-    from PIL import Image
 
     if isinstance(v, dict):
         if v.get("bytes"):
@@ -135,7 +136,7 @@ def _encoded_bytes(v: Any) -> bytes:
 
 def _image_bytes(ds, column: str) -> list[bytes]:
     """The encoded bytes of every image of ``ds[column]``, without decoding them."""
-    from datasets import Image
+    from datasets import Image  # lazy: slow to import; only the hub loaders need it
 
     if isinstance(ds.features.get(column), Image):
         ds = ds.cast_column(column, Image(decode=False))
@@ -175,7 +176,6 @@ def _finish(records: list[dict], name: str, meta: dict, check_images: bool, prog
 def _progress(it, progress: bool, desc: str, total: int):
     if not progress:
         return it
-    from ..progress import tqdm
 
     return tqdm(it, desc=desc, total=total, leave=False)
 

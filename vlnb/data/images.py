@@ -17,6 +17,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from ..errors import ParameterError
+from ..progress import tqdm
+
 # Never silently accept half an image: a truncated file is a bad file.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -38,8 +41,6 @@ def max_image_pixels() -> int:
     except ValueError:
         value = -1
     if value < 0:
-        from ..errors import ParameterError
-
         raise ParameterError(f"environment variable VLNB_MAX_IMAGE_PIXELS: must be an int >= 0 (0 = no limit), "
                              f"got {raw!r}")
     return value
@@ -156,8 +157,6 @@ def scan_images(
     with ThreadPoolExecutor(max_workers=workers) as ex:
         reasons = ex.map(check, list(sources))
         if progress:
-            from ..progress import tqdm
-
             reasons = tqdm(reasons, total=len(sources), desc="checking images", leave=False)
         for (iid, src), reason in zip(it, reasons):
             if reason is not None:

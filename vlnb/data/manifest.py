@@ -28,6 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..paths import atomic_write, clean_stale_temp
 from .images import REPORT_COLUMNS, empty_report, scan_images
 
 REQUIRED_COLUMNS = ("image_id", "image", "captions", "split", "labels")
@@ -108,7 +109,6 @@ def save_manifest(df: pd.DataFrame, path: str | os.PathLike, report: pd.DataFram
     meta = dict(table.schema.metadata or {})
     meta[_META_KEY] = json.dumps(manifest_meta(df), default=str).encode()
     table = table.replace_schema_metadata(meta)
-    from ..paths import atomic_write, clean_stale_temp
 
     clean_stale_temp(path.parent, path.name)
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))  # unique temp name: concurrent writers never collide
@@ -119,7 +119,6 @@ def save_manifest(df: pd.DataFrame, path: str | os.PathLike, report: pd.DataFram
 
 def save_report(report: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write a bad-image report CSV atomically."""
-    from ..paths import atomic_write
 
     return atomic_write(path, lambda tmp: report.to_csv(tmp, index=False))
 

@@ -29,6 +29,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..models.transforms import ImagePreprocess
+from ..paths import shared_data_dir
+from .hub import load_cifar100
 from .images import encode_png, open_rgb
 from .manifest import make_manifest
 
@@ -38,7 +41,6 @@ NAME = "paired-cifar100"
 
 def default_source() -> Path:
     """The 916 real CIFAR-100 test images of the shared offline data."""
-    from ..paths import shared_data_dir
 
     return shared_data_dir(required=True) / "cifar100-test-partial" / "cifar100_test_first916.npz"
 
@@ -106,7 +108,6 @@ def build_paired_cifar(
     ``test_fraction``: share of each class's source images reserved for test pairs; ``seed``: everything
     random (pool split, pairs); ``template``: the caption, with ``{a}`` (left class) and ``{b}`` (right).
     """
-    from .hub import load_cifar100
 
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
@@ -155,7 +156,6 @@ def pair_preprocess(preprocess):
     """``preprocess`` (an :class:`~vlnb.models.transforms.ImagePreprocess` with a square output) changed to resize
     the whole 32x64 pair to that square, no crop, so both images reach the model (same resampling and
     normalisation). Assign it to ``model.preprocess`` before training or evaluating on pairs."""
-    from ..models.transforms import ImagePreprocess
 
     size = getattr(preprocess, "output_size", None)
     if not isinstance(preprocess, ImagePreprocess) or size is None:

@@ -26,15 +26,20 @@ import os
 import threading
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import PIL
 import torch
 
+from ..paths import atomic_write, clean_stale_temp, sidecar_digest, temp_name
+from ..paths import cache_dir as default_cache_dir
+from ..progress import tqdm
 from ..timing import timed
-from .images import REPORT_COLUMNS, BadImageError, empty_report, try_open_rgb
+from .images import REPORT_COLUMNS, BadImageError, empty_report, open_rgb, try_open_rgb
 
 FORMAT_VERSION = 2  # 2: the sidecar carries its own checksum (meta_sha256)
 _memo: dict[tuple[str, str], DecodedPixels] = {}
@@ -60,8 +65,6 @@ def geometry(preprocess) -> dict:
 
 
 def _pillow_version() -> str:
-    import PIL
-
     return PIL.__version__
 
 
@@ -183,12 +186,6 @@ def _paths(directory: Path, key: str) -> tuple[Path, Path]:
     return directory / f"{key}.npy", directory / f"{key}.json"
 
 
-def _sidecar_digest(meta: dict) -> str:
-    """Checksum of a sidecar's content except the checksum itself."""
-    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def _load(directory: Path, key: str, preprocess) -> DecodedPixels | None:
     apath, jpath = _paths(directory, key)
     if not jpath.exists():
@@ -200,7 +197,7 @@ def _load(directory: Path, key: str, preprocess) -> DecodedPixels | None:
         arr = np.load(apath, mmap_mode="r", allow_pickle=False)
         if list(arr.shape) != meta["shape"] or arr.dtype != np.uint8:
             raise ValueError(f"array shape/dtype {arr.shape}/{arr.dtype} does not match the sidecar")
-        if meta.get("meta_sha256") != _sidecar_digest(meta):
+        if meta.get("meta_sha256") != sidecar_digest(meta):
             raise ValueError("sidecar checksum mismatch (its image ids or rows were changed)")
         if _digest(arr) != meta["sha256"]:
             raise ValueError("checksum mismatch")
@@ -234,8 +231,6 @@ def _decode_one(src, preprocess):
 def _compute(manifest: pd.DataFrame, preprocess, directory: Path, key: str, workers: int, progress: bool):
     ids = [jsonable(i) for i in manifest["image_id"]]
     sources = list(manifest["image"])
-    from ..paths import atomic_write, clean_stale_temp, temp_name
-
     h, w = preprocess.output_size
     directory.mkdir(parents=True, exist_ok=True)
     clean_stale_temp(directory)  # what a killed writer left behind
@@ -247,15 +242,11 @@ def _compute(manifest: pd.DataFrame, preprocess, directory: Path, key: str, work
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(sources), 3, h, w))
         with timed("decode"):
             if workers > 1:  # Pillow releases the GIL while decoding and resizing: threads scale
-                from concurrent.futures import ThreadPoolExecutor
-
                 ex = ThreadPoolExecutor(max_workers=workers)
                 results = ex.map(lambda s: _decode_one(s, preprocess), sources)
             else:
                 ex, results = None, (_decode_one(s, preprocess) for s in sources)
             if progress:
-                from ..progress import tqdm
-
                 results = tqdm(results, total=len(sources), desc="decoding images", leave=False)
             try:
                 for r, (x, reason) in enumerate(results):
@@ -276,7 +267,7 @@ def _compute(manifest: pd.DataFrame, preprocess, directory: Path, key: str, work
     meta = {"key": key, "format": FORMAT_VERSION, "shape": [len(sources), 3, h, w], "image_ids": ids,
             "valid": valid.tolist(), "skipped": skipped, "sha256": digest, "geometry": geometry(preprocess)}
     meta = json.loads(json.dumps(meta, default=jsonable))
-    meta["meta_sha256"] = _sidecar_digest(meta)  # image ids / valid rows are covered, not only the array
+    meta["meta_sha256"] = sidecar_digest(meta)  # image ids / valid rows are covered, not only the array
     atomic_write(jpath, lambda p: Path(p).write_text(json.dumps(meta)))  # commits the entry
     arr = np.load(apath, mmap_mode="r", allow_pickle=False)
     return _assemble(arr, valid, ids, skipped, preprocess, key, False, apath)
@@ -301,8 +292,6 @@ def decoded_pixels(
     for col in ("image_id", "image"):
         if col not in manifest.columns:
             raise ValueError(f"the manifest has no column {col!r}")
-    from ..paths import cache_dir as default_cache_dir
-
     key = pixel_key(manifest, preprocess)
     directory = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "pixels"
     memo_key = (str(directory.resolve()), key)
@@ -332,8 +321,6 @@ def pixel_loader(preprocess, manifest: pd.DataFrame, image_ids: Sequence | None 
     decoded on every call (a preprocess without a fixed output size, e.g. a custom callable)."""
     if cacheable(preprocess):
         return decoded_pixels(manifest, preprocess, cache_dir=cache_dir, progress=progress).loader(image_ids, device)
-    from .images import open_rgb
-
     src: dict = {}
     for iid, s in zip(manifest["image_id"], manifest["image"]):
         src.setdefault(iid, s)

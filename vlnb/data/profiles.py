@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..paths import REPO_ROOT
 from .builder import build_manifest
+from .coco import coco_split_folders
 from .images import REPORT_COLUMNS
-from .manifest import subset
+from .manifest import subset, summary
 from .world import REFERENCE_WORLD
 
 
@@ -16,7 +18,6 @@ def repo_path(path: str | None) -> str | None:
     """Relative paths in parameters are relative to the repository (the run folder is elsewhere)."""
     if path is None:
         return None
-    from ..paths import REPO_ROOT
 
     p = Path(path)
     return str(p if p.is_absolute() or p.exists() else REPO_ROOT / p)
@@ -32,7 +33,6 @@ def coco_source(coco_root: str | None, coco_karpathy_split: str | None, default_
     in: val2014 alone for the 5k test when ``root`` has the 2014 layout, else train2017 + val2017 (the same
     images under the same ids). Without one the folders are ``default_split``.
     """
-    from .coco import coco_split_folders
 
     root = repo_path(coco_root)
     ks = repo_path(coco_karpathy_split) if coco_karpathy_split else None
@@ -80,7 +80,6 @@ def profile_manifests(cfg, progress: bool = True) -> tuple[dict[str, pd.DataFram
 
 def overview(manifests: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """One tidy row per (data set, split): images, captions, captions per image, labelled images."""
-    from .manifest import summary
 
     return pd.concat([summary(df).assign(dataset=name) for name, df in manifests.items()], ignore_index=True)[
         ["dataset", "split", "images", "captions", "captions_per_image", "labelled_images"]

@@ -48,7 +48,10 @@ from typing import Any
 
 import numpy as np
 
+from ..progress import tqdm
 from .annotations import ObjectAnnotation, register_provider
+from .images import empty_report, encode_png
+from .manifest import make_manifest
 
 WORLD_SHAPES = ("circle", "square", "triangle", "diamond", "cross", "star")
 COLOUR_RGB: dict[str, tuple[int, int, int]] = {
@@ -527,8 +530,6 @@ def generate(config: WorldConfig, split: str, n: int, start: int = 0, progress: 
         raise ValueError(f"n and start must be >= 0, got n={n}, start={start}")
     it = range(start, start + n)
     if progress:
-        from ..progress import tqdm
-
         it = tqdm(it, desc=f"world {split}", leave=False)
     return [render(config, split, i) for i in it]
 
@@ -630,7 +631,6 @@ def make_captions(objs: list[dict], background: str, n: int, r: random.Random) -
 
 
 def _record(sc: Scene, cfg: WorldConfig) -> dict:
-    from .images import encode_png
 
     objs = sc.objects
     uniq = lambda a: sorted({o[a] for o in objs})
@@ -680,8 +680,6 @@ def build_world_manifest(
     ``primary_size`` (the largest object), ``contains_rare`` and ``contains_spurious`` (the image
     carries the knob's attribute value). Masks and boxes: :func:`vlnb.data.annotations.get_annotations`.
     """
-    from .images import empty_report
-    from .manifest import make_manifest
 
     known = {f.name for f in fields(WorldConfig)}
     unknown = sorted(set(kw) - known)

@@ -11,8 +11,10 @@ Cross encoders (ViLT, BLIP/BLIP-2 ITM heads) re-rank the top-``k`` of a dual enc
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -186,7 +188,6 @@ def zeroshot_task(dataset: str, manifest: pd.DataFrame, coco_templates: str | Se
     """
     kind = str(manifest.attrs.get("vlnb", {}).get("source", dataset)).lower()
     if "world" in kind or "primary_shape" in manifest.columns:
-
         names = list(WORLD_SHAPES)
         return ZeroShotTask(dataset, names, WORLD_TEMPLATES, {
             "any object": multilabel_targets(manifest["shapes"], names),
@@ -231,8 +232,6 @@ def coco_category_names(manifest: pd.DataFrame) -> list[str]:
     files = spec.get("instances") or []
     files = [files] if isinstance(files, str) else files
     names: set[str] = set()
-    import json
-    from pathlib import Path
 
     for f in files:
         try:

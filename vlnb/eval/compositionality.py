@@ -35,8 +35,11 @@ from ..data.negatives import (
     world_scenes,
 )
 from ..data.pixels import pixel_loader
-from .bootstrap import bootstrap_weights, percentile_interval
+from ..progress import tqdm
+from .bootstrap import bootstrap_recall, bootstrap_weights, percentile_interval, recall_difference
+from .compare import evaluate_retrieval, unknown_word_rate
 from .features import image_features, text_features
+from .rerank import score_pixel_text_pairs
 
 PROBE_COLUMNS = ["model", "head", "type", "accuracy", "ci_lo", "ci_hi", "chance", "n_pairs", "n_images", "n_ties"]
 
@@ -90,7 +93,6 @@ def score_pairs(head, manifest: pd.DataFrame, image_ids: Sequence, texts: Sequen
                 t = temb[[t_index[texts[k]] for k in ks]]
                 out[ks] = head.similarity(feats.embeddings[r : r + 1], t)[0].double().numpy()
         return out
-    from .rerank import score_pixel_text_pairs
 
     ok = [k for k, iid in enumerate(image_ids) if iid in set(sub["image_id"])]
     pos = {iid: r for r, iid in enumerate(sub["image_id"])}
@@ -160,8 +162,6 @@ def world_probe(models: Mapping, manifest: pd.DataFrame, types: Sequence[str] = 
     rows, pairs = [], []
     it = _model_heads(models)
     if progress:
-        from ..progress import tqdm
-
         it = tqdm(it, desc="world probe", leave=False)
     for name, h, obj in it:
         ids = list(items["image_id"]) * 2
@@ -203,8 +203,6 @@ def order_probe(models: Mapping, manifest: pd.DataFrame, max_captions: int | Non
     rows = []
     it = _model_heads(models)
     if progress:
-        from ..progress import tqdm
-
         it = tqdm(it, desc="order probe", leave=False)
     for name, h, obj in it:
         s = score_pairs(obj, manifest, list(orig["image_id"]) + list(cases["image_id"]),
@@ -240,8 +238,6 @@ def retrieval_with_ci(models: Mapping, manifest: pd.DataFrame, dataset: str, bas
 
     Columns ``model, direction, k, recall, ci_lo, ci_hi, diff, diff_lo, diff_hi`` (percent points).
     """
-    from .bootstrap import bootstrap_recall, recall_difference
-    from .compare import evaluate_retrieval
 
     rows, draws = [], {}
     for name, m in models.items():
@@ -269,7 +265,6 @@ def retrieval_with_ci(models: Mapping, manifest: pd.DataFrame, dataset: str, bas
 def readable(models: Mapping, texts: Sequence[str], max_unknown_words: float = 0.5) -> tuple[dict, pd.DataFrame]:
     """The models whose tokenizer knows most words of ``texts`` (as the comparison's coverage rule), and a
     ``model, evaluated, why`` table of every model."""
-    from .compare import unknown_word_rate
 
     keep, rows = {}, []
     for name, m in models.items():

@@ -37,6 +37,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..progress import tqdm
+from .compositionality import heads
 from .features import autocast_for, model_device
 
 #: Gallery sizes of the query-time table.
@@ -67,7 +69,7 @@ def _rss() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):  # not Linux: psutil if present
         try:
-            import psutil
+            import psutil  # lazy: optional; only off Linux, when /proc is missing
 
             return int(psutil.Process().memory_info().rss)
         except ImportError:
@@ -144,7 +146,6 @@ def _batched(fn, items, batch_size: int):
 
 
 def _model_heads(model):
-    from .compositionality import heads
 
     return heads(model)
 
@@ -245,8 +246,6 @@ def measure_cost(
     mrows, qrows = [], []
     items = list(models.items())
     if progress:
-        from ..progress import tqdm
-
         items = tqdm(items, desc="measuring cost", leave=False)
     for name, model in items:
         row, rows = _measure_model(name, model, images, texts, sizes, n_images, n_texts, n_pairs, rerank_k,

@@ -34,12 +34,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from safetensors.torch import load_file, save_file
 
 from ..data.images import REPORT_COLUMNS, empty_report, try_open_rgb
 from ..data.manifest import fingerprint as manifest_fingerprint
 from ..data.pixels import cacheable, decoded_pixels
 from ..device import autocast, precision_name
-from ..paths import atomic_write, clean_stale_temp
+from ..paths import atomic_write, clean_stale_temp, sidecar_digest
 from ..paths import cache_dir as default_cache_dir
 from ..progress import tqdm
 from ..timing import timed
@@ -107,20 +108,12 @@ def _tensor_digest(t: torch.Tensor) -> str:
     return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
 
 
-def _meta_digest(meta: dict) -> str:
-    """Checksum of a sidecar's content except the checksum itself (image ids, shape, tensor digest...)."""
-    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def _cache_paths(directory: Path, key: str) -> tuple[Path, Path]:
     return directory / f"{key}.safetensors", directory / f"{key}.json"
 
 
 def _load_cache(directory: Path, key: str) -> tuple[torch.Tensor, dict] | None:
     """The cached ``(embeddings, meta)`` for ``key``, or None (absent, or unreadable -> warning)."""
-    from safetensors.torch import load_file
-
     tpath, jpath = _cache_paths(directory, key)
     if not jpath.exists():
         return None
@@ -129,7 +122,7 @@ def _load_cache(directory: Path, key: str) -> tuple[torch.Tensor, dict] | None:
         if meta.get("key") != key or meta.get("format") != FORMAT_VERSION:
             raise ValueError("sidecar key/format does not match")
         emb = load_file(str(tpath))["embeddings"]
-        if meta.get("meta_sha256") != _meta_digest(meta):
+        if meta.get("meta_sha256") != sidecar_digest(meta):
             raise ValueError("sidecar checksum mismatch (its image ids or metadata were changed)")
         if list(emb.shape) != meta["shape"] or _tensor_digest(emb) != meta["sha256"]:
             raise ValueError("tensor checksum/shape mismatch")
@@ -140,15 +133,13 @@ def _load_cache(directory: Path, key: str) -> tuple[torch.Tensor, dict] | None:
 
 
 def _save_cache(directory: Path, key: str, emb: torch.Tensor, meta: dict) -> None:
-    from safetensors.torch import save_file
-
     directory.mkdir(parents=True, exist_ok=True)
     tpath, jpath = _cache_paths(directory, key)
     emb = emb.contiguous()
 
     meta = {**meta, "key": key, "format": FORMAT_VERSION, "shape": list(emb.shape), "sha256": _tensor_digest(emb)}
     meta = json.loads(json.dumps(meta, default=jsonable))
-    meta["meta_sha256"] = _meta_digest(meta)  # the sidecar (image ids, skipped, ...) is covered too
+    meta["meta_sha256"] = sidecar_digest(meta)  # the sidecar (image ids, skipped, ...) is covered too
     clean_stale_temp(directory)
     for path, write in ((tpath, lambda p: save_file({"embeddings": emb}, str(p))),
                         (jpath, lambda p: p.write_text(json.dumps(meta)))):
@@ -276,7 +267,6 @@ def image_features(
         # batches of manifest rows minus the bad ones, exactly as the decoding loader forms them (same bits)
         starts = range(0, len(ids), batch_size)
         if progress:
-
             starts = tqdm(starts, desc="encoding images", leave=False)
         chunks = []
         with timed("encoding"), torch.inference_mode(), autocast_for(model):
@@ -302,7 +292,6 @@ def image_features(
             num_workers=num_workers, collate_fn=_collate, shuffle=False, pin_memory=device.type == "cuda",
         )
         if progress:
-
             loader = tqdm(loader, desc="encoding images", leave=False)
         rows, chunks, skipped = [], [], []
         with timed("encoding"), torch.inference_mode(), autocast_for(model):

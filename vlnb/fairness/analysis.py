@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -208,7 +209,6 @@ def gender_sources(cfg) -> dict[str, pd.DataFrame]:
     the shared official val2017 captions, all 5,000 images). full: ``cfg.gender_caption_files`` (default:
     the COCO root's train2017 and val2017 captions).
     """
-    from pathlib import Path
 
     out: dict[str, pd.DataFrame] = {}
     files = cfg.gender_caption_files

@@ -23,6 +23,7 @@ object's colour) takes ~10 s per model on one CPU core.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -146,7 +147,6 @@ def rarity_experiment(
     ``rare``: ``(attribute, value)`` made rare in training; ``attribute`` is ``"colour"`` or ``"shape"``
     (groups and the zero-shot task are that attribute of the largest object).
     """
-    import time
 
     attribute, value = rare
     attribute = "colour" if attribute == "color" else attribute
@@ -160,7 +160,6 @@ def rarity_experiment(
     runs = [(f, s) for f in fractions for s in seeds]
     bar = runs
     if progress:
-
         bar = tqdm(runs, desc="rarity experiment")
     groups, contrasts, gaps, training, outs = [], [], [], [], {}
     worlds: dict[float, pd.DataFrame] = {}

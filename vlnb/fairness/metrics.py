@@ -25,6 +25,7 @@ The recipe of this module:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -195,7 +196,7 @@ def _n_queries(y_true, y_pred) -> float:
 
 
 def _metric_frame(num, den, g):
-    from fairlearn.metrics import MetricFrame, count
+    from fairlearn.metrics import MetricFrame, count  # lazy: optional (the fairness extra)
 
     return MetricFrame(metrics={"value": _ratio_of_sums, "images": count, "queries": _n_queries},
                        y_true=num, y_pred=den, sensitive_features=pd.Series(g, name="group"))
@@ -203,7 +204,6 @@ def _metric_frame(num, den, g):
 
 def percentile_interval(samples, level):
     """:func:`vlnb.eval.bootstrap.percentile_interval`, silent when every draw is NaN (the interval is NaN)."""
-    import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

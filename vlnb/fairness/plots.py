@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
@@ -16,7 +17,6 @@ def group_bars(table: pd.DataFrame, metrics: Sequence[str] | None = None, groupi
     drawn hatched in grey with their size, excluded groups in light grey. Proportions are drawn on [0, 1],
     similarities on [-1, 1] (both bounds included, so no axis exaggerates a difference).
     """
-    import matplotlib.pyplot as plt
 
     if table.empty:
         raise ValueError("group_bars: the table is empty")
@@ -65,7 +65,6 @@ def rarity_plot(contrasts: pd.DataFrame, metric: str, training: pd.DataFrame | N
     """Gap ``rest - rare`` (with intervals, one marker per seed, mean line) against the rare group's share of
     the training images (log axis; the control ``fraction = 1`` is the rightmost point), and beside it the
     rare group's and the others' value."""
-    import matplotlib.pyplot as plt
 
     d = contrasts[contrasts["metric"] == metric].copy()
     if d.empty:

@@ -51,7 +51,7 @@ def wilson_interval(k, n, level: float = 0.95):
 
 def clopper_pearson_interval(k, n, level: float = 0.95):
     """Exact Clopper-Pearson interval: ``Beta(a/2; k, n-k+1)`` and ``Beta(1-a/2; k+1, n-k)`` quantiles."""
-    from scipy import stats  # scipy comes with scikit-learn (the fairness extra)
+    from scipy import stats  # lazy: optional (scipy comes with scikit-learn, the fairness extra)
 
     k, n = _check(k, n, level)
     a = 1 - level

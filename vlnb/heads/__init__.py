@@ -22,7 +22,9 @@ The experiment, in the order :func:`run_heads` does it (modules: :mod:`~vlnb.hea
    heads), and -- a *different protocol* -- its ITC top-``k`` re-ranked with the ITM head
    (:mod:`vlnb.eval.rerank`, BLIP/BLIP-2 only: the cross encoder sees every candidate pair).
 
-3. **Heads** (``"linear"``, or ``"mlp"`` = Linear -> GELU -> Linear with the same output size), one per
+3. **Heads** (``"linear"``, or ``"mlp"`` = Linear -> GELU -> Linear with the same output size) and, for the
+   towers, a small BLIP-2-like **Q-Former** (:class:`QFormerHeads`: learned queries cross-attending to the cached
+   7x7 EfficientNet-Lite0 patch map, max over queries, :func:`patch_features`); the heads are one per
    tower, trained by the book's contrastive trainer :func:`vlnb.train.train_contrastive` with the CLIP loss,
    schedule and learnable temperature of chapter 2: :class:`HeadsDualEncoder` is a dual encoder whose
    "pixels" are cached image-feature vectors and whose :meth:`~HeadsDualEncoder.tokenize` maps a caption to
@@ -38,16 +40,24 @@ and markdown summary: :mod:`~vlnb.heads.report`. Figures (:mod:`~vlnb.heads.plot
 """
 
 from .experiment import HeadsExperiment, Method, MethodRun, heads_data, load_backbones, run_heads
-from .features import FEATURE_FAMILIES, FrozenFeatureExtractor, FrozenFeatures, extract_frozen_features
+from .features import (
+    FEATURE_FAMILIES,
+    FrozenFeatureExtractor,
+    FrozenFeatures,
+    extract_frozen_features,
+    patch_features,
+)
 from .geometry import alignment, geometry, paired_embeddings, uniformity
 from .model import (
     HEAD_KINDS,
     FeaturePairs,
     HeadsDualEncoder,
+    QFormerHeads,
     head_embeddings,
     pretrained_embeddings,
     similarity,
     train_head,
+    train_qformer,
 )
 from .plots import gallery_plot, geometry_plot, method_order, pca_plot, recall_bars
 from .report import (
@@ -64,10 +74,43 @@ from .report import (
 )
 
 __all__ = [
-    "COMPARISONS", "FEATURE_FAMILIES", "HEAD_KINDS", "FeaturePairs", "FrozenFeatureExtractor", "FrozenFeatures",
-    "HeadsDualEncoder", "HeadsExperiment", "Method", "MethodRun", "alignment", "extract_frozen_features",
-    "features_table", "final_epochs", "fmt_ci",
-    "gallery_plot", "geometry", "geometry_numbers", "geometry_plot", "geometry_summary", "head_embeddings", "heads_data", "load_backbones",
-    "method_order", "paired_differences", "paired_embeddings", "pca_plot", "pretrained_embeddings", "prose_numbers", "r1_table", "recall_bars",
-    "results_markdown", "run_heads", "similarity", "train_head", "uniformity",
+    "COMPARISONS",
+    "FEATURE_FAMILIES",
+    "HEAD_KINDS",
+    "FeaturePairs",
+    "FrozenFeatureExtractor",
+    "FrozenFeatures",
+    "HeadsDualEncoder",
+    "HeadsExperiment",
+    "Method",
+    "MethodRun",
+    "QFormerHeads",
+    "alignment",
+    "extract_frozen_features",
+    "features_table",
+    "final_epochs",
+    "fmt_ci",
+    "gallery_plot",
+    "geometry",
+    "geometry_numbers",
+    "geometry_plot",
+    "geometry_summary",
+    "head_embeddings",
+    "heads_data",
+    "load_backbones",
+    "method_order",
+    "paired_differences",
+    "paired_embeddings",
+    "patch_features",
+    "pca_plot",
+    "pretrained_embeddings",
+    "prose_numbers",
+    "r1_table",
+    "recall_bars",
+    "results_markdown",
+    "run_heads",
+    "similarity",
+    "train_head",
+    "train_qformer",
+    "uniformity",
 ]

@@ -20,15 +20,17 @@ from ..eval.chance import recall_chance
 from ..eval.rerank import rerank_similarity
 from ..eval.retrieval import recall_from_ranks, retrieval_ranks
 from ..zoo import HUB_MODELS, profile_models, reference_data
-from .features import FrozenFeatureExtractor, FrozenFeatures, extract_frozen_features
+from .features import FrozenFeatureExtractor, FrozenFeatures, extract_frozen_features, patch_features
 from .geometry import geometry
 from .model import (
     HEAD_KINDS,
     HeadsDualEncoder,
+    QFormerHeads,
     head_embeddings,
     pretrained_embeddings,
     similarity,
     train_head,
+    train_qformer,
 )
 
 PROTOCOL_ITC = "dual encoder (cosine)"
@@ -43,8 +45,10 @@ class Method(str, Enum):
     RERANK = "pretrained head + ITM re-rank"
     LINEAR = "linear head"
     MLP = "MLP head"
+    QFORMER = "Q-Former (7x7 map)"
     UNTRAINED_LINEAR = "untrained linear head"
     UNTRAINED_MLP = "untrained MLP head"
+    UNTRAINED_QFORMER = "untrained Q-Former"
 
     @classmethod
     def head(cls, kind: str, trained: bool = True) -> Method:
@@ -75,7 +79,7 @@ class Method(str, Enum):
 
     @property
     def trained(self) -> bool:
-        return self not in (Method.UNTRAINED_LINEAR, Method.UNTRAINED_MLP)
+        return self not in (Method.UNTRAINED_LINEAR, Method.UNTRAINED_MLP, Method.UNTRAINED_QFORMER)
 
 
 @dataclass
@@ -248,11 +252,18 @@ def run_heads(
     level: float = 0.95,
     cache_dir=None,
     progress: bool = True,
+    qformer: bool = False,
+    qformer_queries: int = 8,
+    qformer_width: int = 128,
+    qformer_layers: int = 2,
 ) -> HeadsExperiment:
     """The whole chapter-3 experiment for one pretrained ``model`` and one data set (module docstring).
 
     ``k_rerank > 0`` adds the ITC + ITM re-ranking baseline for models with an ITM head (BLIP-2).
     ``include_untrained`` adds each head kind at its initialisation (seed by seed): the "before" picture.
+    ``qformer`` (towers only) adds a third method: a :class:`~vlnb.heads.model.QFormerHeads` of
+    ``qformer_queries`` queries, ``qformer_layers`` blocks of width ``qformer_width``, over the cached 7x7
+    patch map of the same frozen image tower and the same cached text features, same trainer, recipe and seeds.
     """
     heads, seeds = list(heads), [int(s) for s in seeds]
     bad = [h for h in heads if h not in HEAD_KINDS]
@@ -298,6 +309,23 @@ def run_heads(
             s1 = similarity(i1, t1)
             runs.append(MethodRun(Method.head(head), PROTOCOL_ITC, _ranks(s1, t2i), head, seed, image_emb=i1, text_emb=t1,
                                   similarity=s1, history=hist, seconds=time.perf_counter() - t0))
+    if qformer:
+        ptrain = patch_features(model, train, cache_dir=cache_dir, batch_size=feature_batch_size, progress=progress)
+        ptest = patch_features(model, test, cache_dir=cache_dir, batch_size=feature_batch_size, progress=progress)
+        qkw = {"embed_dim": embed_dim, "width": qformer_width, "layers": qformer_layers, "n_queries": qformer_queries}
+        for seed in seeds:
+            if include_untrained:
+                m0 = QFormerHeads(ptrain.image_dim, ptrain.text_dim, int(ptrain.image.shape[1]), seed=seed, **qkw).eval()
+                i0, t0_ = head_embeddings(m0, ptest)
+                runs.append(MethodRun(Method.UNTRAINED_QFORMER, PROTOCOL_ITC, _ranks(similarity(i0, t0_), t2i),
+                                      "qformer", seed, image_emb=i0, text_emb=t0_))
+            t0 = time.perf_counter()
+            m, hist = train_qformer(ptrain, seed, train_config, progress=progress, **qkw)
+            m.cpu()
+            i1, t1 = head_embeddings(m, ptest)
+            s1 = similarity(i1, t1)
+            runs.append(MethodRun(Method.QFORMER, PROTOCOL_ITC, _ranks(s1, t2i), "qformer", seed, image_emb=i1,
+                                  text_emb=t1, similarity=s1, history=hist, seconds=time.perf_counter() - t0))
     return HeadsExperiment(dataset, model_name, train, test, runs, tuple(ks), n_boot, level)
 
 def heads_data(dataset: str, n_train: int | None = None, n_test: int | None = None, seed: int = 0,

@@ -29,16 +29,21 @@ class FrozenFeatureExtractor:
     identifies the weights that produce them (towers: the two towers only, so retraining the heads keeps
     the cache), ``preprocess`` is the model's. ``pool_queries`` (BLIP-2): mean over the 32 query outputs
     (``True``, what heads train on) or keep them all (``False``: ``(B, 32, H)``, for the pretrained ITC head).
+    ``patches`` (towers only): EfficientNet-Lite0's last 7x7 feature map instead of its global average pool,
+    as ``(B, 49, 1280)`` tokens (row-major positions; their mean is the pooled feature) -- what a Q-Former
+    cross-attends to.
     """
 
-    def __init__(self, model, pool_queries: bool = True):
+    def __init__(self, model, pool_queries: bool = True, patches: bool = False):
         family = getattr(model, "family", None)
         if family not in FEATURE_FAMILIES:
             raise ValueError(
                 f"frozen features are defined for the families {FEATURE_FAMILIES}, not {family!r} "
                 f"({type(model).__name__}); see vlnb.heads"
             )
-        self.model, self.family, self.pool_queries = model, family, bool(pool_queries)
+        if patches and family != "towers":
+            raise ValueError(f"patch features are defined for the towers' EfficientNet-Lite0 only, not {family!r}")
+        self.model, self.family, self.pool_queries, self.patches = model, family, bool(pool_queries), bool(patches)
         self.preprocess = model.preprocess
         if family == "towers":
             self.image_dim, self.text_dim = IMAGE_DIM, TEXT_DIM
@@ -57,6 +62,9 @@ class FrozenFeatureExtractor:
 
     def describe(self) -> dict[str, str]:
         """What the image and text features are (for tables and prose)."""
+        if self.family == "towers" and self.patches:
+            return {"image": f"EfficientNet-Lite0 last feature map, 7x7 = 49 tokens ({self.image_dim}-d each)",
+                    "text": f"all-MiniLM-L6-v2 mean-pooled sentence embedding ({self.text_dim}-d)"}
         if self.family == "towers":
             return {"image": f"EfficientNet-Lite0 global average pool ({self.image_dim}-d)",
                     "text": f"all-MiniLM-L6-v2 mean-pooled sentence embedding ({self.text_dim}-d)"}
@@ -69,7 +77,8 @@ class FrozenFeatureExtractor:
         if self._fingerprint is None:
             m = self.model
             if self.family == "towers":
-                extra = {"frozen": "towers-raw-v1", "tokenizer": tokenizer_id(m.tokenizer),
+                extra = {"frozen": "towers-patches-v1" if self.patches else "towers-raw-v1",
+                         "tokenizer": tokenizer_id(m.tokenizer),
                          "max_length": m.max_length, "preprocess": m.preprocess.config}
                 self._fingerprint = weights_fingerprint(nn.ModuleList([m.image_tower, m.text_tower]), extra)
             else:
@@ -81,6 +90,9 @@ class FrozenFeatureExtractor:
         return self.model.tokenize(texts)
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self.family == "towers" and self.patches:
+            m = self.model
+            return m.image_tower.extract_features(pixel_values.to(m.device, m.dtype)).flatten(2).transpose(1, 2)
         if self.family == "towers":
             return self.model.image_features(pixel_values)
         q = self.model.query_outputs(pixel_values)
@@ -158,3 +170,16 @@ def extract_frozen_features(
     txt = text_features(ex, texts, batch_size=text_batch_size, cache_dir=cache_dir, progress=progress)
     return FrozenFeatures(fs.embeddings.float(), txt.float(), keep, texts, t2i, ex.describe(),
                           time.perf_counter() - t0, fs.from_cache)
+
+
+def patch_features(model, feats: FrozenFeatures, cache_dir=None, batch_size: int = 32,
+                   progress: bool = True) -> FrozenFeatures:
+    """``feats`` with its image features replaced by the towers' 7x7 patch map ``(N, 49, 1280)`` (cached like
+    every frozen feature); the captions and their text features are ``feats``' own (already cached)."""
+    ex = FrozenFeatureExtractor(model, patches=True)
+    t0 = time.perf_counter()
+    fs = image_features(ex, feats.manifest, batch_size=batch_size, cache_dir=cache_dir, progress=progress)
+    if list(fs.image_ids) != list(feats.manifest["image_id"]):
+        raise ValueError("the patch map and the pooled features do not cover the same images")
+    return FrozenFeatures(fs.embeddings.float(), feats.text, feats.manifest, feats.texts, feats.text_to_image,
+                          ex.describe(), time.perf_counter() - t0, fs.from_cache)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.base import DualEncoder, weights_fingerprint
+from ..models.scratch import Block, init_tower
 from ..models.towers import make_head
 from ..timing import timer
 from ..train import TrainConfig, train_contrastive
@@ -92,6 +93,67 @@ class HeadsDualEncoder(DualEncoder):
         return self.project_text(self.text_table[rows.to(self.text_table.device)])
 
 
+class QFormerHeads(HeadsDualEncoder):
+    """A small BLIP-2-like Q-Former over a cached frozen *patch map*, with a linear text head, as a dual encoder.
+
+    Image side: the ``(B, P, D_image)`` patch tokens (EfficientNet-Lite0's 7x7 map: ``P = 49``) go through
+    LayerNorm + Linear to ``width`` plus a learned position embedding; ``n_queries`` learned queries pass
+    ``layers`` pre-norm blocks of self-attention (queries among themselves), cross-attention (queries to the
+    patch tokens) and an MLP (:class:`vlnb.models.scratch.Block`); each query output is projected to
+    ``embed_dim`` and L2-normalised: ``encode_image`` returns ``(B, n_queries, embed_dim)``. Text side: a linear
+    head on the cached sentence features, as :class:`HeadsDualEncoder`'s. Score of a pair = **max over the
+    queries** of ``query . text`` (BLIP-2's ITC), both in training (:func:`vlnb.train.loss.clip_logits` takes
+    ``(B, Q, D)`` image embeddings) and at test time (:func:`similarity`). No ITM head.
+    """
+
+    family = "heads"
+
+    def __init__(self, image_dim: int, text_dim: int, n_patches: int = 49, embed_dim: int = 256, width: int = 128,
+                 layers: int = 2, n_queries: int = 8, n_heads: int = 4, seed: int = 0,
+                 init_temperature: float = 0.07, name: str | None = None):
+        if min(n_patches, width, layers, n_queries, n_heads) < 1 or width % n_heads:
+            raise ValueError(f"Q-Former needs positive sizes and width % heads == 0, got patches {n_patches}, "
+                             f"width {width}, layers {layers}, queries {n_queries}, heads {n_heads}")
+        super().__init__(image_dim, text_dim, "linear", embed_dim, None, seed, init_temperature,
+                         name or f"Q-Former (seed {seed})")
+        self.head_kind = "qformer"
+        self.n_patches, self.width, self.layers, self.n_queries, self.n_heads = (
+            int(n_patches), int(width), int(layers), int(n_queries), int(n_heads))
+        del self.image_head
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed) + 7919)  # the text head above came from `seed` exactly as the linear head's
+            self.image_in = nn.Sequential(nn.LayerNorm(self.image_dim), nn.Linear(self.image_dim, self.width))
+            self.patch_pos = nn.Parameter(torch.randn(self.n_patches, self.width) * 0.02)
+            self.query_tokens = nn.Parameter(torch.randn(self.n_queries, self.width) * 0.02)
+            self.blocks = nn.ModuleList(Block(self.width, self.n_heads, 4.0, cross=True) for _ in range(self.layers))
+            self.ln_final = nn.LayerNorm(self.width)
+            self.proj = nn.Linear(self.width, self.embed_dim, bias=False)
+            init_tower(self, self.width, self.layers)
+
+    def adapter_config(self) -> dict:
+        return {"head": "qformer", "image_dim": self.image_dim, "text_dim": self.text_dim, "embed_dim": self.embed_dim,
+                "n_patches": self.n_patches, "width": self.width, "layers": self.layers, "n_queries": self.n_queries,
+                "n_heads": self.n_heads}
+
+    def query_outputs(self, patches: torch.Tensor) -> torch.Tensor:
+        """``(B, n_queries, width)`` query outputs over ``(B, n_patches, image_dim)`` patch features."""
+        ctx = self.image_in(patches.to(self.log_logit_scale.device).float()) + self.patch_pos
+        x = self.query_tokens.expand(len(ctx), -1, -1)
+        for blk in self.blocks:
+            x = blk(x, memory=ctx)
+        return self.ln_final(x)
+
+    def project_image(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.proj(self.query_outputs(features)), dim=-1)
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        want = (self.n_patches, self.image_dim)
+        if pixel_values.ndim != 3 or tuple(pixel_values.shape[1:]) != want:
+            raise ValueError(f"QFormerHeads takes patch features (B, {want[0]}, {want[1]}), "
+                             f"got {tuple(pixel_values.shape)}")
+        return self.project_image(pixel_values)
+
+
 class FeaturePairs(torch.utils.data.Dataset):
     """``(image feature vector, caption)`` training pairs, one per image that has a caption.
 
@@ -146,6 +208,23 @@ def train_head(
     history = train_contrastive(model, pairs, config=cfg, progress=progress)
     return model.eval(), history
 
+@timer("training")
+def train_qformer(train: FrozenFeatures, seed: int = 0, config=None, embed_dim: int = 256, width: int = 128,
+                  layers: int = 2, n_queries: int = 8, progress: bool = False):
+    """Train one :class:`QFormerHeads` on ``train`` (image features = the ``(N, P, D)`` patch map) with the same
+    trainer, recipe and seed handling as :func:`train_head`. Returns ``(model in eval mode, History)``."""
+    if train.image.ndim != 3:
+        raise ValueError(f"a Q-Former needs patch features (N, P, D), got {tuple(train.image.shape)}")
+    base = config.model_dump() if hasattr(config, "model_dump") else dict(config or {})
+    cfg = TrainConfig(**{**base, "seed": int(seed)})
+    model = QFormerHeads(train.image_dim, train.text_dim, int(train.image.shape[1]), embed_dim, width, layers,
+                         n_queries, seed=seed)
+    model.set_text_table(train.texts, train.text)
+    pairs = FeaturePairs(train.image, train.captions, cfg.caption_sampling, cfg.seed)
+    history = train_contrastive(model, pairs, config=cfg, progress=progress)
+    return model.eval(), history
+
+
 def similarity(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
     """Cosine similarities ``(N, M)``; multi-query ``(N, Q, D)`` image embeddings take the max over queries."""
     return DualEncoder.similarity(None, image_emb.float(), text_emb.float())
@@ -153,8 +232,10 @@ def similarity(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def head_embeddings(model: HeadsDualEncoder, feats: FrozenFeatures) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(image (N, D), text (M, D))`` normalised embeddings of ``feats`` through the heads (CPU)."""
-    return model.project_image(feats.pooled).cpu(), model.project_text(feats.text).cpu()
+    """``(image (N, D), text (M, D))`` normalised embeddings of ``feats`` through the heads (CPU); a
+    :class:`QFormerHeads` reads the patch map and gives ``(N, n_queries, D)`` image embeddings."""
+    img = feats.image if isinstance(model, QFormerHeads) else feats.pooled
+    return model.project_image(img).cpu(), model.project_text(feats.text).cpu()
 
 
 @torch.no_grad()

@@ -1,14 +1,17 @@
-"""Chapter 3's figures: recall bars, alignment/uniformity, PCA before/after the heads, retrieval galleries."""
+"""Chapter 3's figures: recall bars (drawn by :func:`vlnb.plots.recall_bars`), alignment/uniformity, PCA before/after the heads, retrieval galleries."""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from .. import plots as shared_plots
 from ..data.images import try_open_rgb
 from .experiment import HeadsExperiment, Method
 from .geometry import paired_embeddings
@@ -29,57 +32,18 @@ def method_order(methods: Sequence[str]) -> list[str]:
 
 def recall_bars(summary: pd.DataFrame, per_seed: pd.DataFrame | None = None, title: str | None = None,
                 include_untrained: bool = False):
-    """R@K bars per method with the bootstrap interval of the seed-mean (error bars), each seed's value
-    (dots, from ``per_seed`` = :meth:`HeadsExperiment.recall_table`) and chance (grey ticks); one panel
-    per direction and one row per data set."""
-    import matplotlib.pyplot as plt
-
+    """Chapter 3's R@K bars (:func:`vlnb.plots.recall_bars`): one bar per method in :func:`method_order`, the
+    re-ranked one hatched, with the bootstrap interval of the seed-mean (error bars), each seed's value (dots,
+    from ``per_seed`` = :meth:`HeadsExperiment.recall_table`) and chance (black ticks)."""
     s = summary if include_untrained else summary[summary["trained"]]
-    datasets, directions = list(dict.fromkeys(s["dataset"])), ["t2i", "i2t"]
     methods = method_order(s["method"].unique())
-    ks = sorted(s["k"].unique())
-    fig, axes = plt.subplots(len(datasets), 2, figsize=(11, 3.2 * len(datasets)), squeeze=False)
-    width = 0.8 / len(methods)
-    for r, ds in enumerate(datasets):
-        for c, d in enumerate(directions):
-            ax = axes[r, c]
-            part = s[(s["dataset"] == ds) & (s["direction"] == d)]
-            for m_i, m in enumerate(methods):
-                rerank = Method.of(m) is Method.RERANK
-                row = part[part["method"] == m].set_index("k").reindex(ks)
-                x = np.arange(len(ks)) + (m_i - (len(methods) - 1) / 2) * width
-                err = np.vstack([row["recall"] - row["ci_lo"], row["ci_hi"] - row["recall"]])
-                ax.bar(x, row["recall"], width * 0.9, yerr=err, capsize=3, color=f"C{m_i}", label=m,
-                       hatch="//" if rerank else None, edgecolor="k" if rerank else "white")
-                if per_seed is not None:
-                    ps = per_seed[(per_seed["dataset"] == ds) & (per_seed["direction"] == d) & (per_seed["method"] == m)]
-                    if ps["seed"].notna().any():
-                        for k_i, k in enumerate(ks):
-                            v = ps[ps["k"] == k]["recall"]
-                            ax.plot(np.full(len(v), x[k_i]), v, "k.", ms=4, zorder=3)
-            ch = part.drop_duplicates("k").set_index("k").reindex(ks)["chance"]
-            ax.hlines(ch, np.arange(len(ks)) - 0.45, np.arange(len(ks)) + 0.45, colors="0.4", linestyles=":",
-                      label="chance")
-            ax.set_xticks(np.arange(len(ks)), [f"R@{k}" for k in ks])
-            ax.set_ylim(0, 100)
-            ax.set_ylabel("recall (%)")
-            ax.set_title(f"{ds}: {'text → image' if d == 't2i' else 'image → text'}", fontsize=10)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    height = fig.get_figheight()
-    top = 1 - (0.45 + (0.3 if title else 0)) / height  # room above the panels for the legend (and title)
-    fig.tight_layout(rect=(0, 0, 1, top))
-    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 5), fontsize=8,
-               bbox_to_anchor=(0.5, 1 - (0.3 if title else 0) / height))
-    if title:
-        fig.suptitle(title, y=1.0)
-    return fig
+    return shared_plots.recall_bars(s, per_seed, title=title, entry="method", order=methods,
+                                    hatched=[m for m in methods if Method.of(m) is Method.RERANK])
 
 
 def geometry_plot(geo: pd.DataFrame):
     """Alignment (y) against uniformity (x, mean of images and texts), one marker per run; lower-left is
     better on both (Wang & Isola 2020). One panel per data set."""
-    import matplotlib.pyplot as plt
-
     datasets = list(dict.fromkeys(geo["dataset"]))
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.2 * len(datasets), 4), squeeze=False)
     methods = method_order(geo["method"].unique())
@@ -109,14 +73,13 @@ def pca_plot(exp: HeadsExperiment, methods: Sequence[str] | None = None, seed: i
     """Joint 2-D PCA of image (blue) and text (orange) embeddings per method, with ``n_lines`` random matched
     pairs joined; the "before" panels are the heads at initialisation (and the raw frozen features when
     image and text share a space)."""
-    import matplotlib.pyplot as plt
-
     t2i = exp.test.text_to_image
     panels = []
     if exp.test.image_dim == exp.test.text_dim:
         panels.append(("frozen features (no head)", F.normalize(exp.test.pooled, dim=-1), F.normalize(exp.test.text, dim=-1)))
     if methods is None:  # before -> after for each head kind, then the pretrained head
         methods = [m.value for h in HEAD_KINDS for m in (Method.head(h, trained=False), Method.head(h))]
+        methods += [Method.UNTRAINED_QFORMER.value, Method.QFORMER.value]  # (absent unless run)
         methods.append(Method.PRETRAINED.value)
     for m in methods:
         runs = [r for r in exp.runs_of(m) if r.image_emb is not None and r.seed in (None, seed)]
@@ -145,10 +108,6 @@ def gallery_plot(exp: HeadsExperiment, methods: Sequence[str] | None = None, n_q
                  seed: int = 0, width: int = 32):
     """Text -> image retrievals: for ``n_queries`` random test captions, each method's top ``k`` images
     (seed ``seed`` for heads); the true image is framed in green, others in grey."""
-    import textwrap
-
-    import matplotlib.pyplot as plt
-
     wanted = methods or [m for m in method_order(exp.methods(trained_only=True))]
     runs = []
     for m in wanted:

@@ -21,16 +21,16 @@ NOT_MEASURED = "not measured in this run (the model has no such head)"
 
 def prose_numbers(exp: HeadsExperiment, summary: pd.DataFrame | None = None, prefix: str = "main") -> dict:
     """Strings and numbers for the chapter's prose, keyed ``<prefix>_<what>`` (see the notebook):
-    test size and chance, every (pretrained | linear | mlp | rerank) x (t2i | i2t) x k recall with its
-    interval (``..._ci``) and seed spread (``..._sd``), and the paired differences MLP - linear and
-    linear - pretrained (``<prefix>_diff_mlp_linear_t2i_r1`` ...). Methods a run lacks read
+    test size and chance, every (pretrained | linear | mlp | qformer | rerank) x (t2i | i2t) x k recall with its
+    interval (``..._ci``) and seed spread (``..._sd``), and the paired differences MLP - linear,
+    linear - pretrained, Q-Former - linear and Q-Former - MLP (``<prefix>_diff_mlp_linear_t2i_r1`` ...). Methods a run lacks read
     :data:`NOT_MEASURED` (a phrase for the prose, never "n/a")."""
     s = exp.summary_table() if summary is None else summary
     s = s[s["dataset"] == exp.dataset]
     out: dict = {f"{prefix}_dataset": exp.dataset, f"{prefix}_model": exp.model_name,
                  f"{prefix}_n_test": exp.test.n_images, f"{prefix}_n_texts": len(exp.test.texts),
                  f"{prefix}_n_train": len(exp.train.manifest)}
-    quoted = (Method.PRETRAINED, Method.LINEAR, Method.MLP, Method.RERANK)
+    quoted = (Method.PRETRAINED, Method.LINEAR, Method.MLP, Method.QFORMER, Method.RERANK)
     for method in (m.key for m in quoted):
         for d in ("t2i", "i2t"):
             for k in exp.ks:
@@ -46,15 +46,31 @@ def prose_numbers(exp: HeadsExperiment, summary: pd.DataFrame | None = None, pre
             out[f"{prefix}_{key}_{d}_r{k}"] = f"{r['recall']:.1f} %"
             out[f"{prefix}_{key}_{d}_r{k}_ci"] = fmt_ci(r["recall"], r["ci_lo"], r["ci_hi"])
             out[f"{prefix}_{key}_{d}_r{k}_sd"] = f"{r['seed_sd']:.1f}"
-    for a, b, name in ((Method.MLP, Method.LINEAR, "mlp_linear"), (Method.LINEAR, Method.PRETRAINED, "linear_pretrained")):
+            out[f"{prefix}_{key}_{d}_r{k}_vs_chance"] = (
+                "above chance" if r["ci_lo"] > r["chance"] else "below chance" if r["ci_hi"] < r["chance"]
+                else "not distinguishable from chance")
+    for a, b, name in ((Method.MLP, Method.LINEAR, "mlp_linear"), (Method.LINEAR, Method.PRETRAINED, "linear_pretrained"),
+                       (Method.QFORMER, Method.LINEAR, "qformer_linear"), (Method.QFORMER, Method.MLP, "qformer_mlp")):
         for d in ("t2i", "i2t"):
             for k in exp.ks:
                 out[f"{prefix}_diff_{name}_{d}_r{k}"] = NOT_MEASURED
+                out[f"{prefix}_verdict_{name}_{d}_r{k}"] = NOT_MEASURED
         if exp.runs_of(a) and exp.runs_of(b):
             for _, r in exp.compare(a, b).iterrows():
                 out[f"{prefix}_diff_{name}_{r['direction']}_r{int(r['k'])}"] = (
                     f"{r['diff']:+.1f} points [{r['diff_lo']:+.1f}, {r['diff_hi']:+.1f}]")
+                out[f"{prefix}_verdict_{name}_{r['direction']}_r{int(r['k'])}"] = verdict(r["diff_lo"], r["diff_hi"])
     return out
+
+
+def verdict(lo: float, hi: float) -> str:
+    """What the interval ``[lo, hi]`` of a paired difference a - b says, for prose: a is ``"below"`` /
+    ``"above"`` b when it excludes 0, else ``"not distinguishable from"`` b."""
+    if hi < 0:
+        return "below"
+    if lo > 0:
+        return "above"
+    return "not distinguishable from"
 
 
 def geometry_numbers(geo: pd.DataFrame, dataset: str, prefix: str = "main") -> dict[str, str]:
@@ -62,7 +78,7 @@ def geometry_numbers(geo: pd.DataFrame, dataset: str, prefix: str = "main") -> d
     ``untrained_linear, linear, mlp, pretrained`` (:data:`NOT_MEASURED` where absent) of :meth:`HeadsExperiment.geometry_table`."""
     g = geo[geo["dataset"] == dataset].groupby("method")[["alignment", "modality_gap"]].mean()
     out = {}
-    for method in (Method.UNTRAINED_LINEAR, Method.LINEAR, Method.MLP, Method.PRETRAINED):
+    for method in (Method.UNTRAINED_LINEAR, Method.LINEAR, Method.MLP, Method.QFORMER, Method.PRETRAINED):
         for col, name in (("alignment", "align"), ("modality_gap", "gap")):
             out[f"{prefix}_{name}_{method.key}"] = f"{g.loc[method.value, col]:.2f}" if method.value in g.index else NOT_MEASURED
     return out
@@ -103,7 +119,8 @@ def features_table(experiments: Sequence[HeadsExperiment]) -> pd.DataFrame:
 
 
 #: The paired differences the chapter reports (a minus b), where both methods were run.
-COMPARISONS = ((Method.MLP, Method.LINEAR), (Method.LINEAR, Method.PRETRAINED), (Method.MLP, Method.PRETRAINED))
+COMPARISONS = ((Method.MLP, Method.LINEAR), (Method.LINEAR, Method.PRETRAINED), (Method.MLP, Method.PRETRAINED),
+               (Method.QFORMER, Method.LINEAR), (Method.QFORMER, Method.MLP))
 
 
 def paired_differences(experiments: Sequence[HeadsExperiment]) -> pd.DataFrame:

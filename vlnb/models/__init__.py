@@ -15,10 +15,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..device import resolve_device
+from ..errors import ArtifactError
 from .base import CrossEncoder, DualEncoder, ITMView, VLModel, weights_fingerprint
 from .blip import BLIPAdapter, pre_caption
 from .blip2 import BLIP2Adapter
 from .clip import CLIPAdapter
+from .fusion import load_fusion
+from .scratch import ScratchDualEncoder
 from .tiny import make_tiny_blip, make_tiny_blip2, make_tiny_clip, make_tiny_vilt
 from .towers import TowersDualEncoder, is_towers_dir
 from .transforms import ImagePreprocess
@@ -53,8 +57,6 @@ def refuse_custom_code(name_or_path) -> None:
     try:
         data = json.loads(cfg.read_text())
     except (OSError, ValueError) as e:
-        from ..errors import ArtifactError
-
         raise ArtifactError(f"{cfg}: damaged config, not readable JSON ({type(e).__name__}: {e})") from None
     if isinstance(data, dict) and data.get("auto_map"):
         raise ValueError(f"{cfg}: carries custom code (auto_map {data['auto_map']}); vlnb never runs code that "
@@ -66,7 +68,7 @@ def infer_family(name_or_path: str) -> str:
     family = _vlnb_family(name_or_path)
     if family:
         return family
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # lazy: transformers is slow to import; only hub checkpoints need it
 
     refuse_custom_code(name_or_path)
     config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)
@@ -90,7 +92,6 @@ def load_model(name_or_path: str, family: str | None = None, device="auto", attn
     attention maps are needed. Other keyword arguments go to the adapter (``dtype``, ``allow_missing``,
     BLIP's ``itm_first_token``, ``max_length``...).
     """
-    from ..device import resolve_device
 
     device = resolve_device(device)
     refuse_custom_code(name_or_path)
@@ -99,13 +100,9 @@ def load_model(name_or_path: str, family: str | None = None, device="auto", attn
         if attn_implementation is not None or kw:
             raise ValueError(f"{family} folders take no attn_implementation or extra arguments")
         if family == "fusion":  # ViLT-/BLIP-/Q-Former-like models trained from scratch (vlnb.models.fusion)
-            from .fusion import load_fusion
 
             return load_fusion(name_or_path, device=device).eval()
-        if family == "scratch":
-            from .scratch import ScratchDualEncoder as cls
-        else:
-            cls = TowersDualEncoder
+        cls = ScratchDualEncoder if family == "scratch" else TowersDualEncoder
         return cls.load(name_or_path, device=device).eval()
     if family not in ADAPTERS:
         raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")

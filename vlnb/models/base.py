@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..progress import tqdm
 from .transforms import ImagePreprocess
 
 FINGERPRINT_VERSION = 1
@@ -164,8 +165,6 @@ class DualEncoder(TextMixin, VLModel):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         starts = range(0, len(texts), batch_size)
         if progress:
-            from ..progress import tqdm
-
             starts = tqdm(starts, desc="encoding texts", leave=False)
         out = []
         with torch.inference_mode():

@@ -83,6 +83,7 @@ class BLIPAdapter(LavisTextMixin, DualEncoder):
     @classmethod
     def from_pretrained(cls, name: str, device="auto", attn_implementation=None, dtype=None, allow_missing=False,
                         **kw):
+        # lazy: transformers is slow to import; only loading a checkpoint needs it
         from transformers import AutoTokenizer, BlipForImageTextRetrieval
 
         kwargs = hf_load_kwargs(attn_implementation, dtype)

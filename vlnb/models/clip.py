@@ -40,6 +40,7 @@ class CLIPAdapter(DualEncoder):
 
     @classmethod
     def from_pretrained(cls, name: str, device="auto", attn_implementation=None, dtype=None, allow_missing=False):
+        # lazy: transformers is slow to import; only loading a checkpoint needs it
         from transformers import AutoTokenizer, CLIPModel
 
         model = load_hf_strict(CLIPModel, name, allow_missing, **hf_load_kwargs(attn_implementation, dtype))

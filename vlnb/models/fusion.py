@@ -40,8 +40,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..device import resolve_device
 from .base import CrossEncoder, DualEncoder, ITMView
 from .scratch import (
     Block,
@@ -173,7 +175,6 @@ class _FusionBase:
 
     def save(self, directory: str | Path) -> Path:
         """Write ``model.safetensors``, ``config.json`` and the word vocabulary into ``directory``."""
-        from safetensors.torch import save_file
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
@@ -488,7 +489,6 @@ def is_fusion_dir(path) -> bool:
 
 def load_fusion(directory: str | Path, device="auto"):
     """Rebuild a fusion model written by ``save`` (strict: every weight must be present and match)."""
-    from safetensors.torch import load_file
 
     d = Path(directory)
     if not (d / CONFIG_FILE).is_file() or not (d / WEIGHTS_FILE).is_file():
@@ -507,7 +507,6 @@ def load_fusion(directory: str | Path, device="auto"):
     model.load_state_dict(load_file(str(d / WEIGHTS_FILE)))
     if cfg.arch == "qformer":
         model.backbone.requires_grad_(False)
-    from ..device import resolve_device
 
     return model.to(resolve_device(device)).eval()
 

@@ -43,8 +43,12 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
 
+from ..device import resolve_device
+from ..errors import ArtifactError, load_safetensors_artifact, read_json_artifact
+from ..paths import atomic_write, atomic_write_text, shared_data_dir
 from .base import DualEncoder
 from .transforms import HALF, ImagePreprocess
 
@@ -237,14 +241,10 @@ class WordTokenizer:
         return {"input_ids": ids, "attention_mask": (ids != self.PAD).long()}
 
     def save(self, path: str | Path) -> None:
-        from ..paths import atomic_write_text
-
         atomic_write_text(path, json.dumps({"type": "vlnb-word", "vocab": self.vocab}))
 
     @classmethod
     def load(cls, path: str | Path) -> WordTokenizer:
-        from ..errors import ArtifactError, read_json_artifact
-
         d = read_json_artifact(path, "tokenizer file")
         if not isinstance(d, dict) or d.get("type") != "vlnb-word" or not isinstance(d.get("vocab"), list):
             raise ArtifactError(f"{path}: not a vlnb WordTokenizer file (damaged or of another kind)")
@@ -255,11 +255,10 @@ def clip_tokenizer(path: str | Path | None = None):
     """The real CLIP BPE tokenizer (``CLIPTokenizerFast``) from a local folder or a hub id such as
     ``openai/clip-vit-base-patch32`` (the full profile's source); default: the shared offline
     ``clip-vit-base-patch32`` files."""
+    # lazy: transformers is slow to import; only loading a checkpoint needs it
     from transformers import CLIPTokenizerFast
 
     if path is None:
-        from ..paths import shared_data_dir
-
         path = shared_data_dir(required=True) / "clip-vit-base-patch32"
     p = Path(path)
     if not p.is_dir() and (p.is_absolute() or str(path).startswith(".") or p.exists() or str(path).count("/") != 1):
@@ -516,9 +515,7 @@ class ScratchDualEncoder(DualEncoder):
     # ------------------------------------------------------------------------------------------ files
     def save(self, directory: str | Path) -> Path:
         """Write ``model.safetensors``, ``config.json`` and the tokenizer into ``directory`` (each file atomically)."""
-        from safetensors.torch import save_file
 
-        from ..paths import atomic_write, atomic_write_text
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
@@ -546,7 +543,6 @@ class ScratchDualEncoder(DualEncoder):
 
         A damaged file (garbage or truncated JSON, tokenizer or safetensors) raises
         :class:`vlnb.errors.ArtifactError` naming it."""
-        from ..errors import ArtifactError, load_safetensors_artifact, read_json_artifact
 
         d = Path(directory)
         if not (d / CONFIG_FILE).is_file() or not (d / WEIGHTS_FILE).is_file():
@@ -559,6 +555,7 @@ class ScratchDualEncoder(DualEncoder):
         if meta.get("tokenizer_files") == "word":
             tokenizer = WordTokenizer.load(d / WORD_VOCAB_FILE)
         else:
+            # lazy: transformers is slow to import; only loading a checkpoint needs it
             from transformers import AutoTokenizer
 
             try:
@@ -572,6 +569,5 @@ class ScratchDualEncoder(DualEncoder):
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise ArtifactError(f"{d}: {WEIGHTS_FILE} does not match {CONFIG_FILE} ({type(e).__name__}: "
                                 f"{str(e)[:300]})") from None
-        from ..device import resolve_device
 
         return model.to(resolve_device(device)).eval()

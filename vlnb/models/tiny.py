@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ..paths import shared_data_dir
 from .transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 _WORDS = (  # noqa: SIM905 (a word list reads better as text)
@@ -40,7 +41,6 @@ _TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "i
 
 
 def _clip_dir() -> Path:
-    from ..paths import shared_data_dir
 
     return shared_data_dir(required=True) / "clip-vit-base-patch32"
 
@@ -48,7 +48,7 @@ def _clip_dir() -> Path:
 def write_bert_tokenizer(directory: str | os.PathLike, extra_special: tuple[str, ...] = (), model_max_length=64,
                          bos_token: str | None = None):
     """Write and return a tiny uncased BERT WordPiece tokenizer (``vocab.txt`` + tokenizer files)."""
-    from transformers import (
+    from transformers import (  # lazy: transformers is slow to import; only loading a checkpoint needs it
         BertTokenizerFast,  # tokenizers-backed (BertTokenizer is the same in transformers 5)
     )
 
@@ -90,6 +90,7 @@ def _write_json(path: Path, obj: dict) -> None:
 
 def make_tiny_clip(directory: str | os.PathLike, seed: int = 0) -> Path:
     """Tiny ``CLIPModel`` with the real ViT-B/32 tokenizer (77 tokens) and real preprocessing files."""
+    # lazy: transformers is slow to import; only loading a checkpoint needs it
     from transformers import CLIPConfig, CLIPModel
 
     src, d = _clip_dir(), Path(directory)
@@ -110,6 +111,7 @@ def make_tiny_clip(directory: str | os.PathLike, seed: int = 0) -> Path:
 
 def make_tiny_blip(directory: str | os.PathLike, image_size: int = 64, seed: int = 0) -> Path:
     """Tiny ``BlipForImageTextRetrieval`` + BERT tokenizer with ``[DEC]``/``[ENC]`` + ``BlipImageProcessor``."""
+    # lazy: transformers is slow to import; only loading a checkpoint needs it
     from transformers import BlipConfig, BlipForImageTextRetrieval
 
     d = Path(directory)
@@ -130,6 +132,7 @@ def make_tiny_blip(directory: str | os.PathLike, image_size: int = 64, seed: int
 
 def make_tiny_blip2(directory: str | os.PathLike, image_size: int = 32, seed: int = 0) -> Path:
     """Tiny ``Blip2ForImageTextRetrieval`` (32 queries, Q-Former with text input) + tokenizer + processor."""
+    # lazy: transformers is slow to import; only loading a checkpoint needs it
     from transformers import Blip2Config, Blip2ForImageTextRetrieval
 
     d = Path(directory)
@@ -149,6 +152,7 @@ def make_tiny_blip2(directory: str | os.PathLike, image_size: int = 32, seed: in
 
 def make_tiny_vilt(directory: str | os.PathLike, image_size: int = 64, patch_size: int = 16, seed: int = 0) -> Path:
     """Tiny ``ViltForImageAndTextRetrieval`` (all patches used) + tokenizer + ``ViltImageProcessor`` config."""
+    # lazy: transformers is slow to import; only loading a checkpoint needs it
     from transformers import ViltConfig, ViltForImageAndTextRetrieval
 
     d = Path(directory)

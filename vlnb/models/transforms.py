@@ -207,6 +207,7 @@ def read_preprocessor_config(source) -> dict:
     if p.is_dir():
         p = p / "preprocessor_config.json"
     elif not p.exists():
+        # lazy: transformers is slow to import; only loading a checkpoint needs it
         from transformers.utils import cached_file
 
         p = Path(cached_file(str(source), "preprocessor_config.json"))

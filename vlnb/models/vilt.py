@@ -29,10 +29,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..device import resolve_device
 from .base import CrossEncoder, hf_load_kwargs, load_hf_strict
-from .transforms import PIL_RESAMPLE_CODES, ImagePreprocess, read_preprocessor_config
+from .transforms import PIL_RESAMPLE_CODES, RESAMPLE, ImagePreprocess, read_preprocessor_config
 
 
 class PatchGridError(RuntimeError):
@@ -80,15 +81,11 @@ class ViltPreprocess(ImagePreprocess):
         return h // d * d, w // d * d
 
     def _resize(self, im, resample: str | None = None):
-        from .transforms import RESAMPLE
-
         w, h = im.size
         nh, nw = self.output_hw(h, w)
         return im if (nw, nh) == (w, h) else im.resize((nw, nh), RESAMPLE[resample or self.resample])
 
     def _resized(self, images) -> list:
-        from PIL import Image
-
         if isinstance(images, Image.Image):
             images = [images]
         out = []
@@ -168,6 +165,7 @@ class ViLTAdapter(CrossEncoder):
 
     @classmethod
     def from_pretrained(cls, name: str, device="auto", attn_implementation=None, dtype=None, allow_missing=False):
+        # lazy: transformers is slow to import; only loading a checkpoint needs it
         from transformers import AutoTokenizer, ViltForImageAndTextRetrieval
 
         kwargs = hf_load_kwargs(attn_implementation, dtype)

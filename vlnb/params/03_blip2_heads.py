@@ -31,6 +31,13 @@ class Blip2HeadsParams(NotebookParams):
     #: Output size of both heads; the MLP's hidden width (None: 2 x embed_dim).
     embed_dim: int = Field(256, ge=1)
     hidden_dim: int | None = Field(None, ge=1)
+    #: Data sets on which a small Q-Former (learned queries cross-attending to EfficientNet-Lite0's 7x7 feature
+    #: map, max over queries) is trained beside the heads (towers only; its patch cache is 49x the pooled one),
+    #: with its number of queries, width and depth.
+    qformer_datasets: list[Literal["coco-mini", "world"]] = ["coco-mini"]
+    qformer_queries: int = Field(8, ge=1)
+    qformer_width: int = Field(128, ge=4, multiple_of=4)  # (4 attention heads)
+    qformer_layers: int = Field(2, ge=1)
     #: The contrastive trainer's schedule (same for every head; see vlnb.train.TrainConfig).
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(40, ge=2)
@@ -58,6 +65,7 @@ class Blip2HeadsParams(NotebookParams):
         "full": {
             "models": {"BLIP-2 ITM (ViT-g)": "Salesforce/blip2-itm-vit-g"},
             "datasets": ["flickr30k"],
+            "qformer_datasets": [],
             "flickr30k_source": "nlphuji/flickr30k",
             "n_train_pairs": 5000,
             "n_test_images": None,

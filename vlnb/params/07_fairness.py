@@ -104,6 +104,7 @@ class FairnessParams(NotebookParams):
             raise ValueError(f"these parameters must be >= 1: {small}")
         if not self.rare_seeds:
             raise ValueError("rare_seeds must list at least one seed")
+        # lazy: vlnb.data is slow to import; every CLI call loads the params
         from vlnb.data.world import WORLD_COLOURS, WORLD_SHAPES
 
         known = WORLD_COLOURS if self.rare_attribute == "colour" else WORLD_SHAPES

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 import torch
 
 from .perturbations import corruption
@@ -103,8 +104,6 @@ def relative_heatmap(results: pd.DataFrame, metrics: Sequence[tuple[str, str]] |
     :func:`vlnb.robustness.sweep.degradation_table`): rows whose clean value is under twice chance are greyed
     out and labelled "at chance" instead of coloured — a model at chance has nothing to lose, which a ratio
     near 1 would otherwise paint as "robust"."""
-    import seaborn as sns
-
     df = results[results["severity"] > 0] if severity is None else results[results["severity"] == severity]
     df = _select(df, metrics)
     if df.empty:

@@ -26,8 +26,10 @@ data and metric), the mCE is its mean over corruptions, and the relative mCE use
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -50,6 +52,7 @@ from ..eval import (
     zeroshot_scores,
 )
 from ..eval.chance import recall_chance, zeroshot_chance
+from ..eval.compare import WORLD_TEMPLATES, coco_category_names
 from ..eval.features import autocast_for, jsonable, model_device
 from ..eval.retrieval import check_ks
 from ..eval.zeroshot import fill_template
@@ -125,8 +128,8 @@ def world_task(manifest: pd.DataFrame, n_images: int | None = None, dataset: str
         classes = world_class_names(a, cfg)
         if a == "colour":  # "a red circle", "a red square", ... averaged
             templates = tuple((lambda v, s=s: f"a {v} {s}") for s in shapes)
-        elif a == "shape":
-            templates = ("a {}",)
+        elif a == "shape":  # chapter 4's and chapter 7's shape prompts, so the same model scores the same
+            templates = tuple(WORLD_TEMPLATES)
         else:
             templates = ("a {} object",)
         sets[a] = LabelSet(classes, _multilabel(df[column[a]], classes), templates)
@@ -136,10 +139,15 @@ def world_task(manifest: pd.DataFrame, n_images: int | None = None, dataset: str
 def caption_task(manifest: pd.DataFrame, n_images: int | None = None, dataset: str | None = None,
                  templates: Sequence = ("a photo of a {}.",), retrieval: bool = True) -> EvalTask:
     """A captioned photo data set (COCO, Flickr30k...): retrieval, plus zero-shot multi-label
-    classification over the ``labels`` column's categories when it has any (classes: every label that
-    occurs in the *whole* manifest, so a subset keeps the same classes). The first ``n_images`` rows are kept."""
+    classification over the ``labels`` column's categories when it has any (classes: a COCO manifest's 80
+    categories of its instances file, like chapter 4's :func:`vlnb.eval.compare.coco_category_names` -- not
+    only the categories that occur in the images, 78 of 80 in coco-mini; otherwise every label that occurs in
+    the *whole* manifest, so a subset keeps the same classes). The first ``n_images`` rows are kept."""
     name = dataset or (manifest.attrs.get("vlnb") or {}).get("name", "data")
-    classes = sorted({lab for labs in manifest["labels"] for lab in labs}) if "labels" in manifest else []
+    if "primary_category" in manifest:
+        classes = coco_category_names(manifest)
+    else:
+        classes = sorted({lab for labs in manifest["labels"] for lab in labs}) if "labels" in manifest else []
     df = _head(manifest, n_images)
     sets = {}
     if classes:
@@ -339,7 +347,6 @@ def run_sweep(
     total = sum(len(t) for t in per_model.values()) * (1 + len(cells))
     bar = None
     if progress:
-
         bar = tqdm(total=total, desc="robustness sweep")
     rows = []
     for mname, model in models.items():
@@ -386,8 +393,6 @@ def run_sweep(
                           "severity": 0, "value": v, "clean": v, "relative": 1.0 if v > 0 else float("nan"),
                           "n_images": n, "chance": clean_chance[(tname, metric)]} for c in dict.fromkeys(corruptions)]
             if masks.missing:
-                import warnings
-
                 warnings.warn(f"{mname} / {task.dataset}: {len(masks.missing)} image(s) have no object mask at the "
                               "model's input; occlusion_object put the patch in their centre")
     if bar is not None:
@@ -533,8 +538,12 @@ def noise_tolerance(results: pd.DataFrame) -> float:
 # ---------------------------------------------------------------------------------------------- chapter glue
 def chapter_models(cfg, device: str = "auto", progress: bool = True) -> dict:
     """The models of a :class:`~vlnb.params.05_robustness.RobustnessParams` run (see
-    :func:`vlnb.zoo.chapter_models`)."""
+    :func:`vlnb.zoo.chapter_models`). Offline, when ``models`` is None and ``datasets`` maps model names to
+    data sets (the offline default), only the models it names are loaded: the other reference models
+    (the fusion models of chapter 2) have no data set here."""
 
+    if cfg.profile == "offline" and not getattr(cfg, "models", None) and isinstance(cfg.datasets, Mapping):
+        cfg = cfg.model_copy(update={"models": list(cfg.datasets)})
     return _models(cfg, device=device, progress=progress)
 
 
@@ -590,8 +599,6 @@ def unit_pixels(manifest: pd.DataFrame, preprocess, n: int = 4) -> tuple[torch.T
 def read_results(run_dirs: Sequence, name: str = "robustness_results") -> pd.DataFrame:
     """Concatenate the tidy tables of several sweep runs (``<run>/results/<name>.csv``), e.g. one papermill
     run per corruption subset; a cell measured in more than one run keeps its last value."""
-    from pathlib import Path
-
     frames = []
     for d in run_dirs:
         f = Path(d) / "results" / f"{name}.csv"

@@ -77,6 +77,7 @@ def gather_with_grad(x: torch.Tensor, group=None) -> torch.Tensor:
     backward pass returns to each rank the sum over ranks of the gradient w.r.t. its slice."""
     if world_size(group) == 1:
         return x
+    # lazy: torch builds without distributed support lack it; one rank never needs it
     import torch.distributed.nn.functional as dnf
 
     return torch.cat(dnf.all_gather(x, group=group) if group is not None else dnf.all_gather(x), dim=0)

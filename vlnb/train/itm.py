@@ -39,6 +39,12 @@ import torch
 import torch.nn.functional as F
 
 from ..data.manifest import subset, texts_and_targets
+from ..eval.chance import manifest_recall_chance
+from ..eval.rerank import rerank_similarity, reranked_recall
+from ..eval.retrieval import recall_at_k
+from ..models.base import CrossEncoder
+from ..models.fusion import ScratchBLIP, ScratchQFormer, ScratchViLT
+from ..progress import tqdm
 from .checkpoint import seed_everything
 from .loss import MAX_LOGIT_SCALE, clip_loss
 from .schedule import warmup_cosine_scheduler
@@ -174,7 +180,6 @@ def train_fusion(model, train: pd.DataFrame, config: TrainConfig | dict | None =
     config's device (default CPU here: these models are CPU-sized); checkpoints are not written (a run takes
     seconds to a minute).
     """
-    from ..models.fusion import ScratchBLIP, ScratchQFormer, ScratchViLT
 
     cfg = config if isinstance(config, TrainConfig) else TrainConfig(**(config or {}))
     if not isinstance(model, (ScratchViLT, ScratchBLIP, ScratchQFormer)):
@@ -213,8 +218,6 @@ def train_fusion(model, train: pd.DataFrame, config: TrainConfig | dict | None =
     history, step = History(), 0
     epochs = range(cfg.epochs)
     if progress:
-        from ..progress import tqdm
-
         epochs = tqdm(epochs, desc=f"{model.name}: epochs")
     model.train()
     for epoch in epochs:
@@ -299,9 +302,6 @@ def evaluate_fusion(model, manifest: pd.DataFrame, first_stage=None, k: int = 16
     the ITM logit alone (what the fusion head knows by itself); ``n_pairs``: pairs the ITM head scored.
     Recall@K for ``K > k`` is not reported (the re-ranked list is only ``k`` deep).
     """
-    from ..eval.rerank import rerank_similarity, reranked_recall
-    from ..eval.retrieval import recall_at_k
-    from ..models.base import CrossEncoder
 
     dual = first_stage if isinstance(model, CrossEncoder) else model
     if dual is None:
@@ -339,7 +339,6 @@ def fusion_results(histories, tests, first_stage=None, ks: Sequence[int] = (1, 5
     recall beside the exact chance level on that model's test manifest (``tests[name]``), the ITM pair count
     and the training time (sum of the epochs' times; the one-off pre-computations are not in it).
     ``first_stage[name]``: the model whose ITC ranking is re-ranked (a ViLT-like model has none of its own)."""
-    from ..eval.chance import manifest_recall_chance
 
     rows = []
     for name, h in histories.items():

@@ -37,18 +37,22 @@ def clip_logits(
     """``(N, M)`` logits ``min(exp(logit_scale), max_scale) * image_emb @ text_emb.T`` in float32.
 
     ``logit_scale`` is the *log* of the scale (CLIP's parameter, initialised at ``log(1/0.07)``).
+    Multi-query image embeddings ``(N, Q, D)`` (a Q-Former's, BLIP-2's ITC) score each pair by the **max over
+    the Q queries** of ``query . text``, differentiably (the gradient flows to the query that wins).
     """
-    if image_emb.ndim != 2 or text_emb.ndim != 2:
+    if image_emb.ndim not in (2, 3) or text_emb.ndim != 2:
         raise ValueError(
-            f"clip loss expects 2-D embeddings (batch, dim), got image {tuple(image_emb.shape)} "
-            f"and text {tuple(text_emb.shape)}"
+            f"clip loss expects 2-D embeddings (batch, dim), or (batch, queries, dim) images, got image "
+            f"{tuple(image_emb.shape)} and text {tuple(text_emb.shape)}"
         )
-    if image_emb.shape[1] != text_emb.shape[1]:
+    if image_emb.shape[-1] != text_emb.shape[1]:
         raise ValueError(
-            f"image and text embeddings must share the embedding dim, got {image_emb.shape[1]} "
+            f"image and text embeddings must share the embedding dim, got {image_emb.shape[-1]} "
             f"and {text_emb.shape[1]}"
         )
     scale = _as_log_scale(logit_scale, image_emb).exp().clamp(max=max_scale)
+    if image_emb.ndim == 3:
+        return scale * torch.einsum("nqd,md->nqm", image_emb.float(), text_emb.float()).amax(dim=1)
     return scale * (image_emb.float() @ text_emb.float().T)
 
 

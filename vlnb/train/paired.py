@@ -10,6 +10,8 @@ and pair classification on the test pairs, each beside its chance level.
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 import pandas as pd
 import torch
@@ -38,6 +40,7 @@ class ScratchImageFrozenText(DualEncoder):
 
     def __init__(self, config: str | ScratchConfig = "tiny", name: str = "ViT (scratch) + frozen MiniLM",
                  seed: int | None = 0, **overrides):
+        # lazy: transformers is slow to import; only loading a checkpoint needs it
         from transformers import AutoModel, AutoTokenizer
 
         cfg = ScratchConfig.preset(config, **overrides) if isinstance(config, str) else config
@@ -63,8 +66,6 @@ class ScratchImageFrozenText(DualEncoder):
         return self
 
     def adapter_config(self) -> dict:
-        from dataclasses import asdict
-
         return {"image": asdict(self.config), "text": "all-MiniLM-L6-v2 (frozen, mean pool) + linear"}
 
     @property

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
+import matplotlib.pyplot as plt
+
 from ..timing import timed
 
 
@@ -11,8 +15,6 @@ def plot_history(history, axes=None, ceiling: dict | None = None):
 
     ``ceiling``: ``{"t2i_R@1": %, …}`` (:func:`vlnb.eval.ambiguity.retrieval_ceiling`), drawn as dashed lines
     in the metric's colour: the best recall any model can expect when captions are true of several images."""
-    import matplotlib.pyplot as plt
-
     if axes is None:
         fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
     else:
@@ -57,9 +59,7 @@ def live_plot(force: bool | None = None):
     In a batch run (``vlnb run`` / ``vlnb book``: ``$VLNB_RUN_DIR`` set) nobody watches the redraws and the
     executed notebook keeps only the last one, which the chapter draws after training anyway, so the callback
     draws nothing there (it cost a figure render per epoch); ``force=True`` or ``VLNB_LIVE_PLOT=1`` draws anyway."""
-    import os
-
-    import matplotlib.pyplot as plt
+    # lazy: IPython is slow to import; only a live plot in a notebook needs it (and looks display up then)
     from IPython.display import display
 
     if force is None:

@@ -41,7 +41,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..data.images import BadImageError, open_rgb
 from ..data.manifest import texts_and_targets
+from ..data.pixels import cacheable, decoded_pixels
+from ..device import autocast_dtype, resolve_device
+from ..eval.retrieval import recall_at_k
+from ..progress import tqdm
 from ..timing import timed, timer
+from . import plots
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from .distributed import DistInfo, average_gradients, barrier, broadcast_parameters, init_distributed
 from .loss import MAX_LOGIT_SCALE, contrastive_loss
@@ -151,7 +156,6 @@ class PairDataset(torch.utils.data.Dataset):
         # an ImagePreprocess: every image decoded once into the shared pixel cache (vlnb.data.pixels), for
         # every epoch, worker and later run; other preprocess callables decode on access
         self._px, self._rows = None, np.asarray(keep, dtype=np.int64)
-        from ..data.pixels import cacheable, decoded_pixels
 
         if cacheable(preprocess):
             self._px, self._cache = decoded_pixels(manifest, preprocess, progress=False), None
@@ -181,8 +185,6 @@ class PairDataset(torch.utils.data.Dataset):
 
 class ImageDataset(torch.utils.data.Dataset):
     def __init__(self, manifest: pd.DataFrame, preprocess):
-        from ..data.pixels import cacheable, decoded_pixels
-
         self.ids, self.images, self.preprocess = (
             list(manifest["image_id"]),
             list(manifest["image"]),
@@ -324,7 +326,6 @@ def evaluate_retrieval(
 ) -> dict[str, float]:
     """Recall@K (percent, both directions, :func:`vlnb.eval.retrieval.recall_at_k`) of ``model`` on a
     manifest: all its images against all its captions. Not cached (weights change while training)."""
-    from ..eval.retrieval import recall_at_k
 
     texts, t2i = texts_and_targets(manifest)
     if not texts:
@@ -341,8 +342,6 @@ def evaluate_retrieval(
         else:
             loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers)
         if progress:
-            from ..progress import tqdm
-
             loader = tqdm(loader, desc="val images", leave=False)
         with ctx:
             img = torch.cat([model.encode_image(x.to(device)).float() for x in loader])
@@ -398,9 +397,7 @@ class History:
         return cls([dict(r) for r in state.get("steps", [])], [dict(r) for r in state.get("epochs", [])])
 
     def plot(self, axes=None):
-        from .plots import plot_history
-
-        return plot_history(self, axes)
+        return plots.plot_history(self, axes)  # looked up on the module: a patched plot_history is used
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -413,8 +410,6 @@ class _Trainer:
         self.scale_param = logit_scale_parameter(model)
         self.use_amp = cfg.amp and device.type == "cuda"
         if cfg.amp_dtype == "auto":
-            from ..device import autocast_dtype
-
             self.amp_dtype = autocast_dtype(device) or torch.bfloat16  # (unused off CUDA: use_amp is False)
         else:
             self.amp_dtype = getattr(torch, cfg.amp_dtype)
@@ -508,7 +503,6 @@ class _Trainer:
 
 
 def _resolve_device(cfg: TrainConfig, info: DistInfo) -> torch.device:
-    from ..device import resolve_device
 
     dev = resolve_device(cfg.device)  # None / "auto": CUDA when available, else the CPU
     return torch.device(f"cuda:{info.local_rank}") if dev == "cuda" else torch.device(dev)
@@ -606,8 +600,6 @@ def train_contrastive(
         seed_everything(cfg.seed)
 
     show = progress and info.is_main
-    if show:
-        from ..progress import tqdm
     epochs = range(start_epoch, cfg.epochs)
     epoch_bar = tqdm(epochs, desc="epochs", initial=start_epoch, total=cfg.epochs) if show else epochs
     model.train()

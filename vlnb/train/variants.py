@@ -34,6 +34,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -56,7 +57,7 @@ def _rss_bytes() -> int:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
-        import psutil  # not on Linux: fall back to psutil when installed
+        import psutil  # lazy: optional; only off Linux (no /proc), when installed
 
         return int(psutil.Process().memory_info().rss)
 
@@ -182,7 +183,6 @@ def compare_text_attention(
         with meter:
             t0 = time.perf_counter()
             if v == "cross":
-
                 history = train_fusion(model, train, tc.model_copy(update={"device": str(dev)}), progress=progress)
             else:
                 history = train_contrastive(model, train, None, tc, progress=progress)
@@ -190,7 +190,6 @@ def compare_text_attention(
                 torch.cuda.synchronize(dev)
             elapsed = time.perf_counter() - t0
         if v == "cross":
-
             recall = evaluate_fusion(model, test, k=rerank_k, batch_size=eval_batch_size, progress=progress)
             protocol = f"ITC top-{rerank_k} → ITM re-rank (cross encoder)"
             text_params = _n_params(model.text) + _n_params(model.text_proj) + _n_params(model.itm_head)
@@ -228,8 +227,7 @@ def _cross_modal_variant(cfg, captions, seed: int):
 
 def _t_interval(values, level: float) -> tuple[float, float, float]:
     """Mean and Student-t interval of ``values`` (one per seed); the interval is (nan, nan) for one seed."""
-    import numpy as np
-    from scipy import stats
+    from scipy import stats  # lazy: optional (scipy comes with the fairness extra)
 
     v = np.asarray(values, dtype=float)
     m = float(v.mean())

@@ -1,0 +1,143 @@
+"""Training a reference model with its recipe (contrastive dual encoders; fusion models with ITM) and saving it."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from ..device import resolve_device
+from ..models.fusion import FusionConfig, create_fusion, qformer_config
+from ..models.scratch import ScratchDualEncoder, clip_tokenizer
+from ..models.towers import TowersDualEncoder
+from ..paths import atomic_write_text
+from ..train import TrainConfig, train_contrastive
+from ..train.itm import train_fusion
+from ..train.negclip import WorldFoilPairs
+from ..train.trainer import PairDataset
+from .data import reference_data
+from .recipes import Recipe, artifacts_dir, recipe
+
+
+def build_model(r: Recipe, train: pd.DataFrame):
+    """A fresh (untrained) model of recipe ``r``; a scratch model's tokenizer is fit on ``train``'s captions."""
+    if r.kind == "scratch":
+        kw = dict(r.model)
+        config = kw.pop("config", "tiny")
+        tok = kw.pop("tokenizer", None)  # a hub id / folder of a CLIP tokenizer (None: the preset's default)
+        captions = [c for caps in train["captions"] for c in caps]
+        return ScratchDualEncoder.create(config, captions=captions, name=r.name,
+                                         tokenizer=clip_tokenizer(tok) if tok else None, **kw)
+    if r.kind == "towers":
+        return TowersDualEncoder(name=r.name, **r.model)
+    raise ValueError(f"recipe {r.name!r}: unknown kind {r.kind!r}")
+
+
+def train_reference(
+    name: str,
+    profile: str = "offline",
+    progress: bool = True,
+    on_epoch_end: Callable | None = None,
+    folder: str | os.PathLike | None = None,
+    device: str = "auto",
+):
+    """Train reference model ``name`` with its recipe and save it; returns ``(model, history)``.
+
+    Training checkpoints go to ``<folder>/train`` (an interrupted run resumes there); the finished model
+    is written to ``<folder>/model`` and the folder is only considered complete once ``recipe.json``
+    is written last. Calling this on a *finished* folder retrains from scratch (its checkpoint is dropped,
+    not resumed at its last epoch).
+    """
+    r = recipe(name)
+    folder = Path(folder) if folder is not None else artifacts_dir(profile) / name
+    data = reference_data(name)
+    if r.kind == "fusion":
+        return _train_fusion_reference(r, folder, data, profile, progress, on_epoch_end, device)
+    if r.init_from:  # a fine-tune: the parent's trained weights and tokenizer, under this recipe's name
+
+        model = copy.deepcopy(trained_parent(r.init_from, profile, progress))
+        model.name = r.name
+    else:
+        model = build_model(r, data["train"])
+    recipe_file = folder / "recipe.json"
+    finished = recipe_file.exists()  # asked to train a finished model again: retrain, do not resume its end
+    if finished:
+        recipe_file.unlink()
+    if (folder / "train").exists():
+        saved = folder / "train" / "recipe.json"
+        try:
+            same = json.loads(saved.read_text()) == r.key()
+        except (OSError, ValueError):
+            same = False
+        if finished or not same:
+            shutil.rmtree(folder / "train")  # a finished run or another recipe's checkpoint is not resumed
+    (folder / "train").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "train" / "recipe.json", json.dumps(r.key(), indent=2, default=str))
+    cfg = TrainConfig(**r.train, device=device)  # "auto": CUDA when available (vlnb.device)
+    if hasattr(model, "enable_feature_memo"):
+        model.enable_feature_memo()  # frozen towers: each image / caption is encoded once, not once per epoch
+    if r.negatives == "world-swaps":
+        pairs = WorldFoilPairs(data["train"], model.preprocess, cfg.caption_sampling, cfg.seed, cache=True)
+    elif r.negatives:
+        raise ValueError(f"recipe {r.name!r}: unknown negatives {r.negatives!r} (known: 'world-swaps')")
+    else:
+        pairs = PairDataset(data["train"], model.preprocess, cfg.caption_sampling, cfg.seed, cache=True)
+    history = train_contrastive(
+        model,
+        pairs,
+        val_data=data["test"],
+        config=cfg,
+        out_dir=folder / "train",
+        progress=progress,
+        on_epoch_end=on_epoch_end,
+    )
+    if hasattr(model, "enable_feature_memo"):
+        model.enable_feature_memo(False)
+    model.eval()
+    model.save(folder / "model")
+    atomic_write_text(folder / "history.json", json.dumps(history.state_dict(), default=float))
+    atomic_write_text(recipe_file, json.dumps(r.key(), indent=2, default=str))
+    return model, history
+
+
+def _train_fusion_reference(r: Recipe, folder: Path, data: dict, profile: str, progress: bool,
+                            on_epoch_end: Callable | None, device: str):
+    """Build and train a fusion recipe (:mod:`vlnb.models.fusion`, :func:`vlnb.train.itm.train_fusion`): a few
+    CPU minutes at most, so no per-epoch checkpoint; ``recipe.json`` is still written last."""
+    recipe_file = folder / "recipe.json"
+    if recipe_file.exists():
+        recipe_file.unlink()
+    kw = dict(r.model)
+    seed, rerank_k = kw.pop("seed", 0), kw.pop("rerank_k", 16)
+    used = trained_parent(r.uses, profile, progress) if r.uses else None
+    captions = [c for caps in data["train"]["captions"] for c in caps]
+    if kw.get("arch") == "qformer":
+        if used is None or not hasattr(used, "visual"):
+            raise ValueError(f"recipe {r.name!r}: a Q-Former needs uses= a scratch dual encoder recipe (its ViT)")
+        cfg = qformer_config(used.config, **{k: v for k, v in kw.items() if k != "arch"})
+        model = create_fusion(cfg, captions=captions, seed=seed, name=r.name, backbone=used.visual)
+    else:
+        model = create_fusion(FusionConfig(**kw), captions=captions, seed=seed, name=r.name)
+    if kw.get("arch") == "vilt" and used is None:
+        raise ValueError(f"recipe {r.name!r}: a ViLT-like model needs uses= the dual encoder it mines negatives from")
+    cfg = TrainConfig(**r.train, device=resolve_device(device))
+    history = train_fusion(model, data["train"], cfg, miner=used, val_data=data["test"], rerank_k=rerank_k,
+                           progress=progress, on_epoch_end=on_epoch_end)
+    model.save(folder / "model")
+    atomic_write_text(folder / "history.json", json.dumps(history.state_dict(), default=float))
+    atomic_write_text(recipe_file, json.dumps(r.key(), indent=2, default=str))
+    return model, history
+
+
+def trained_parent(name: str, profile: str, progress: bool):
+    """The trained reference model ``name`` that a recipe fine-tunes (``init_from``) or builds on (``uses``), on
+    the CPU; trained first when missing."""
+    # lazy: a cycle (reference_model trains a missing model with train_reference, which needs its parent)
+    from .load import reference_model
+
+    return reference_model(name, profile, progress=progress, device="cpu")
