@@ -66,3 +66,20 @@ def tiny_hub_models(tiny_clip_dir, tiny_blip_dir, tiny_blip2_dir, tiny_vilt_dir)
     from vlnb.zoo import HUB_MODELS
 
     return dict(zip(HUB_MODELS, map(str, (tiny_clip_dir, tiny_blip_dir, tiny_blip2_dir, tiny_vilt_dir))))
+
+
+@pytest.fixture()
+def make_tiny_recipe(monkeypatch, tmp_path):
+    """``make(epochs)`` registers the reference recipe ``"tiny-world"`` (a tiny scratch model on a 32 + 16 image
+    world, trained for ``epochs`` epochs) with its artifacts under ``tmp_path``, and returns it."""
+    from vlnb import zoo
+
+    def make(epochs: int):
+        monkeypatch.setenv("VLNB_ARTIFACTS", str(tmp_path / "art"))
+        r = zoo.Recipe(name="tiny-world", kind="scratch", data="world", model={"config": "tiny", "seed": 0},
+                       train={"epochs": epochs, "batch_size": 16, "lr": 1e-3, "warmup_steps": 1, "seed": 0},
+                       data_kwargs={"n_train": 32, "n_test": 16, "image_size": 32, "seed": 0})
+        monkeypatch.setitem(zoo.RECIPES, "tiny-world", r)
+        return r
+
+    return make

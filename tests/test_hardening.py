@@ -368,13 +368,8 @@ def test_stale_checkpoint_temp_files_are_cleaned(tmp_path):
 
 
 @pytest.fixture()
-def tiny_recipe(monkeypatch, tmp_path):
-    monkeypatch.setenv("VLNB_ARTIFACTS", str(tmp_path / "art"))
-    r = zoo.Recipe(name="tiny-world", kind="scratch", data="world", model={"config": "tiny", "seed": 0},
-                   train={"epochs": 2, "batch_size": 16, "lr": 1e-3, "warmup_steps": 1, "seed": 0},
-                   data_kwargs={"n_train": 32, "n_test": 16, "image_size": 32, "seed": 0})
-    monkeypatch.setitem(zoo.RECIPES, "tiny-world", r)
-    return r
+def tiny_recipe(make_tiny_recipe):
+    return make_tiny_recipe(epochs=2)
 
 
 def test_retrain_of_a_finished_model_trains_from_scratch(tiny_recipe):

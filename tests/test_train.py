@@ -501,3 +501,13 @@ def test_live_plot_callback_can_hand_its_place_to_the_final_figure(monkeypatch):
     assert plt.fignum_exists(fig.number)  # not drawn by the callback: the notebook shows it once, as usual
     plt.close(fig)
     assert callable(live_plot(force=True).replace_with)
+
+
+def test_capped_warmup_only_shortens_a_default_that_does_not_fit():
+    from vlnb.train.schedule import WarmupCosine, capped_warmup
+
+    assert capped_warmup(10, 600, 64, 6) == 10          # 9 steps x 6 epochs = 54: the recipe's warmup fits
+    assert capped_warmup(10, 128, 64, 1) == 1           # 2 steps: half the run
+    WarmupCosine(capped_warmup(10, 128, 64, 1), 2)      # fits, no error
+    with pytest.raises(ValueError, match="warmup"):
+        WarmupCosine(10, 2)                             # an explicit warmup that does not fit stays an error

@@ -29,6 +29,7 @@ from ..eval.compare import (
 from ..models import CrossEncoder
 from ..models.towers import TowersDualEncoder
 from ..train import TrainConfig, train_contrastive
+from ..train.schedule import capped_warmup
 from ..train.trainer import PairDataset
 
 
@@ -140,8 +141,7 @@ def text_to_image_experiment(
     train, test = split_manifest(manifest, test_fraction, seed)
     baseline = TowersDualEncoder(embed_dim=256, head="mlp", name="BERT+CNN baseline (MiniLM + EfficientNet-Lite0)")
     train_batch = min(64, len(train))
-    # 5 warmup steps (the recipe), but never more than a tenth of the run: a warmup that does not fit is an error
-    warmup = min(5, baseline_epochs * max(1, len(train) // train_batch) // 10)
+    warmup = capped_warmup(5, len(train), train_batch, baseline_epochs)
     cfg = TrainConfig(epochs=baseline_epochs, batch_size=train_batch, lr=1e-3, warmup_steps=warmup, seed=seed,
                       eval_every=max(1, baseline_epochs))
     pairs = PairDataset(train, baseline.preprocess, cfg.caption_sampling, cfg.seed, cache=True)

@@ -29,6 +29,7 @@ from ..models.scratch import ScratchConfig, VisionTransformer, init_tower
 from ..models.towers import TEXT_DIM, minilm_path
 from ..models.transforms import HALF, ImagePreprocess
 from . import TrainConfig, train_contrastive
+from .schedule import capped_warmup
 from .trainer import PairDataset
 
 
@@ -131,8 +132,9 @@ def train_paired_cifar(manifest: pd.DataFrame, epochs: int = 6, batch_size: int 
         raise ValueError("the paired manifest needs both train and test pairs")
     model = ScratchImageFrozenText(config, seed=seed)
     model.preprocess = pair_preprocess(model.preprocess)
-    cfg = TrainConfig(epochs=epochs, batch_size=min(batch_size, len(train)), lr=lr, warmup_steps=10, seed=seed,
-                      eval_every=max(1, epochs // 3), device=device)
+    batch = min(batch_size, len(train))
+    cfg = TrainConfig(epochs=epochs, batch_size=batch, lr=lr, warmup_steps=capped_warmup(10, len(train), batch, epochs),
+                      seed=seed, eval_every=max(1, epochs // 3), device=device)
     pairs = PairDataset(train, model.preprocess, cfg.caption_sampling, cfg.seed, cache=True)
     history = train_contrastive(model, pairs, val_data=test, config=cfg, progress=progress)
     model.eval()

@@ -16,6 +16,16 @@ import math
 import torch
 
 
+def capped_warmup(requested: int, n_train: int, batch_size: int, epochs: int) -> int:
+    """A recipe's default warmup, shortened to at most half of a run too short for it.
+
+    For built-in recipes whose size the user changes (tests, exercises: a 1-epoch run on 128 pairs);
+    a warmup the user asks for explicitly is never shortened (:class:`WarmupCosine` refuses one that
+    does not fit). ``n_train // batch_size`` steps per epoch, as the trainer counts them."""
+    total = max(1, n_train // max(1, batch_size)) * max(1, epochs)
+    return min(int(requested), total // 2)
+
+
 class WarmupCosine:
     """The multiplier as a picklable callable (its ``__dict__`` is saved by ``LambdaLR.state_dict``)."""
 
