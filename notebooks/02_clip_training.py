@@ -82,7 +82,7 @@ from vlnb.device import resolve_device
 from vlnb.eval.ambiguity import ambiguity_glue, caption_ambiguity, is_world, retrieval_ceiling
 from vlnb.train.plots import live_plot as live_curves
 from vlnb.train.plots import plot_history
-from vlnb.train.report import held_out_glue, held_out_results, recall_table
+from vlnb.train.report import fusion_page, held_out_glue, held_out_results, recall_table, variant_costs
 
 run = NotebookRun.start("02_clip_training", globals())
 
@@ -231,9 +231,7 @@ if fusion_histories:
     run.save_table(fusion, "fusion_results")
     for key, value in fusion_glue(fusion).items():
         run.glue(key, value)
-    display(fusion[fusion["k"] == 1].pivot_table(index=["model", "first stage", "train time (s)"],
-                                                 columns=["protocol", "direction"],
-                                                 values=["recall", "chance"]).round(1))
+    display(fusion_page(fusion))
 
 # %% [markdown]
 # Text→image R@1 on the {glue:text}`scratch_world_n_test` world test images (chance
@@ -292,7 +290,7 @@ if cfg.attention_variants:
     for k, v in variant_verdict(variant_summary, "t2i_R@1").items():
         run.glue(k, v)
     display(seed_summary_page(variant_summary, metrics=("t2i_R@1", "i2t_R@1")))
-    display(variants.groupby("variant", sort=False)[["train_time_s", "peak_memory_mb", "params"]].mean().round(1))
+    display(variant_costs(variants))
 else:
     for k in ("variant_n_seeds", "variant_verdict"):
         run.glue(k, "(not run)")

@@ -198,8 +198,7 @@ best["best_r1_ci"] = interval_text(intervals, best["best_r1_model"], best["best_
                                    "i2t" if best["best_r1_dir"] == "image→text" else "t2i")
 for key, value in best.items():
     run.glue(key, value)
-intervals[intervals["k"] == 1].pivot_table(index=["dataset", "model"], columns="direction",
-                                           values=["recall", "ci_lo", "ci_hi"], sort=False).round(1)
+report.r1_interval_page(intervals)
 
 # %% [markdown]
 # Recall@1 of every dual encoder with its 95 % bootstrap interval over test images (an image carries its
@@ -276,7 +275,7 @@ if cfg.t2i_dataset:
         models, t2i_manifest, cfg.t2i_dataset, baseline_epochs=cfg.baseline_epochs,
         test_fraction=cfg.t2i_test_fraction, seed=cfg.seed, batch_size=cfg.batch_size)
     run.save_table(t2i, "text_to_image")
-    display(t2i.pivot_table(index=["model", "protocol"], columns="k", values=["recall", "chance"]).round(1))
+    display(report.t2i_page(t2i))
 else:
     print("text→image experiment skipped (t2i_dataset is None in this profile)")
 
@@ -498,19 +497,8 @@ cost_summary(cost_models, queries)
 fig, ax = plt.subplots(figsize=(8, 4.5))
 plots.query_time_plot(queries, ax=ax)
 run.savefig(fig, "query_time")
-nmax = int(queries["n_gallery"].max())
-qmax = queries[queries["n_gallery"] == nmax].sort_values("query_s")
-run.glue("cost_n", f"{nmax:,}")
-run.glue("cost_fastest", f"{qmax.iloc[0]['model']} ({qmax.iloc[0]['protocol']}): {qmax.iloc[0]['query_s'] * 1e3:,.1f} ms")
-run.glue("cost_slowest", f"{qmax.iloc[-1]['model']} ({qmax.iloc[-1]['protocol']}): "
-                         f"{qmax.iloc[-1]['query_s'] * 1e3:,.1f} ms"
-                         f"{' (extrapolated)' if qmax.iloc[-1]['basis'] != 'measured' else ''}")
-nmin = int(queries["n_gallery"].min())
-growth = (queries.pivot_table(index=["model", "protocol"], columns="n_gallery", values="query_s", sort=False)
-          .pipe(lambda w: w[nmax] / w[nmin]))
-run.glue("cost_growth", "; ".join(f"{m} ({p}) ×{g:,.1f}" for (m, p), g in growth.items()))
-run.glue("cost_nmin", f"{nmin:,}")
-run.glue("cost_n_ratio", f"{nmax / nmin:,.0f}")
+for key, value in report.cost_glue(queries).items():
+    run.glue(key, value)
 
 # %% [markdown]
 # At N = {glue:text}`cost_n` images the fastest query is {glue:text}`cost_fastest` and the slowest

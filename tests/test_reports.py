@@ -127,3 +127,38 @@ def test_fairness_gender_counts_per_source():
     table = counts_table(counts)
     assert list(table.columns) == ["man", "woman", "mixed", "neutral"] and list(table.index) == ["a", "b"]
     assert table.loc["a"].tolist() == [1, 0, 1, 1] and table.loc["b"].tolist() == [0, 1, 0, 0]
+
+
+def test_cost_glue_fastest_slowest_and_growth():
+    import pandas as pd
+
+    from vlnb.comparison.report import cost_glue
+
+    q = pd.DataFrame({"model": ["dual", "dual", "cross", "cross"], "protocol": ["ITC", "ITC", "ITM", "ITM"],
+                      "n_gallery": [100, 1000, 100, 1000], "query_s": [0.001, 0.002, 0.01, 0.1],
+                      "basis": ["measured", "measured", "measured", "extrapolated"]})
+    g = cost_glue(q)
+    assert g["cost_n"] == "1,000" and g["cost_nmin"] == "100" and g["cost_n_ratio"] == "10"
+    assert g["cost_fastest"] == "dual (ITC): 2.0 ms"
+    assert g["cost_slowest"] == "cross (ITM): 100.0 ms (extrapolated)"
+    assert g["cost_growth"] == "dual (ITC) ×2.0; cross (ITM) ×10.0"
+
+
+def test_chapter_pages_pivot_the_right_values():
+    import pandas as pd
+
+    from vlnb.comparison.report import r1_interval_page, t2i_page
+    from vlnb.train.report import variant_costs
+
+    iv = pd.DataFrame({"dataset": ["w", "w", "w"], "model": ["m", "m", "m"], "direction": ["t2i", "i2t", "t2i"],
+                       "k": [1, 1, 5], "recall": [12.34, 30.0, 50.0], "ci_lo": [10.0, 25.0, 45.0],
+                       "ci_hi": [14.0, 35.0, 55.0]})
+    page = r1_interval_page(iv)
+    assert page.loc[("w", "m"), ("recall", "t2i")] == 12.3 and page.loc[("w", "m"), ("ci_hi", "i2t")] == 35.0
+    t2i = pd.DataFrame({"model": ["a", "a"], "protocol": ["p", "p"], "k": [1, 5], "recall": [1.0, 5.0],
+                        "chance": [0.1, 0.5]})
+    assert t2i_page(t2i).loc[("a", "p"), ("recall", 5)] == 5.0
+    var = pd.DataFrame({"variant": ["self", "self", "cross"], "train_time_s": [1.0, 3.0, 5.0],
+                        "peak_memory_mb": [10.0, 10.0, 20.0], "params": [100, 100, 200]})
+    costs = variant_costs(var)
+    assert list(costs.index) == ["self", "cross"] and costs.loc["self", "train_time_s"] == 2.0

@@ -94,3 +94,33 @@ def zeroshot_bars(zeroshot: pd.DataFrame):
 
 __all__ = ["ZEROSHOT_COLUMNS", "ZEROSHOT_PCT", "best_r1_glue", "datasets_table", "models_table", "published_wide", "retrieval_wide",
            "zeroshot_bars", "zeroshot_table"]
+
+
+def r1_interval_page(intervals: pd.DataFrame) -> pd.DataFrame:
+    """Recall@1 with its bootstrap interval, one row per (data set, model), directions side by side (%)."""
+    return intervals[intervals["k"] == 1].pivot_table(index=["dataset", "model"], columns="direction",
+                                                      values=["recall", "ci_lo", "ci_hi"], sort=False).round(1)
+
+
+def t2i_page(t2i: pd.DataFrame) -> pd.DataFrame:
+    """The text→image experiment: recall and chance per (model, protocol), K across (%)."""
+    return t2i.pivot_table(index=["model", "protocol"], columns="k", values=["recall", "chance"]).round(1)
+
+
+def cost_glue(queries: pd.DataFrame) -> dict[str, str]:
+    """The prose numbers of the cost section: fastest and slowest query at the largest gallery, and how
+    much each model's query time grows from the smallest to the largest gallery."""
+    nmax, nmin = int(queries["n_gallery"].max()), int(queries["n_gallery"].min())
+    qmax = queries[queries["n_gallery"] == nmax].sort_values("query_s")
+    fast, slow = qmax.iloc[0], qmax.iloc[-1]
+    growth = (queries.pivot_table(index=["model", "protocol"], columns="n_gallery", values="query_s", sort=False)
+              .pipe(lambda w: w[nmax] / w[nmin]))
+    return {
+        "cost_n": f"{nmax:,}",
+        "cost_fastest": f"{fast['model']} ({fast['protocol']}): {fast['query_s'] * 1e3:,.1f} ms",
+        "cost_slowest": f"{slow['model']} ({slow['protocol']}): {slow['query_s'] * 1e3:,.1f} ms"
+                        f"{' (extrapolated)' if slow['basis'] != 'measured' else ''}",
+        "cost_growth": "; ".join(f"{m} ({p}) ×{g:,.1f}" for (m, p), g in growth.items()),
+        "cost_nmin": f"{nmin:,}",
+        "cost_n_ratio": f"{nmax / nmin:,.0f}",
+    }

@@ -66,3 +66,15 @@ def held_out_glue(results: pd.DataFrame) -> dict[str, str]:
 
 
 __all__ = ["RESULT_COLUMNS", "held_out_glue", "held_out_results", "recall_table"]
+
+
+def fusion_page(fusion: pd.DataFrame) -> pd.DataFrame:
+    """Chapter 2's fusion table: R@1 and chance per model, protocol and direction (%)."""
+    return fusion[fusion["k"] == 1].pivot_table(index=["model", "first stage", "train time (s)"],
+                                                columns=["protocol", "direction"],
+                                                values=["recall", "chance"]).round(1)
+
+
+def variant_costs(variants: pd.DataFrame) -> pd.DataFrame:
+    """Mean train time, peak memory and parameters of each attention variant over its seeds."""
+    return variants.groupby("variant", sort=False)[["train_time_s", "peak_memory_mb", "params"]].mean().round(1)
