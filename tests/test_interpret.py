@@ -400,13 +400,13 @@ NOTEBOOK = REPO_ROOT / "notebooks" / "06_interpretability.ipynb"
 
 def _stand_in_artifacts(root):
     """Untrained reference models saved where vlnb.zoo looks, so the chapter runs without training them."""
-    from vlnb.zoo import RECIPES, _build, reference_data
+    from vlnb.zoo import RECIPES, build_model, reference_data
 
     for name in ("scratch-world", "towers-coco"):
         r = RECIPES[name]
         train = reference_data(name, n_train=100, n_test=0)["train"] if r.data == "world" else reference_data(name)["train"]
         torch.manual_seed(0)
-        _build(r, train).save(root / "offline" / name / "model")
+        build_model(r, train).save(root / "offline" / name / "model")
         (root / "offline" / name / "recipe.json").write_text(json.dumps(r.key(), default=str))
 
 
@@ -422,12 +422,12 @@ def test_chapter_offline(tmp_path, monkeypatch):
     run_notebook(NOTEBOOK, {"n_images": 6, "n_overlays": 2, "n_entropy": 2, "n_bootstrap": 50, "progress": False},
                  out_dir=out, progress=False)
     s = pd.read_csv(out / "results" / "pointing_game.csv")
-    assert set(s["model"]) == {"scratch-world", "towers-coco"}
+    assert {"scratch-world", "towers-coco"} <= set(s["model"])  # plus the fusion recipes of the offline profile
     assert set(s.loc[s["model"] == "towers-coco", "method"]) == {"gradcam"}
     assert {"cls_attention", "rollout_mean", "rollout_max", "chefer"} <= set(s.loc[s["model"] == "scratch-world", "method"])
     assert s["energy_target"].between(0, 1).all()
     grids = pd.read_csv(out / "results" / "patch_grids.csv")
-    assert set(grids["grid"]) == {"8x8", "7x7"}
+    assert {"8x8", "7x7"} <= set(grids["grid"])
     for fig in ("overlays_world", "overlays_coco", "pointing_game", "entropy_all_rows"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 1000
 
