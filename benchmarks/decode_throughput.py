@@ -39,6 +39,21 @@ def image_sets(n_world: int):
     ]
 
 
+def clock(times: dict, cpu: dict, key: str, fn, *args):
+    """``fn(*args)``, its wall and CPU seconds appended to ``times[key]`` and ``cpu[key]``."""
+    t, c = time.perf_counter(), time.process_time()
+    out = fn(*args)
+    times[key].append(time.perf_counter() - t)
+    cpu[key].append(time.process_time() - c)
+    return out
+
+
+def cached_pixels(px, manifest, pre, cache_dir):
+    """The decoded-pixel cache entry of ``manifest`` and the normalised pixels of its usable rows."""
+    x = px.decoded_pixels(manifest, pre, cache_dir=cache_dir, progress=False)
+    return x, x.normalized(x.ok_rows)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repetitions (median and spread printed)")
@@ -59,32 +74,15 @@ def main(argv=None) -> None:
         same = True
         for _ in range(args.repeats):
             with tempfile.TemporaryDirectory() as d:
-                t, c = time.perf_counter(), time.process_time()
-                ref = torch.cat([pre([open_rgb(s)]) for s in manifest["image"]])
-                times["every"].append(time.perf_counter() - t)
-                cpu["every"].append(time.process_time() - c)
-
+                ref = clock(times, cpu, "every", lambda: torch.cat([pre([open_rgb(s)])  # noqa: B023 -- called at once
+                                                                    for s in manifest["image"]]))  # noqa: B023
                 px.clear_memo()
-                t, c = time.perf_counter(), time.process_time()
-                x = px.decoded_pixels(manifest, pre, cache_dir=d, progress=False)
-                got = x.normalized(x.ok_rows)
-                times["cold"].append(time.perf_counter() - t)
-                cpu["cold"].append(time.process_time() - c)
+                x, got = clock(times, cpu, "cold", cached_pixels, px, manifest, pre, d)
                 same &= torch.equal(got, ref)
-
                 px.clear_memo()
-                t, c = time.perf_counter(), time.process_time()
-                x = px.decoded_pixels(manifest, pre, cache_dir=d, progress=False)
-                got = x.normalized(x.ok_rows)
-                times["warm"].append(time.perf_counter() - t)
-                cpu["warm"].append(time.process_time() - c)
+                x, got = clock(times, cpu, "warm", cached_pixels, px, manifest, pre, d)
                 same &= torch.equal(got, ref) and x.from_cache
-
-                t, c = time.perf_counter(), time.process_time()
-                x = px.decoded_pixels(manifest, pre, cache_dir=d, progress=False)
-                got = x.normalized(x.ok_rows)
-                times["memo"].append(time.perf_counter() - t)
-                cpu["memo"].append(time.process_time() - c)
+                x, got = clock(times, cpu, "memo", cached_pixels, px, manifest, pre, d)
                 del x, got
                 px.clear_memo()
         print(f"\n{data_name}, {pre_name}: {n} images; cached pixels identical to decoding: {same}")

@@ -112,8 +112,10 @@ pd.Series(cfg.model_dump(), name="value").to_frame()
 # - **world**: test scenes of the offline world with two objects whose colour and shape are unique in
 #   the image; the text is the world grammar's noun phrase, e.g. *"a red circle"*, and each image is used
 #   in both directions (A named, B the distractor, and the other way round);
-# - **coco**: real COCO val2017 images with pycocotools masks (all instances of a category); the text is
-#   a human caption that names the target category and not the distractor's.
+# - **coco**: real COCO images (offline coco-mini's val2017, in the full profile the `coco_split` folder of
+#   `coco_root`) with pycocotools masks (all instances of a category); the text is a human caption that
+#   names the target category and not the distractor's. ViLT keeps each photo's aspect ratio, so its
+#   pairs are explained in batches of one input size (one patch grid per batch).
 
 # %%
 if cfg.profile == "offline":

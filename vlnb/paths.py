@@ -14,7 +14,12 @@ import json
 import os
 import re
 import secrets
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
@@ -65,6 +70,32 @@ def sidecar_digest(meta: dict) -> str:
     pixel caches store it so that a changed id list or shape is detected, not only a changed array."""
     body = {k: v for k, v in meta.items() if k != "meta_sha256"}
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def load_sidecar_entry(payload: str | os.PathLike, sidecar: str | os.PathLike, key: str, fmt: object,
+                       read: Callable[[Path, dict], T], what: str, stacklevel: int = 1) -> tuple[T, dict] | None:
+    """A cache entry whose JSON ``sidecar`` carries its own checksum (:func:`sidecar_digest`), as
+    ``(read(payload, meta), meta)``; None when there is no sidecar.
+
+    The sidecar must be JSON of this ``key`` and format ``fmt`` and unchanged since it was written; ``read``
+    loads the payload and raises when it does not match ``meta`` (shape, checksum). Anything wrong -- corrupt,
+    truncated, garbage, half-written, edited -- gives a warning naming the ``what`` cache entry and None, so the
+    caller recomputes and never crashes. ``stacklevel`` as :func:`warnings.warn`'s, counted from the caller.
+    """
+    payload, sidecar = Path(payload), Path(sidecar)
+    if not sidecar.exists():
+        return None
+    try:
+        meta = json.loads(sidecar.read_text())
+        if meta.get("key") != key or meta.get("format") != fmt:
+            raise ValueError("sidecar key/format does not match")
+        if meta.get("meta_sha256") != sidecar_digest(meta):
+            raise ValueError("sidecar checksum mismatch (its image ids or metadata were changed)")
+        return read(payload, meta), meta
+    except Exception as e:  # noqa: BLE001 -- corrupt, truncated, garbage, half-written: recompute, never crash
+        warnings.warn(f"{what} cache entry {payload.name} is unusable ({type(e).__name__}: {e}); recomputing",
+                      stacklevel=stacklevel + 1)
+        return None
 
 
 def atomic_write(path: str | os.PathLike, write) -> Path:

@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import threading
-import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ import pandas as pd
 import PIL
 import torch
 
-from ..paths import atomic_write, clean_stale_temp, sidecar_digest, temp_name
+from ..paths import atomic_write, clean_stale_temp, load_sidecar_entry, sidecar_digest, temp_name
 from ..paths import cache_dir as default_cache_dir
 from ..progress import tqdm
 from ..timing import timed
@@ -187,28 +186,19 @@ def _paths(directory: Path, key: str) -> tuple[Path, Path]:
 
 
 def _load(directory: Path, key: str, preprocess) -> DecodedPixels | None:
-    apath, jpath = _paths(directory, key)
-    if not jpath.exists():
-        return None
-    try:
-        meta = json.loads(jpath.read_text())
-        if meta.get("key") != key or meta.get("format") != FORMAT_VERSION:
-            raise ValueError("sidecar key/format does not match")
+    def read(apath: Path, meta: dict) -> DecodedPixels:
         arr = np.load(apath, mmap_mode="r", allow_pickle=False)
         if list(arr.shape) != meta["shape"] or arr.dtype != np.uint8:
             raise ValueError(f"array shape/dtype {arr.shape}/{arr.dtype} does not match the sidecar")
-        if meta.get("meta_sha256") != sidecar_digest(meta):
-            raise ValueError("sidecar checksum mismatch (its image ids or rows were changed)")
         if _digest(arr) != meta["sha256"]:
             raise ValueError("checksum mismatch")
         valid = np.asarray(meta["valid"], dtype=bool)
         if len(valid) != len(arr) or len(meta["image_ids"]) != len(arr):
             raise ValueError("sidecar rows do not match the array")
         return _assemble(arr, valid, meta["image_ids"], meta["skipped"], preprocess, key, True, apath)
-    except Exception as e:  # noqa: BLE001 -- corrupt, truncated, garbage, half-written: recompute, never crash
-        warnings.warn(f"pixel cache entry {apath.name} is unusable ({type(e).__name__}: {e}); recomputing",
-                      stacklevel=3)
-        return None
+
+    hit = load_sidecar_entry(*_paths(directory, key), key, FORMAT_VERSION, read, "pixel", stacklevel=3)
+    return hit[0] if hit is not None else None
 
 
 def _assemble(arr, valid, image_ids, skipped_rows, preprocess, key, hit, path) -> DecodedPixels:

@@ -26,7 +26,6 @@ import contextlib
 import hashlib
 import json
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,7 @@ from ..data.images import REPORT_COLUMNS, empty_report, try_open_rgb
 from ..data.manifest import fingerprint as manifest_fingerprint
 from ..data.pixels import cacheable, decoded_pixels
 from ..device import autocast, precision_name
-from ..paths import atomic_write, clean_stale_temp, sidecar_digest
+from ..paths import atomic_write, clean_stale_temp, load_sidecar_entry, sidecar_digest
 from ..paths import cache_dir as default_cache_dir
 from ..progress import tqdm
 from ..timing import timed
@@ -114,22 +113,13 @@ def _cache_paths(directory: Path, key: str) -> tuple[Path, Path]:
 
 def _load_cache(directory: Path, key: str) -> tuple[torch.Tensor, dict] | None:
     """The cached ``(embeddings, meta)`` for ``key``, or None (absent, or unreadable -> warning)."""
-    tpath, jpath = _cache_paths(directory, key)
-    if not jpath.exists():
-        return None
-    try:
-        meta = json.loads(jpath.read_text())
-        if meta.get("key") != key or meta.get("format") != FORMAT_VERSION:
-            raise ValueError("sidecar key/format does not match")
+    def read(tpath: Path, meta: dict) -> torch.Tensor:
         emb = load_file(str(tpath))["embeddings"]
-        if meta.get("meta_sha256") != sidecar_digest(meta):
-            raise ValueError("sidecar checksum mismatch (its image ids or metadata were changed)")
         if list(emb.shape) != meta["shape"] or _tensor_digest(emb) != meta["sha256"]:
             raise ValueError("tensor checksum/shape mismatch")
-        return emb, meta
-    except Exception as e:  # noqa: BLE001 -- corrupt, truncated, garbage, half-written: recompute, never crash
-        warnings.warn(f"feature cache entry {tpath.name} is unusable ({type(e).__name__}: {e}); recomputing")
-        return None
+        return emb
+
+    return load_sidecar_entry(*_cache_paths(directory, key), key, FORMAT_VERSION, read, "feature")
 
 
 def _save_cache(directory: Path, key: str, emb: torch.Tensor, meta: dict) -> None:

@@ -53,14 +53,29 @@ class PointingPair:
 # ---------------------------------------------------------------------------------------------- frames
 def mask_in_frame(mask: np.ndarray, preprocess: ImagePreprocess) -> np.ndarray:
     """A boolean ``(h, w)`` mask of the original image moved into the model's input frame ``(H, W)``:
-    the same resize and crop as ``preprocess`` (nearest-neighbour, so it stays binary)."""
+    ``preprocess``'s own resize and crop (:meth:`~vlnb.models.transforms.ImagePreprocess.resize_mask`,
+    nearest-neighbour, so it stays binary), so the frame is the model's also where a subclass resizes its own
+    way (ViLT's aspect-kept sides floored to whole patches)."""
     m = np.asarray(mask)
     if m.ndim != 2:
         raise ValueError(f"mask must be (H, W), got shape {m.shape}")
-    geo = ImagePreprocess(preprocess.resize, preprocess.crop, "nearest", preprocess.mean, preprocess.std,
-                          preprocess.crop_offset)
-    im = Image.fromarray(m.astype(np.uint8) * 255).convert("RGB")
-    return geo.to_unit([im])[0, 0].numpy() > 0.5
+    return preprocess.resize_mask(m)
+
+
+def size_batches(preprocess: ImagePreprocess, images: Sequence[Image.Image], batch_size: int) -> list[list[int]]:
+    """Positions of ``images`` in batches of at most ``batch_size`` whose model inputs have one size.
+
+    A map lives on one patch grid, so a batch must not mix input sizes: ViLT keeps each image's aspect ratio
+    and pads a mixed batch, and its padded patches are not a grid cell of any image. With a fixed-size
+    preprocessing this is ``range(len(images))`` cut every ``batch_size``; otherwise sizes are grouped in the
+    order they first occur, positions in order within a group.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, im in enumerate(images):
+        groups.setdefault(tuple(preprocess.output_hw(im.height, im.width)), []).append(i)
+    return [g[s: s + batch_size] for g in groups.values() for s in range(0, len(g), batch_size)]
 
 
 def image_in_frame(image: Image.Image, preprocess: ImagePreprocess) -> np.ndarray:
@@ -235,41 +250,42 @@ def score_pairs(model, model_name: str, pairs: Sequence[PointingPair], methods: 
     """Explain every pair with ``model`` and score its maps against the target and distractor masks.
 
     Returns one row per (pair, method) -- energy shares, hits, area shares of both masks in the model's
-    frame -- and the first ``keep`` pairs as :class:`Example` for overlays. Pairs whose target or distractor
-    falls outside the model's crop are dropped (column ``n_dropped`` of :func:`summarise` counts them).
+    frame -- and the first ``keep`` pairs as :class:`Example` for overlays, both in pair order. Pairs whose
+    target or distractor falls outside the model's crop are dropped (column ``n_dropped`` of :func:`summarise`
+    counts them). Batches never mix input sizes (:func:`size_batches`).
     """
 
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     methods = list(methods) if methods is not None else supported_methods(model)
-    recs, examples = [], []
-    starts = range(0, len(pairs), batch_size)
+    recs: dict[int, list[dict]] = {}
+    examples: dict[int, Example] = {}
+    batches = size_batches(model.preprocess, [p.image for p in pairs], batch_size)
     if progress:
-
-        starts = tqdm(starts, desc=f"pointing game: {model_name}", leave=False)
-    for s in starts:
-        batch = list(pairs[s: s + batch_size])
+        batches = tqdm(batches, desc=f"pointing game: {model_name}", leave=False)
+    for idx in batches:
+        batch = [pairs[j] for j in idx]
         pixels = model.preprocess([p.image for p in batch])
         maps = explain(model, pixels, [p.text for p in batch], methods=methods, upsample=upsample,
                        start_layer=start_layer)
-        for i, p in enumerate(batch):
+        for i, (j, p) in enumerate(zip(idx, batch)):
             tm, dm = mask_in_frame(p.target_mask, model.preprocess), mask_in_frame(p.distractor_mask, model.preprocess)
             dropped = not tm.any() or not dm.any()
+            recs[j] = []
             for m in methods:
                 mp = maps[m].pixels[i].numpy()
                 rec = {"model": model_name, "family": model.family, "dataset": p.dataset, "method": m,
-                       "pair": s + i, "image_id": p.image_id, "text": p.text, "target": p.target,
+                       "pair": j, "image_id": p.image_id, "text": p.text, "target": p.target,
                        "distractor": p.distractor, "dropped": dropped,
                        "area_target": float(tm.mean()), "area_distractor": float(dm.mean())}
                 if not dropped:
                     e_t, e_d = energy_share(np.stack([mp, mp]), np.stack([tm, dm]))
                     rec.update(energy_target=float(e_t), energy_distractor=float(e_d),
                                hit_target=pointing_hit(mp, tm, tolerance), hit_distractor=pointing_hit(mp, dm, tolerance))
-                recs.append(rec)
-            if s + i < keep:
-                examples.append(Example(s + i, p, image_in_frame(p.image, model.preprocess), tm, dm,
-                                        {m: maps[m].pixels[i].numpy() for m in methods}))
-    return pd.DataFrame(recs), examples
+                recs[j].append(rec)
+            if j < keep:
+                examples[j] = Example(j, p, image_in_frame(p.image, model.preprocess), tm, dm,
+                                      {m: maps[m].pixels[i].numpy() for m in methods})
+    return (pd.DataFrame([r for j in sorted(recs) for r in recs[j]]),
+            [examples[j] for j in sorted(examples)])
 
 
 def _cluster_bootstrap(values: np.ndarray, groups: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
@@ -318,4 +334,4 @@ def summarise(records: pd.DataFrame, n_boot: int = 1000, ci: float = 0.95, seed:
 
 
 __all__ = ["COCO_WORDS", "Example", "PointingPair", "coco_pairs", "energy_share", "image_in_frame", "mask_in_frame",
-           "mentions", "pointing_hit", "score_pairs", "summarise", "world_pairs"]
+           "mentions", "pointing_hit", "score_pairs", "size_batches", "summarise", "world_pairs"]

@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 
 from ..data import build_manifest
+from ..data.profiles import repo_path
 from ..device import resolve_device
 from ..zoo import RECIPES, reference_data
 from .explain import cnn_grid, entropy_table, explain, supported_methods
-from .pointing import PointingPair, coco_pairs, score_pairs, world_pairs
+from .pointing import PointingPair, coco_pairs, score_pairs, size_batches, world_pairs
 from .trace import trace_attention
 
 POINTING_DATASETS = ("world", "coco")
@@ -24,7 +25,8 @@ def load_pairs(datasets: Sequence[str], n_images: int, coco_root: str | None = N
                min_area: float = 0.01) -> dict[str, list[PointingPair]]:
     """``{dataset: pairs}``. ``world``: test images of the offline world the reference ViT was trained on
     (its recipe's config); ``coco``: ``coco_root`` / ``coco_split`` (None: the shared coco-mini val2017, the
-    towers' test set)."""
+    towers' test set; a relative root is relative to the repository, as in every chapter: a run's working
+    folder is its run folder)."""
 
     bad = [d for d in datasets if d not in POINTING_DATASETS]
     if bad:
@@ -40,7 +42,7 @@ def load_pairs(datasets: Sequence[str], n_images: int, coco_root: str | None = N
             if coco_root is None:
                 df = reference_data("towers-coco")["test"]
             else:
-                df, _ = build_manifest("coco", root=coco_root, split=coco_split)
+                df, _ = build_manifest("coco", root=repo_path(coco_root), split=coco_split)
             out[d] = coco_pairs(df, n_images, min_area=min_area)
     return out
 
@@ -74,14 +76,35 @@ def grid_row(model, name: str, pair: PointingPair) -> dict:
 
 def entropy_of(model, name: str, pairs: Sequence[PointingPair], n: int = 8) -> pd.DataFrame:
     """Attention entropy per layer/head on the first ``n`` pairs' images (with their texts, which ViLT's
-    joint attention depends on); empty for models without attention (the CNN towers)."""
+    joint attention depends on); empty for models without attention (the CNN towers).
+
+    Images are traced one input size at a time (:func:`~vlnb.interpret.pointing.size_batches`); when they
+    differ (ViLT keeps each image's aspect ratio) the per-size tables are averaged weighted by their images,
+    ``n_tokens`` included (rounded): the mean key count of the rows."""
     if model.family not in ("scratch", "clip", "blip", "blip2", "vilt", "fusion") or not pairs:
         return pd.DataFrame()
     batch = list(pairs[:n])
-    tr = trace_attention(model, model.preprocess([p.image for p in batch]), [p.text for p in batch])
-    t = entropy_table(tr)
+    tables = []
+    for idx in size_batches(model.preprocess, [p.image for p in batch], len(batch)):
+        tr = trace_attention(model, model.preprocess([batch[i].image for i in idx]), [batch[i].text for i in idx])
+        tables.append(entropy_table(tr).assign(images=len(idx)))
+    t = tables[0].drop(columns="images") if len(tables) == 1 else _pooled(tables)
     t.insert(0, "model", name)
     return t
+
+
+def _pooled(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Entropy tables of disjoint image groups as one: per (block, layer, head, rows) the mean weighted by the
+    groups' ``images`` (each table's values are means over its images)."""
+    t = pd.concat(tables, ignore_index=True)
+    values = ["n_tokens", "entropy", "max_entropy", "normalised"]
+    w = t["images"].to_numpy(dtype=float)
+    weighted = t[values].mul(w, axis=0).assign(images=w)
+    keys = ["block", "layer", "head", "rows"]
+    sums = pd.concat([t[keys], weighted], axis=1).groupby(keys, sort=False).sum()
+    out = sums[values].div(sums["images"], axis=0).reset_index()
+    out["n_tokens"] = out["n_tokens"].round().astype(int)
+    return out
 
 
 def run_pointing(models: Mapping[str, object], pairs: Mapping[str, Sequence[PointingPair]],

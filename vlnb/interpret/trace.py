@@ -157,19 +157,25 @@ def _dual_score(model, image_emb: torch.Tensor, texts: Sequence[str] | None):
 
 
 # ---------------------------------------------------------------------------------------------- per family
-def _trace_scratch(model, pixels, texts):
-    blocks = model.visual.blocks
-    attn_modules = [blk.attn for blk in blocks]
+def _kept_weights(attn_modules, run, name: str):
+    """``(run(), weights)``: ``run()`` with vlnb's own :class:`~vlnb.models.scratch.Attention` modules keeping
+    their softmax weights (the scratch ViT, the fusion models), switched off again whatever happens."""
     for a in attn_modules:
         a.keep_weights, a.weights = True, None
     try:
-        emb = model.encode_image(pixels)
+        out = run()
         weights = [a.weights for a in attn_modules]
     finally:
         for a in attn_modules:
             a.keep_weights, a.weights = False, None
     if any(w is None for w in weights):
-        raise RuntimeError(f"{model.name}: an attention block kept no weights")
+        raise RuntimeError(f"{name}: an attention block kept no weights")
+    return out, weights
+
+
+def _trace_scratch(model, pixels, texts):
+    emb, weights = _kept_weights([blk.attn for blk in model.visual.blocks], lambda: model.encode_image(pixels),
+                                 model.name)
     grid = _grid_of(pixels, model.config.patch_size, model.name)
     _check_grid(weights[0].shape[-1], 1, grid, model.name)
     positions = _sequential_positions(len(pixels), 1, grid, pixels.device)
@@ -227,6 +233,10 @@ def _trace_blip2(model, pixels, texts):
 def _trace_vilt(model, pixels, texts):
     if texts is None:
         raise ValueError(f"{model.name}: ViLT is a cross encoder, its attention depends on the text; pass texts")
+    if bool(torch.isnan(pixels).any()):  # ViltPreprocess pads a batch of different sizes with NaN
+        raise PatchGridError(f"{model.name}: the batch mixes input sizes (NaN padding): a map needs one patch grid, "
+                             "and HF's ViLT fills padded images with padding patches; trace images of one size "
+                             "together (vlnb.interpret.pointing.size_batches)")
     net = model.model
     emb_module = net.vilt.embeddings
     layers = net.vilt.encoder.layer
@@ -290,16 +300,7 @@ def _trace_fusion(model, pixels, texts):
         mods = [blk.attn for blk in model.blocks]
         tokens = model.tokenize(list(texts))
         run = lambda: model.itm_logits(pixels, **tokens)[:, 1]
-    for a in mods:
-        a.keep_weights, a.weights = True, None
-    try:
-        out = run()
-        weights = [a.weights for a in mods]
-    finally:
-        for a in mods:
-            a.keep_weights, a.weights = False, None
-    if any(w is None for w in weights):
-        raise RuntimeError(f"{model.name}: an attention block kept no weights")
+    out, weights = _kept_weights(mods, run, model.name)
     grid = _grid_of(pixels, model.config.vit_config().patch_size, model.name)
     if arch != "vilt":
         _check_grid(weights[0].shape[-1], 1, grid, model.name)

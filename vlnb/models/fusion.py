@@ -119,20 +119,6 @@ class FusionConfig:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def vit_tokens(vit: VisionTransformer, pixels: torch.Tensor) -> torch.Tensor:
-    """All output tokens ``(B, 1 + n_patches, width)`` of a scratch ViT (CLS first), after ``ln_post``:
-    :meth:`VisionTransformer.forward` without the pooling and projection."""
-    s = vit.image_size
-    if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, s, s):
-        raise ValueError(f"expected pixel_values of shape (B, 3, {s}, {s}), got {tuple(pixels.shape)}")
-    x = vit.patch_embed(pixels).flatten(2).transpose(1, 2)
-    x = torch.cat([vit.cls_token.expand(len(x), 1, -1).to(x.dtype), x], dim=1) + vit.pos_emb.to(x.dtype)
-    x = vit.ln_pre(x)
-    for blk in vit.blocks:
-        x = blk(x)
-    return vit.ln_post(x)
-
-
 def block_forward(blk: Block, x: torch.Tensor, mask=None, context=None, cross_rows: int | None = None):
     """One pre-norm block with its cross-attention applied only when ``context`` is given (to the first
     ``cross_rows`` positions, all when None): BLIP's unimodal / grounded modes share these weights."""
@@ -305,7 +291,7 @@ class ScratchBLIP(_FusionBase, DualEncoder):
         return float(self.log_logit_scale.detach().exp())
 
     def image_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return vit_tokens(self.visual, pixel_values.to(self.device, self.dtype))
+        return self.visual.forward_tokens(pixel_values.to(self.device, self.dtype))
 
     def embed_image_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.visual.proj(tokens[:, 0]), dim=-1)
@@ -386,7 +372,7 @@ class ScratchQFormer(_FusionBase, DualEncoder):
     def frozen_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``(B, 1 + n_patches, backbone width)`` patch tokens of the frozen tower (cacheable: they never change;
         its weights take no gradient, the input still may, for gradient-based saliency)."""
-        return vit_tokens(self.backbone.eval(), pixel_values.to(self.device, self.dtype))
+        return self.backbone.eval().forward_tokens(pixel_values.to(self.device, self.dtype))
 
     def query_outputs(self, features: torch.Tensor) -> torch.Tensor:
         """``(B, Q, width)`` query outputs over frozen ``features`` (queries self- and cross-attend)."""
@@ -513,5 +499,5 @@ def load_fusion(directory: str | Path, device="auto"):
 
 __all__ = [
     "ARCHS", "FAMILY", "FusionConfig", "GroundedTextEncoder", "ScratchBLIP", "ScratchQFormer", "ScratchViLT",
-    "block_forward", "create_fusion", "is_fusion_dir", "load_fusion", "qformer_config", "vit_tokens",
+    "block_forward", "create_fusion", "is_fusion_dir", "load_fusion", "qformer_config",
 ]

@@ -332,7 +332,9 @@ class VisionTransformer(nn.Module):
         self.ln_post = nn.LayerNorm(c.width)
         self.proj = nn.Linear(c.width, c.embed_dim, bias=False)
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+    def forward_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """All output tokens ``(B, 1 + n_patches, width)`` (CLS first) after ``ln_post``, before pooling and the
+        projection (what the fusion models read)."""
         s = self.image_size
         if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, s, s):
             raise ValueError(f"expected pixel_values of shape (B, 3, {s}, {s}), got {tuple(pixels.shape)}")
@@ -341,7 +343,10 @@ class VisionTransformer(nn.Module):
         x = self.ln_pre(x)
         for blk in self.blocks:
             x = blk(x)
-        x = self.ln_post(x)
+        return self.ln_post(x)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = self.forward_tokens(pixels)
         return self.proj(x[:, 0] if self.pooling == "cls" else x[:, 1:].mean(dim=1))
 
 

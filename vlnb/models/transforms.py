@@ -4,7 +4,7 @@ One class, :class:`ImagePreprocess`, covers every model here; what differs is it
 
 - CLIP (OpenAI ``clip.load`` / ``CLIPImageProcessor``): shortest edge -> 224 bicubic, center crop 224;
 - BLIP / BLIP-2 (LAVIS ``blip_image_eval``, ``BlipImageProcessor``): resize to a square, no crop;
-- ViLT: square resize to its processor's shortest edge (see :mod:`vlnb.models.vilt`);
+- ViLT: aspect-kept resize, sides floored to whole patches (:class:`vlnb.models.vilt.ViltPreprocess`);
 - EfficientNet-Lite0: shortest edge 256, center crop 224.
 
 Resizing is PIL's (what torchvision's ``Resize`` does on PIL images and what HF's PIL backend does), so the
@@ -83,19 +83,26 @@ class ImagePreprocess:
             return self.crop
         return None if isinstance(self.resize, int) else self.resize
 
+    def output_hw(self, height: int, width: int) -> tuple[int, int]:
+        """``(H, W)`` of the output for a ``height x width`` image (:attr:`output_size` when it is fixed)."""
+        return self.crop if self.crop is not None else self._resized_hw(height, width)
+
     def __repr__(self) -> str:
         return f"ImagePreprocess({self.config})"
 
     # ------------------------------------------------------------------------------------------------
+    def _resized_hw(self, h: int, w: int) -> tuple[int, int]:
+        """``(H, W)`` after the resize, before the crop."""
+        if not isinstance(self.resize, int):
+            return self.resize
+        if w <= h:
+            return int(self.resize * h / w), self.resize
+        return self.resize, int(self.resize * w / h)
+
     def _resize(self, im: Image.Image, resample: str | None = None) -> Image.Image:
         w, h = im.size
-        if isinstance(self.resize, int):
-            short, long = (w, h) if w <= h else (h, w)
-            new_short, new_long = self.resize, int(self.resize * long / short)
-            size = (new_short, new_long) if w <= h else (new_long, new_short)
-        else:
-            size = (self.resize[1], self.resize[0])
-        return im if size == (w, h) else im.resize(size, RESAMPLE[resample or self.resample])
+        nh, nw = self._resized_hw(h, w)
+        return im if (nw, nh) == (w, h) else im.resize((nw, nh), RESAMPLE[resample or self.resample])
 
     def _crop(self, im: Image.Image) -> Image.Image:
         if self.crop is None:
@@ -110,8 +117,8 @@ class ImagePreprocess:
             top, left = (h - ch) // 2, (w - cw) // 2
         return im.crop((left, top, left + cw, top + ch))
 
-    def _resized(self, images) -> list[np.ndarray]:
-        """The resized/cropped images as ``(H, W, 3)`` uint8 arrays, all of one size."""
+    def _arrays(self, images) -> list[np.ndarray]:
+        """The resized/cropped images (one PIL image or several) as ``(H, W, 3)`` uint8 arrays."""
         if isinstance(images, Image.Image):
             images = [images]
         arrays = []
@@ -120,11 +127,16 @@ class ImagePreprocess:
                 raise TypeError(f"expected PIL images, got {type(im).__name__}")
             im = self._crop(self._resize(im if im.mode == "RGB" else im.convert("RGB")))
             arrays.append(np.asarray(im, dtype=np.uint8))
+        if not arrays:
+            raise ValueError("no images given")
+        return arrays
+
+    def _resized(self, images) -> list[np.ndarray]:
+        """:meth:`_arrays`, all of one size."""
+        arrays = self._arrays(images)
         shapes = {a.shape for a in arrays}
         if len(shapes) > 1:
             raise ValueError(f"images preprocess to different sizes {sorted(shapes)}; use a crop or a fixed (h, w) resize")
-        if not arrays:
-            raise ValueError("no images given")
         return arrays
 
     def to_unit(self, images) -> torch.Tensor:

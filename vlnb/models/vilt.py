@@ -29,7 +29,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..device import resolve_device
 from .base import CrossEncoder, hf_load_kwargs, load_hf_strict
@@ -85,18 +84,6 @@ class ViltPreprocess(ImagePreprocess):
         nh, nw = self.output_hw(h, w)
         return im if (nw, nh) == (w, h) else im.resize((nw, nh), RESAMPLE[resample or self.resample])
 
-    def _resized(self, images) -> list:
-        if isinstance(images, Image.Image):
-            images = [images]
-        out = []
-        for im in images:
-            if not isinstance(im, Image.Image):
-                raise TypeError(f"expected PIL images, got {type(im).__name__}")
-            out.append(np.asarray(self._resize(im if im.mode == "RGB" else im.convert("RGB")), dtype=np.uint8))
-        if not out:
-            raise ValueError("no images given")
-        return out
-
     @staticmethod
     def _pad(arrays: list[torch.Tensor]) -> torch.Tensor:
         """``(3, h_i, w_i)`` tensors -> one ``(B, 3, H, W)`` batch, NaN where an image has no pixel."""
@@ -108,11 +95,11 @@ class ViltPreprocess(ImagePreprocess):
 
     def to_unit(self, images) -> torch.Tensor:
         arrays = [torch.from_numpy(a.astype(np.float32) / np.float32(255.0)).permute(2, 0, 1)
-                  for a in self._resized(images)]
+                  for a in self._arrays(images)]
         return self._pad(arrays)
 
     def to_uint8(self, images) -> torch.Tensor:
-        arrays = self._resized(images)
+        arrays = self._arrays(images)
         if len({a.shape for a in arrays}) > 1:
             raise ValueError("ViLT inputs of different sizes cannot share a uint8 batch; use to_unit / __call__, "
                              "which pad with NaN")
