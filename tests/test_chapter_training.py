@@ -1,27 +1,30 @@
-"""Chapter 2 end to end (offline): reference models trained or loaded, results above chance, side experiments."""
+"""Chapter 2 end to end (offline), as the session's offline book ran it (tests/conftest.py::offline_book): reference
+models trained from scratch, results above chance, the fusion encoders and the side experiments."""
 
-import pandas as pd
+import itertools
+
 import pytest
 
-from vlnb.paths import REPO_ROOT
-from vlnb.runs import run_notebook
-
-NB = REPO_ROOT / "notebooks" / "02_clip_training.ipynb"
+STEM = "02_clip_training"
 
 
 @pytest.mark.slow
-def test_chapter2_offline(tmp_path):
-    # the reference models go to the default artifacts folder: trained once, then shared with the other chapters
-    params = {"variant_n_train": 200, "variant_n_test": 60, "variant_epochs": 1, "attention_variants": ["self", "local"],
-              "variant_warmup_steps": 0, "variant_seeds": [0, 1], "paired_n_train": 128, "paired_n_test": 64, "paired_epochs": 1}
-    run_notebook(NB, params, out_dir=tmp_path / "run", progress=False)
-    res = pd.read_csv(tmp_path / "run" / "results" / "results.csv")
-    assert set(res["model"]) == {"scratch-world", "towers-coco"}
+def test_chapter2_offline(offline_book):
+    cfg = offline_book.config(STEM)  # the offline defaults
+    res = offline_book.results(STEM, "results")
+    assert set(res["model"]) == set(cfg.recipes) == {"scratch-world", "towers-coco"}
     r1 = res[res["k"] == 1]
-    # held-out Recall@1 of the reference recipes: far above a random ranking
+    # held-out Recall@1 of the reference recipes (trained from scratch in this build): far above a random ranking
     assert (r1["recall"] > 5 * r1["chance"]).all(), r1[["model", "direction", "recall", "chance"]]
-    var = pd.read_csv(tmp_path / "run" / "results" / "attention_variants.csv")
-    assert list(var["variant"].unique()) == ["self", "local"] and (var["train_time_s"] > 0).all()
-    assert sorted(var["seed"]) == [0, 0, 1, 1]  # one row per (variant, seed)
-    paired = pd.read_csv(tmp_path / "run" / "results" / "paired_cifar.csv")
-    assert paired["metric"].str.startswith("t2i R@").sum() == 3 and (paired["train pairs"] == 128).all()
+    # the fusion encoders (ViLT-, BLIP-, BLIP-2-like) trained on top of the world model
+    fusion = offline_book.results(STEM, "fusion_results")
+    assert set(fusion["model"]) == set(cfg.fusion_recipes)
+    # text-encoder attention variants: one row per (variant, seed), in the order asked for
+    var = offline_book.results(STEM, "attention_variants")
+    assert list(var["variant"].unique()) == cfg.attention_variants and (var["train_time_s"] > 0).all()
+    pairs = list(zip(var["variant"], var["seed"]))
+    assert len(pairs) == len(set(pairs)) and set(pairs) == set(itertools.product(cfg.attention_variants,
+                                                                                  cfg.variant_seeds))
+    paired = offline_book.results(STEM, "paired_cifar")
+    assert paired["metric"].str.startswith("t2i R@").sum() == 3 and (paired["train pairs"] == cfg.paired_n_train).all()
+    assert (paired["test pairs"] == cfg.paired_n_test).all()

@@ -307,28 +307,30 @@ def test_run_heads_full_path_on_tiny_blip2(blip2, tmp_path):
 
 
 # ----------------------------------------------------------------------------- the notebook
-SMALL_OFFLINE = {"n_train_pairs": 120, "n_test_images": 60, "seeds": [0, 1, 2], "epochs": 3, "n_bootstrap": 100,
-                 "datasets": ["coco-mini", "world"]}
-
-
 @pytest.mark.slow
-def test_chapter3_offline_notebook(tmp_path):
-    from vlnb.runs import run_notebook
-
-    nb = REPO_ROOT / "notebooks" / "03_blip2_heads.ipynb"
-    run_notebook(nb, SMALL_OFFLINE, out_dir=tmp_path / "run", progress=False)
-    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "ok"
-    summary = pd.read_csv(tmp_path / "run" / "results" / "recall_summary.csv")
-    assert set(summary["dataset"]) == {"coco-mini", "world"}
+def test_chapter3_offline_notebook(offline_book):
+    """Chapter 3 as the session's offline book ran it (tests/conftest.py::offline_book), on the offline defaults."""
+    stem = "03_blip2_heads"
+    cfg = offline_book.config(stem)
+    run = offline_book.run(stem)
+    assert json.loads((run / "run.json").read_text())["status"] == "ok"
+    summary = offline_book.results(stem, "recall_summary")
+    assert set(summary["dataset"]) == set(cfg.datasets) == {"coco-mini", "world"}
     assert {"pretrained head", "linear head", "MLP head"} <= set(summary["method"])
     # the Q-Former over the 7x7 map runs where qformer_datasets says (offline default: coco-mini only)
-    assert set(summary.loc[summary["method"] == "Q-Former (7x7 map)", "dataset"]) == {"coco-mini"}
+    assert set(summary.loc[summary["method"] == "Q-Former (7x7 map)", "dataset"]) == set(cfg.qformer_datasets) \
+        == {"coco-mini"}
     trained = summary[summary["method"].isin(["linear head", "MLP head"])]
     # heads trained on frozen tower features are far above chance on both data sets
     r10 = trained[(trained["k"] == 10) & (trained["direction"] == "t2i")]
-    assert (r10["recall"] > 2 * r10["chance"]).all(), r10
-    for name in ("recall_bars", "pca_coco-mini", "pca_world", "geometry", "gallery_coco-mini", "gallery_world"):
-        assert (tmp_path / "run" / "figures" / f"{name}.png").stat().st_size > 5000
+    assert len(r10) == 2 * len(cfg.datasets) and (r10["recall"] > 2 * r10["chance"]).all(), r10
+    # every trained head is trained once per seed
+    per_seed = offline_book.results(stem, "recall_per_seed")
+    for (ds, method), seeds in per_seed[per_seed["method"].isin(["linear head", "MLP head"])].groupby(
+            ["dataset", "method"])["seed"]:
+        assert sorted(seeds.unique()) == sorted(cfg.seeds), (ds, method)
+    for name in ("recall_bars", "geometry", *(f"{f}_{ds}" for f in ("pca", "gallery") for ds in cfg.datasets)):
+        assert offline_book.figure(stem, name).stat().st_size > 5000, name
 
 
 @pytest.mark.slow

@@ -1,23 +1,18 @@
-"""End to end: the CLI, a papermill run of chapter 1, and a book build (tracked notebooks stay clean)."""
+"""End to end: the CLI, and the session's offline book build (tests/conftest.py::offline_book): chapter 1's papermill
+run, the built book, tracked notebooks left clean."""
 
-import hashlib
 import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from vlnb.cli import main
 from vlnb.data import load_manifest
-from vlnb.paths import REPO_ROOT, shared_data_dir
-from vlnb.runs import build_book, list_notebooks, run_notebook
-
-SMALL = {"world_n_train": 60, "world_n_test": 30, "n_grid": 6}
-
-
-def _digest(paths):
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+from vlnb.paths import shared_data_dir
+from vlnb.runs import list_notebooks
 
 
 def test_notebooks_are_clean_and_have_kernel_metadata():
@@ -68,38 +63,47 @@ def test_run_rejects_unknown_parameter_before_running(tmp_path):
 
 
 @pytest.mark.slow
-def test_chapter1_papermill_run(tmp_path):
-    nb = REPO_ROOT / "notebooks" / "01_data_prep.ipynb"
-    executed = run_notebook(nb, SMALL, out_dir=tmp_path / "run", progress=False)
-    record = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert record["status"] == "ok" and record["parameters"]["world_n_train"] == 60
-    world = load_manifest(tmp_path / "run" / "manifests" / "world.parquet")
-    assert (world["split"] == "train").sum() == 60
-    assert (tmp_path / "run" / "results" / "manifest_overview.csv").exists()
-    assert (tmp_path / "run" / "figures" / "world_grid.png").stat().st_size > 1000
-    assert executed.exists()
+def test_chapter1_papermill_run(offline_book):
+    """Chapter 1 as the book runs it (papermill via run_notebook, with conftest.BOOK_CH1_PARAMS: a small world)."""
+    run, small = offline_book.run("01_data_prep"), offline_book.params["01_data_prep"]
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "ok" and record["parameters"]["world_n_train"] == small["world_n_train"]
+    assert Path(record["parameters"]["out_dir"]) == run.resolve()
+    world = load_manifest(run / "manifests" / "world.parquet")
+    assert (world["split"] == "train").sum() == small["world_n_train"]
+    assert (world["split"] == "test").sum() == small["world_n_test"]
+    assert (run / "results" / "manifest_overview.csv").exists()
+    assert (run / "figures" / "world_grid.png").stat().st_size > 1000
+    assert (run / "01_data_prep.ipynb").exists()
 
 
 @pytest.mark.slow
-def test_book_build_keeps_tracked_notebooks_clean(tmp_path):
+def test_book_build_keeps_tracked_notebooks_clean(offline_book):
     tracked = list_notebooks()
-    before = _digest(tracked)
-    index = build_book(build_dir=tmp_path / "build", parameters={nb.stem: SMALL for nb in tracked[:1]}, progress=False)
+    assert [nb.name for nb in offline_book.notebooks] == [nb.name for nb in tracked]  # the whole book was built
+    index, build = offline_book.index, offline_book.build
     assert index.exists() and index.name == "index.html"
-    assert _digest(tracked) == before
+    # the build never touched the tracked notebooks (digests just before and just after it)
+    assert offline_book.tracked_after == offline_book.tracked_before
+    # every chapter ran to the end, and the book is built from the executed copies
+    for nb in tracked:
+        assert json.loads((offline_book.run(nb.stem) / "run.json").read_text())["status"] == "ok", nb.stem
+        assert (build / "src" / "notebooks" / nb.name).is_file(), nb.name
     html = (index.parent / "notebooks" / "01_data_prep.html").read_text()
     text = re.sub(r"<[^>]+>", "", html)
     # glued numbers are rendered into the prose (not left as {glue:text} roles)
     m = re.search(r"This run built (\d+) manifests with (\d+) images", text)
-    assert m and int(m.group(1)) == 3 and int(m.group(2)) >= 60 + 30
+    small = offline_book.params["01_data_prep"]
+    n_world = small["world_n_train"] + small["world_n_test"]
+    assert m and int(m.group(1)) == 3 and int(m.group(2)) >= n_world
     assert "glue:text" not in text
     # every chapter is rendered, and nothing was left unresolved (glue keys, citations, cross-references)
     for nb in tracked:
         assert (index.parent / "notebooks" / f"{nb.stem}.html").exists(), nb.stem
-    log = (tmp_path / "build" / "jupyter-book.log").read_text()
+    log = (build / "jupyter-book.log").read_text()
     assert not re.findall(r"WARNING: .*(glue|citation|reference|undefined|unknown document)", log, flags=re.IGNORECASE), \
         log[-2000:]
-    _check_built_book(tmp_path / "build", index.parent, tracked)
+    _check_built_book(build, index.parent, tracked)
 
 
 def _check_built_book(build, html_dir, tracked):

@@ -7,6 +7,8 @@ import json
 import math
 import os
 import socket
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -468,18 +470,29 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
 def test_two_process_data_parallel_equals_single_process(tmp_path):
     import torch.multiprocessing as mp
 
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    got = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    # the single-process reference first: its first optimizer imports torch._dynamo (seconds), which forked
+    # workers then inherit instead of each re-importing torch, this module and dynamo (spawn: ~15 s of the test)
     m = scratch()
     data = tensor_pairs(8)
     loss, grads = step_grads(m, torch.stack([x for x, _ in data]), m.tokenize([c for _, c in data]), 8, 1)
-    assert got["loss"] == pytest.approx(loss, rel=1e-6)
-    assert_grads_close(grads, got["grads"])
     m2 = scratch()
     with pytest.warns(UserWarning):
         h = train_contrastive(
             m2, tensor_pairs(24), config=TrainConfig(epochs=2, batch_size=8, warmup_steps=2), progress=False
         )
+    # two real processes (gloo); fork where it is safe (Linux), spawn elsewhere; a hung worker fails the test
+    method = "fork" if sys.platform == "linux" else "spawn"
+    ctx = mp.start_processes(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False,
+                             start_method=method)
+    deadline = time.monotonic() + 300
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                proc.kill()
+            pytest.fail("data-parallel workers did not finish in 300 s")
+    got = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    assert got["loss"] == pytest.approx(loss, rel=1e-6)
+    assert_grads_close(grads, got["grads"])
     assert got["losses"] == pytest.approx(h.steps_df["loss"].tolist(), rel=1e-5)
     for k, v in m2.state_dict().items():
         torch.testing.assert_close(got["state"][k], v, atol=1e-5, rtol=1e-4, msg=k)
