@@ -49,7 +49,11 @@ def report(build: Path) -> tuple:
     if tj.is_file():
         t = json.loads(tj.read_text())
         extra = f"; jupyter-book build {t.get('jupyter-book', '?')} s"
-    print(f"\n== {build}: chapters {sum(v or 0 for v in secs.values()):.0f} s wall{extra}")
+        if "parallel chapters (wall)" in t:
+            extra += f"; the middle chapters side by side: {t['parallel chapters (wall)']} s wall"
+        if "book (wall)" in t:
+            extra += f"; whole book {t['book (wall)']} s wall"
+    print(f"\n== {build}: chapters {sum(v or 0 for v in secs.values()):.0f} s wall (sum over chapters){extra}")
     w = breakdown_table(wall) if wall else None
     c = breakdown_table(cpu) if cpu else None
     if w is not None:
@@ -67,6 +71,8 @@ def main(argv=None) -> None:
     ap.add_argument("--run", action="store_true", help="execute the book (offline) into --build-dir first")
     ap.add_argument("--chapters", nargs="*", default=None, help="chapter prefixes to run (default: all)")
     ap.add_argument("--cold", action="store_true", help="with --run: an empty VLNB_CACHE inside the build folder")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="chapters 3-7 side by side (default: one per core; 1: one at a time, every core each)")
     ap.add_argument("--compare", type=Path, default=None, help="a second build folder: before/after table")
     args = ap.parse_args(argv)
     print(f"load average {os.getloadavg()} on {os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M:%S')}")
@@ -79,7 +85,7 @@ def main(argv=None) -> None:
         if args.chapters:
             nbs = [nb for nb in nbs if any(nb.stem.startswith(p) for p in args.chapters)]
         t = time.time()
-        build_book("offline", build_dir=args.build_dir, notebooks=nbs, progress=False)
+        build_book("offline", build_dir=args.build_dir, notebooks=nbs, progress=False, jobs=args.jobs)
         print(f"book built in {time.time() - t:.0f} s (wall, including jupyter-book); load {os.getloadavg()}")
     w, c = report(args.build_dir)
     if args.compare is not None:

@@ -127,3 +127,31 @@ def _check_built_book(build, html_dir, tracked):
     # a headline number measured by two chapters (the same model on the same images) is the same number
     agree = consistency(build / "runs").dropna(subset=["agree"])
     assert len(agree) >= 2 and agree["agree"].astype(bool).all(), agree.to_string()
+
+
+def test_book_jobs_split_the_cores_and_never_exceed_them(monkeypatch):
+    from vlnb.runs import BOOK_FIRST, BOOK_LAST, book_jobs
+
+    monkeypatch.delenv("VLNB_BOOK_JOBS", raising=False)
+    assert book_jobs(5, cores=2) == (2, 1)          # default: one chapter per core, one thread each
+    assert book_jobs(5, jobs=1, cores=2) == (1, 2)  # one at a time: every core for it
+    assert book_jobs(5, jobs=8, cores=4) == (4, 1)  # never more kernels than cores
+    assert book_jobs(1, cores=16) == (1, 16)        # never more kernels than chapters
+    assert book_jobs(5, jobs=2, cores=5) == (2, 2)  # threads x jobs <= cores
+    monkeypatch.setenv("VLNB_BOOK_JOBS", "1")
+    assert book_jobs(5, cores=2) == (1, 2)
+    monkeypatch.setenv("VLNB_BOOK_JOBS", "two")
+    with pytest.raises(ValueError, match="VLNB_BOOK_JOBS"):
+        book_jobs(5, cores=2)
+    with pytest.raises(ValueError, match="jobs must be >= 1"):
+        book_jobs(5, jobs=0, cores=2)
+    # the chapters that others read run before them; the synthesis after them
+    stems = [nb.stem for nb in list_notebooks()]
+    assert set(BOOK_FIRST) <= set(stems) and set(BOOK_LAST) <= set(stems)
+    assert max(stems.index(s) for s in BOOK_FIRST) < min(stems.index(s) for s in BOOK_LAST)
+
+
+def test_book_cli_refuses_zero_jobs(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["book", "--jobs", "0"])
+    assert e.value.code == 2 and "--jobs" in capsys.readouterr().err

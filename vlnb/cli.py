@@ -43,7 +43,7 @@ def _cmd_book(args) -> int:
     # lazy: a subcommand's modules load when it runs (looked up then: tests swap them)
     from .runs import build_book
 
-    index = build_book(profile=args.profile, build_dir=args.build_dir, progress=not args.quiet)
+    index = build_book(profile=args.profile, build_dir=args.build_dir, progress=not args.quiet, jobs=args.jobs)
     print(f"book: {index}")
     return 0
 
@@ -179,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--profile", choices=["offline", "full"], default="offline")
     b.add_argument("--build-dir", default=None, help="default: <repo>/_build")
     b.add_argument("--quiet", action="store_true")
+    b.add_argument("--jobs", type=_int_at_least(1), default=None,
+                   help="chapters 3-7 run side by side, the cores split between them (default: one per core, "
+                        "or $VLNB_BOOK_JOBS; 1: one chapter at a time with every core)")
     b.set_defaults(func=_cmd_book)
 
     pr = sub.add_parser("prepare", help="build a data set's manifest and its bad-image report")

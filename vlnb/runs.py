@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import platform
 import re
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -246,14 +248,64 @@ def claim_build_dir(build: Path, default: bool = False) -> Path:
     return build
 
 
+#: Chapters the others read: data preparation, and the reference models chapter 2 trains.
+BOOK_FIRST = ("01_data_prep", "02_clip_training")
+#: The synthesis chapter reads every other chapter's run folder.
+BOOK_LAST = ("08_synthesis",)
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def book_jobs(n_chapters: int, jobs: int | None = None, cores: int | None = None) -> tuple[int, int]:
+    """``(chapters side by side, threads per kernel)`` for the book's middle chapters: by default one chapter per
+    core, one thread each (their models are small: two one-thread kernels finish sooner than one with two
+    threads, measured in benchmarks/book_profile.py); ``jobs`` caps it, ``VLNB_BOOK_JOBS`` sets the default."""
+    if cores is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            cores = os.cpu_count() or 1
+    if jobs is None:
+        env = os.environ.get("VLNB_BOOK_JOBS", "")
+        if env and not env.isdigit():
+            raise ValueError(f"VLNB_BOOK_JOBS must be a positive integer, got {env!r}")
+        jobs = int(env) if env else cores
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    jobs = max(1, min(jobs, n_chapters, cores))
+    return jobs, max(1, cores // jobs)
+
+
+def _book_chapter(nb: Path, params: Mapping, profile: str, out_dir: Path, progress: bool,
+                  threads: int | None = None) -> Path:
+    """Execute one chapter of a book build (in this process, or in a pool worker with ``threads`` threads)."""
+    keys = ("VLNB_LINK_BASE", *THREAD_VARS)
+    before = {k: os.environ.get(k) for k in keys}
+    os.environ["VLNB_LINK_BASE"] = f"../{RUN_FILES_DIR}/{nb.stem}/"  # from html/notebooks/<stem>.html
+    if threads:
+        os.environ.update({k: str(threads) for k in THREAD_VARS})
+    try:
+        return run_notebook(nb, params, profile=profile, out_dir=out_dir, progress=progress and not threads)
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def build_book(
     profile: str = "offline",
     build_dir: str | os.PathLike | None = None,
     notebooks: list[Path] | None = None,
     parameters: Mapping[str, Mapping[str, Any]] | None = None,
     progress: bool = True,
+    jobs: int | None = None,
 ) -> Path:
     """Execute every notebook in order, then ``jupyter-book build`` the executed copies.
+
+    :data:`BOOK_FIRST` chapters run first (they train the reference models the others load), :data:`BOOK_LAST`
+    last (it reads the other runs); the chapters in between only read, so ``jobs`` of them run side by side,
+    the cores split between their kernels (:func:`book_jobs`; ``jobs=1``: one at a time, every core each).
 
     Layout under ``build_dir`` (default ``<repo>/_build``): ``runs/<notebook>/`` (run folders),
     ``src/`` (book sources + executed notebooks), ``html/index.html`` (the book).
@@ -262,6 +314,7 @@ def build_book(
     vlnb marks a build folder it creates (``.vlnb-build``) and only ever deletes inside a marked folder; a
     non-empty folder without the marker is refused (:class:`OutDirError`).
     """
+    t_book = time.time()
     build = claim_build_dir(Path(build_dir or REPO_ROOT / "_build"), default=build_dir is None)
     src = build / "src"
     if src.exists():
@@ -275,23 +328,13 @@ def build_book(
             shutil.copy2(s, src / name)
     (src / "notebooks").mkdir()
     timings, parts, cpu_parts = {}, {}, {}
-    for nb in notebooks or list_notebooks():
-        t0 = time.time()
-        print(f"[vlnb book] executing {nb.name} ({profile}) ...", flush=True)
-        if (build / "runs" / nb.stem).exists():  # the marked build folder is vlnb's: its old runs go
-            shutil.rmtree(build / "runs" / nb.stem)
-        link_before = os.environ.get("VLNB_LINK_BASE")
-        os.environ["VLNB_LINK_BASE"] = f"../{RUN_FILES_DIR}/{nb.stem}/"  # from html/notebooks/<stem>.html
-        try:
-            executed = run_notebook(
-                nb, (parameters or {}).get(nb.stem, {}), profile=profile, out_dir=build / "runs" / nb.stem,
-                progress=progress
-            )
-        finally:
-            if link_before is None:
-                os.environ.pop("VLNB_LINK_BASE", None)
-            else:
-                os.environ["VLNB_LINK_BASE"] = link_before
+    todo = list(notebooks or list_notebooks())
+    first = [nb for nb in todo if nb.stem in BOOK_FIRST]
+    last = [nb for nb in todo if nb.stem in BOOK_LAST]
+    middle = [nb for nb in todo if nb not in first and nb not in last]
+    jobs, threads = book_jobs(len(middle), jobs)
+
+    def done(nb: Path, executed: Path, t0: float) -> None:
         shutil.copy2(executed, src / "notebooks" / nb.name)
         timings[nb.stem] = round(time.time() - t0, 1)
         try:
@@ -300,7 +343,38 @@ def build_book(
         except (OSError, ValueError, KeyError):
             pass
         print(f"[vlnb book] {nb.name}: {timings[nb.stem]} s", flush=True)
-    _prune_toc(src / "_toc.yml", {nb.stem for nb in notebooks or list_notebooks()})
+
+    def args(nb: Path) -> tuple:
+        print(f"[vlnb book] executing {nb.name} ({profile}) ...", flush=True)
+        if (build / "runs" / nb.stem).exists():  # the marked build folder is vlnb's: its old runs go
+            shutil.rmtree(build / "runs" / nb.stem)
+        return nb, (parameters or {}).get(nb.stem, {}), profile, build / "runs" / nb.stem, progress
+
+    for nb in first:
+        t0 = time.time()
+        done(nb, _book_chapter(*args(nb)), t0)
+    if jobs > 1:  # chapters that only read what the first ones wrote: side by side, threads split between them
+        t_mid = time.time()
+        print(f"[vlnb book] {len(middle)} chapters, {jobs} at a time with {threads} thread(s) each", flush=True)
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = {pool.submit(_book_chapter, *args(nb), threads): nb for nb in middle}
+            failed = []
+            for fut in as_completed(futures):
+                try:
+                    done(futures[fut], fut.result(), t_mid)
+                except RunError as e:
+                    failed.append(str(e))
+            if failed:
+                raise RunError("\n\n".join(failed))
+        timings["parallel chapters (wall)"] = round(time.time() - t_mid, 1)
+    else:
+        for nb in middle:
+            t0 = time.time()
+            done(nb, _book_chapter(*args(nb)), t0)
+    for nb in last:
+        t0 = time.time()
+        done(nb, _book_chapter(*args(nb)), t0)
+    _prune_toc(src / "_toc.yml", {nb.stem for nb in todo})
     html = build / "html"
     if html.exists():
         shutil.rmtree(html)
@@ -316,6 +390,7 @@ def build_book(
     shutil.move(str(built), str(html))
     copy_run_files(build / "runs", html / RUN_FILES_DIR)
     timings["jupyter-book"] = round(time.time() - t0, 1)
+    timings["book (wall)"] = round(time.time() - t_book, 1)
     (build / "timings.json").write_text(json.dumps(timings, indent=2))
     if parts:  # where each chapter's time went (vlnb.timing), also as a CSV
         table = breakdown_table(parts)
