@@ -105,6 +105,7 @@ variant_epochs = None
 variant_seeds = None         # training seeds per variant (means and intervals over them)
 variant_warmup_steps = None  # the variants' warmup (it must fit in the run)
 variant_batch_size = None    # pairs per batch of the variants
+variant_jobs = None          # variant runs side by side on a CPU (None: one per core, one thread each)
 paired_cifar = None          # the paired CIFAR-100 experiment with a frozen text tower
 paired_n_train = None
 paired_n_test = None
@@ -274,16 +275,19 @@ if fusion_histories:
 # %%
 if cfg.attention_variants:
     from vlnb.data import build_manifest
-    from vlnb.train.variants import compare_text_attention, seed_summary, seed_summary_page, variant_verdict
+    from vlnb.train.variants import (
+        compare_text_attention_seeds,
+        seed_summary,
+        seed_summary_page,
+        variant_verdict,
+    )
 
     small, _ = build_manifest("world", n_train=cfg.variant_n_train, n_test=cfg.variant_n_test,
                               image_size=cfg.variant_image_size, seed=cfg.seed + 1)
-    variants = pd.concat([compare_text_attention(
-        small[small["split"] == "train"], small[small["split"] == "test"], variants=tuple(cfg.attention_variants),
-        epochs=cfg.variant_epochs, seed=s, device=device, progress=False,
-        train_config={"warmup_steps": cfg.variant_warmup_steps, "batch_size": cfg.variant_batch_size}).assign(seed=s)
-        for s in cfg.variant_seeds],
-        ignore_index=True)
+    variants = compare_text_attention_seeds(  # on a CPU: one run per core side by side, one thread each
+        small[small["split"] == "train"], small[small["split"] == "test"], seeds=cfg.variant_seeds,
+        variants=tuple(cfg.attention_variants), jobs=cfg.variant_jobs, epochs=cfg.variant_epochs, device=device,
+        progress=False, train_config={"warmup_steps": cfg.variant_warmup_steps, "batch_size": cfg.variant_batch_size})
     run.save_table(variants, "attention_variants")
     variant_summary = seed_summary(variants, baseline=cfg.attention_variants[0])
     run.save_table(variant_summary, "attention_variants_summary")
@@ -300,7 +304,9 @@ else:
 # table gives the mean Recall@K over seeds with its 95 % Student-t interval, and each variant's difference
 # to the first one paired by seed. At text→image R@1: {glue:text}`variant_verdict`. A difference whose
 # interval contains 0 cannot be told apart from seed noise on this test set; the cost columns (time,
-# memory, parameters: second table) are measured, not assumed.
+# memory, parameters: second table) are measured, not assumed. On a CPU the runs train side by side, one
+# per core with one thread each (`variant_jobs`), so `train_time_s` is the time of a one-thread run: compare
+# the variants with each other, not with the reference models above.
 #
 # ## Paired CIFAR-100 with a frozen text tower
 #

@@ -121,3 +121,24 @@ def test_seed_summary_page_has_no_nan_and_names_the_baseline():
     page = seed_summary_page(seed_summary(t, metrics=["t2i_R@1", "i2t_R@1"]), metrics=("t2i_R@1", "i2t_R@1"))
     assert page["variant"].tolist() == ["self", "local"] and "nan" not in page.to_string().lower()
     assert page.loc[0, "t2i_R@1 − self"] == "baseline" and page.loc[1, "t2i_R@1 − self"].startswith("-0.5 [")
+
+
+def test_seeds_side_by_side_equal_one_at_a_time():
+    """Two processes with one thread each give the table one process gives, row for row (same seeds, same data)."""
+    from vlnb.train.variants import compare_text_attention_seeds, variant_jobs
+
+    train, test = manifest(24, 0, "train"), manifest(8, 1, "test")
+    kw = {"epochs": 1, "device": "cpu", "progress": False, "rerank_k": 4,
+          "train_config": {"batch_size": 8, "warmup_steps": 1, "lr": 1e-3}, **TINY}
+    serial = compare_text_attention_seeds(train, test, seeds=[0, 1], variants=["self", "cross"], jobs=1, **kw)
+    pool = compare_text_attention_seeds(train, test, seeds=[0, 1], variants=["self", "cross"], jobs=2, **kw)
+    assert serial[["variant", "seed"]].values.tolist() == [["self", 0], ["cross", 0], ["self", 1], ["cross", 1]]
+    assert pool[["variant", "seed"]].values.tolist() == serial[["variant", "seed"]].values.tolist()
+    cols = RECALL_COLUMNS + ["final_train_loss", "params"]
+    assert np.allclose(pool[cols].to_numpy(float), serial[cols].to_numpy(float), atol=1e-4, equal_nan=True)
+    assert serial.loc[0, "final_train_loss"] != serial.loc[2, "final_train_loss"]  # the seed matters
+    assert variant_jobs(12, "cpu", jobs=1) == 1 and variant_jobs(1, "cpu") == 1
+    with pytest.raises(ValueError, match="jobs must be >= 1"):
+        variant_jobs(4, "cpu", jobs=0)
+    with pytest.raises(ValueError, match="seeds is empty"):
+        compare_text_attention_seeds(train, test, seeds=[], **kw)

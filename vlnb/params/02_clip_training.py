@@ -36,6 +36,9 @@ class ClipTrainingParams(NotebookParams):
     variant_warmup_steps: int = Field(5, ge=0)
     #: Pairs per batch of the variants (each sample is contrasted with batch - 1 negatives).
     variant_batch_size: int = Field(64, ge=2)
+    #: Variant runs trained side by side on a CPU, one thread each (None: one per core; 1: one at a time with
+    #: every core; a GPU always trains one at a time). The costs table then times one-thread runs.
+    variant_jobs: int | None = Field(None, ge=1)
     #: Paired CIFAR-100 (two real CIFAR images side by side, caption naming both) with the text tower frozen.
     paired_cifar: bool = True
     paired_n_train: int = Field(600, ge=2)

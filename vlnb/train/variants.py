@@ -211,6 +211,57 @@ def compare_text_attention(
     return (table, models) if return_models else table
 
 
+def _one_variant_run(train, test, variant: str, seed: int, kwargs: dict) -> pd.DataFrame:
+    return compare_text_attention(train, test, variants=(variant,), seed=seed, **kwargs).assign(seed=seed)
+
+
+def _one_thread_worker() -> None:
+    torch.set_num_threads(1)
+    os.environ["TQDM_DISABLE"] = "1"
+
+
+def variant_jobs(n_runs: int, device: str | None, jobs: int | None = None) -> int:
+    """Processes that train variants side by side: one per core on a CPU (each with one thread: these models are
+    small, and two one-thread runs finish sooner than one two-thread run), one on a GPU or with ``jobs=1``."""
+    if jobs is not None and jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    if torch.device(resolve_device(device)).type != "cpu":
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(n_runs, cores if jobs is None else jobs, cores))
+
+
+def compare_text_attention_seeds(train: pd.DataFrame, test: pd.DataFrame, seeds: Sequence[int],
+                                 variants: Sequence[str] = VARIANTS, jobs: int | None = None,
+                                 **kwargs) -> pd.DataFrame:
+    """:func:`compare_text_attention` once per seed: one table with a ``seed`` column, rows by seed, then variant.
+
+    Every (variant, seed) run is independent (its own initialisation and data order from ``seed``), so on a CPU
+    they run in ``jobs`` processes side by side, one thread each (:func:`variant_jobs`); ``train_time_s`` is
+    then the time of a one-thread run. ``kwargs`` go to :func:`compare_text_attention` (not ``return_models``).
+    """
+    import multiprocessing as mp  # lazy: only the side-by-side path needs a process pool
+    from concurrent.futures import ProcessPoolExecutor  # lazy: only the side-by-side path needs a process pool
+
+    if kwargs.get("return_models"):
+        raise ValueError("compare_text_attention_seeds returns tables only; call compare_text_attention for models")
+    variants, seeds = list(variants), list(seeds)
+    if not seeds:
+        raise ValueError("seeds is empty: give at least one training seed")
+    n = variant_jobs(len(variants) * len(seeds), kwargs.get("device"), jobs)
+    if n == 1:
+        return pd.concat([compare_text_attention(train, test, variants=variants, seed=s, **kwargs).assign(seed=s)
+                          for s in seeds], ignore_index=True)
+    kwargs = {**kwargs, "progress": False}
+    with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_one_thread_worker) as pool:
+        futures = [pool.submit(_one_variant_run, train, test, v, s, kwargs) for s in seeds for v in variants]
+        tables = [f.result() for f in futures]  # submission order: by seed, then variant
+    return pd.concat(tables, ignore_index=True)
+
+
 def _cross_modal_variant(cfg, captions, seed: int):
     """The ``"cross"`` variant: a BLIP-like model (:class:`~vlnb.models.fusion.ScratchBLIP`) of ``cfg``'s sizes."""
 
