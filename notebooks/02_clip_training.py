@@ -130,9 +130,17 @@ pd.DataFrame([{"recipe": n, **{k: v for k, v in zoo.RECIPES[n].key().items() if 
 
 # %%
 models, histories, ceilings, ambiguities = {}, {}, {}, {}
+pending = [n for n in cfg.recipes if cfg.retrain or not zoo.is_trained(n, cfg.profile)]
+# a batch run (no live curves) on a CPU trains them side by side, one thread each; the loop then loads them
+trained_here = [] if cfg.live_plot else zoo.train_side_by_side(pending, cfg.profile, device=device)
 for name in cfg.recipes:
     live = live_curves() if cfg.live_plot else None
-    if cfg.retrain or not zoo.is_trained(name, cfg.profile):
+    if name in trained_here:
+        print(f"trained {name} (side by side with {', '.join(n for n in trained_here if n != name)}): "
+              f"{zoo.RECIPES[name].description}")
+        models[name] = zoo.reference_model(name, cfg.profile, device=device)
+        histories[name] = zoo.reference_history(name, cfg.profile)
+    elif name in pending:
         print(f"training {name}: {zoo.RECIPES[name].description}")
         models[name], histories[name] = zoo.train_reference(name, cfg.profile, on_epoch_end=live, device=device)
     else:
@@ -218,8 +226,15 @@ recall_table(results)
 from vlnb.train.itm import fusion_glue, fusion_results
 
 fusion_histories = {}
+pending = [n for n in cfg.fusion_recipes if cfg.retrain or not zoo.is_trained(n, cfg.profile)]
+trained_here = [] if cfg.live_plot else zoo.train_side_by_side(pending, cfg.profile, device=device)
 for name in cfg.fusion_recipes:
-    if cfg.retrain or not zoo.is_trained(name, cfg.profile):
+    if name in trained_here:
+        print(f"trained {name} (side by side with {', '.join(n for n in trained_here if n != name)}): "
+              f"{zoo.RECIPES[name].description}")
+        models[name] = zoo.reference_model(name, cfg.profile, device=device)
+        fusion_histories[name] = zoo.reference_history(name, cfg.profile)
+    elif name in pending:
         print(f"training {name}: {zoo.RECIPES[name].description}")
         models[name], fusion_histories[name] = zoo.train_reference(name, cfg.profile, device=device)
     else:

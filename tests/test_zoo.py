@@ -49,3 +49,31 @@ def test_unknown_names():
         zoo.reference_model("nope")
     with pytest.raises(ValueError, match="unknown profile"):
         zoo.profile_models("cloud")
+
+
+def test_reference_models_train_side_by_side_like_one_at_a_time(make_tiny_recipe, monkeypatch, tmp_path):
+    """Two recipes trained in two one-thread worker processes: saved like train_reference's, same weights as a
+    one-thread run in this process; a fine-tune of one of them waits for it (second wave)."""
+    import dataclasses
+
+    from vlnb.zoo.train import side_by_side_jobs, train_side_by_side
+
+    a = make_tiny_recipe(epochs=1)
+    b = dataclasses.replace(a, name="tiny-world-b", model={**a.model, "seed": 1})
+    ft = dataclasses.replace(a, name="tiny-world-ft", init_from="tiny-world", train={**a.train, "epochs": 1})
+    monkeypatch.setitem(zoo.RECIPES, b.name, b)
+    monkeypatch.setitem(zoo.RECIPES, ft.name, ft)
+    assert train_side_by_side(["tiny-world"], device="cpu") == []       # one model: nothing to gain
+    assert train_side_by_side(["tiny-world", b.name], device="cpu", jobs=1) == []
+    assert side_by_side_jobs(3, "cpu", jobs=8) <= 8
+    trained = train_side_by_side(["tiny-world", b.name, ft.name], device="cpu", jobs=2)
+    assert trained == ["tiny-world", b.name, ft.name]
+    assert all(zoo.is_trained(n) for n in trained)
+    assert len(zoo.reference_history(b.name).epochs) == 1
+    side = zoo.reference_model(b.name, train_if_missing=False, device="cpu").state_dict()
+    monkeypatch.setenv("VLNB_ARTIFACTS", str(tmp_path / "again"))
+    here, _ = zoo.train_reference(b.name, progress=False, device="cpu")  # this process: one thread (conftest)
+    for k, v in here.state_dict().items():
+        assert torch.allclose(v, side[k], atol=1e-5), k
+    with pytest.raises(KeyError, match="unknown reference model"):
+        train_side_by_side(["tiny-world", "no-such-model"], device="cpu")

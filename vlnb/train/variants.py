@@ -27,11 +27,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import multiprocessing as mp
 import os
 import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -243,8 +245,6 @@ def compare_text_attention_seeds(train: pd.DataFrame, test: pd.DataFrame, seeds:
     they run in ``jobs`` processes side by side, one thread each (:func:`variant_jobs`); ``train_time_s`` is
     then the time of a one-thread run. ``kwargs`` go to :func:`compare_text_attention` (not ``return_models``).
     """
-    import multiprocessing as mp  # lazy: only the side-by-side path needs a process pool
-    from concurrent.futures import ProcessPoolExecutor  # lazy: only the side-by-side path needs a process pool
 
     if kwargs.get("return_models"):
         raise ValueError("compare_text_attention_seeds returns tables only; call compare_text_attention for models")

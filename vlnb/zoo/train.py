@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 import json
+import multiprocessing as mp
 import os
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -141,3 +143,64 @@ def trained_parent(name: str, profile: str, progress: bool):
     from .load import reference_model
 
     return reference_model(name, profile, progress=progress, device="cpu")
+
+
+def _train_in_worker(name: str, profile: str, device: str, recipes: dict[str, Recipe]) -> str:
+    import torch  # lazy: the worker process sets its own thread count before any work
+
+    from .recipes import RECIPES  # lazy: the registry of the fresh worker process, completed below
+
+    torch.set_num_threads(1)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    RECIPES.update(recipes)  # recipes registered at run time in the caller (a spawned worker only has the built-in ones)
+    train_reference(name, profile, progress=False, device=device)
+    return name
+
+
+def side_by_side_jobs(n_models: int, device: str = "auto", jobs: int | None = None) -> int:
+    """Processes that train reference models side by side: one per core on a CPU (each with one thread: these
+    models are small, so two one-thread runs finish sooner than one two-thread run), one on a GPU."""
+    if jobs is not None and jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    if not resolve_device(device).startswith("cpu"):
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(n_models, cores if jobs is None else jobs, cores))
+
+
+def train_side_by_side(names, profile: str = "offline", device: str = "auto", jobs: int | None = None) -> list[str]:
+    """Train the reference models ``names`` (each with :func:`train_reference`, saved as usual) in processes side by
+    side, a model that needs another of ``names`` (``uses``/``init_from``) after it; returns the names trained.
+
+    Returns ``[]`` without training anything when side by side cannot help (fewer than two models, a GPU, or
+    ``jobs=1``): the caller trains them one at a time, as before. No progress or live curves are shown: the
+    histories are saved with the models (:func:`vlnb.zoo.reference_history`).
+    """
+
+    names = list(dict.fromkeys(names))
+    for n in names:
+        recipe(n)  # an unknown name is a KeyError naming the known ones, before any process starts
+    n_jobs = side_by_side_jobs(len(names), device, jobs)
+    if len(names) < 2 or n_jobs < 2:
+        return []
+    waves, left = [], list(names)
+    while left:  # a model whose parent is still to be trained waits for the next wave
+        wave = [n for n in left if not ({recipe(n).uses, recipe(n).init_from} & (set(left) - {n}))]
+        if not wave:
+            raise ValueError(f"reference models {left} depend on each other in a cycle")
+        waves.append(wave)
+        left = [n for n in left if n not in wave]
+    dev = str(resolve_device(device))
+    needed = {n: recipe(n) for n in names}
+    for r in list(needed.values()):
+        for parent in (r.uses, r.init_from):
+            if parent:
+                needed[parent] = recipe(parent)
+    with ProcessPoolExecutor(n_jobs, mp_context=mp.get_context("spawn")) as pool:
+        for wave in waves:
+            for f in [pool.submit(_train_in_worker, n, profile, dev, needed) for n in wave]:
+                f.result()  # a failure raises here, naming the model's own error
+    return names
