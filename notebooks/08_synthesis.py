@@ -62,11 +62,11 @@ print(f"reading {len(found)} chapter runs in {runs.name}/: {', '.join(found)}")
 # %% [markdown]
 # ## One table of headline findings
 #
-# Every recall and accuracy is a percentage, every difference a number of percentage points. The
-# `interval` column says what kind of interval each row carries: bootstrap over test images (chapters 3
-# and 6), Student-t over training seeds (chapter 2's attention variants), a Wilson interval for
-# image→text Recall@1 (one query per image: a binomial proportion), the range over seeds (chapter 7's
-# planted rarity) — or that the chapter's table has none.
+# Every recall and accuracy is a percentage, every difference a number of percentage points, read as the
+# chapters' tables hold them. The `interval` column says what kind of interval each row carries: bootstrap
+# over test images (chapters 3 and 6), Student-t over training seeds (chapter 2's attention variants and
+# chapter 7's planted rarity), a Wilson interval for image→text Recall@1 (one query per image: a binomial
+# proportion) — or that the chapter's table has none.
 
 # %%
 table = synthesis.headlines(runs)
@@ -81,8 +81,10 @@ run.preview(synthesis.page_table(table), "headlines_page", top=40)
 # (through frozen features), and {doc}`chapter 4 <04_compare>` evaluates both models again through the
 # feature cache and the comparison code, on the same images. Chapter 4's zero-shot shape accuracy of the
 # from-scratch model ("any object", its five prompts) is measured again by {doc}`chapter 5 <05_robustness>`
-# on the clean images, with the same classes, prompts and label rule. They must agree; a difference would
-# mean that one of the evaluations is wrong.
+# on the clean images, with the same classes, prompts and label rule. {doc}`Chapter 7 <07_fairness>` keeps
+# every image's outcome to cut the test set into groups; summed over all images, its zero-shot shape accuracy
+# (largest object) and the fusion models' ITC image→text R@1 must be chapter 4's. They must agree; a
+# difference would mean that one of the evaluations is wrong.
 
 # %%
 agreement = synthesis.consistency(runs)

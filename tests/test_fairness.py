@@ -327,13 +327,22 @@ def test_rarity_experiment_smoke():
                             n_boot=50, n_perm=50, progress=False)
     tr = r.training.set_index("fraction")
     assert tr.loc[0.1, "train_with_rare"] < tr.loc[1.0, "train_with_rare"]
-    assert tr.loc[0.1, "test_share_rare"] == tr.loc[1.0, "test_share_rare"]  # the test split is untouched
+    assert tr.loc[0.1, "test_rare_pct"] == tr.loc[1.0, "test_rare_pct"]  # the test split is untouched
     assert set(r.contrasts["target"]) == {"purple"} and set(r.contrasts["fraction"]) == {1.0, 0.1}
-    assert r.groups[r.groups["metric"] != "mean similarity"]["value"].between(0, 1).all()
+    # the book's unit: accuracies in %, computed from the same per-image outcomes as the proportions
+    acc = r.groups[r.groups["metric"] != "mean similarity"]
+    assert (acc["unit"] == "%").all() and acc["value"].between(0, 100).all()
+    zs = r.contrasts[r.contrasts["metric"] == "zero-shot colour top-1"].set_index("fraction")
+    o = r.outcomes[0.1, 0]
+    assert zs.loc[0.1, "target_value"] - zs.loc[0.1, "rest_value"] == pytest.approx(-zs.loc[0.1, "gap"])
+    assert 0 <= zs.loc[0.1, "rest_value"] <= 100 and o.value("zero-shot colour top-1") <= 1
+    assert tr.loc[0.1, "train_rare_pct"] == pytest.approx(100 * tr.loc[0.1, "train_with_rare"] / tr.loc[0.1, "train_images"])
     s = r.summary("zero-shot colour top-1")
-    assert list(s["fraction"]) == [1.0, 0.1] and (s["seeds"] == 1).all()
+    assert list(s["fraction"]) == [1.0, 0.1] and (s["seeds"] == 1).all() and s["gap_ci_lo"].isna().all()
     h = r.headline("zero-shot colour top-1")
     assert h["rare_n_seeds"] == "1" and h["rare_detected_control"].endswith("of 1")
+    assert h["rare_value_rarest"].endswith(" %") and h["rare_gap_rarest"].endswith(" points")
+    assert h["rare_share_rarest"] == f"{tr.loc[0.1, 'train_rare_pct']:.1f} %"
     with pytest.raises(ValueError, match="colour or a shape"):
         F.rarity_experiment(rare=("background", "grass"))
     with pytest.raises(ValueError, match="fractions"):
@@ -345,7 +354,16 @@ def test_params_registered_and_validated():
     from vlnb.config import ParameterError, resolve
 
     cfg = resolve("07_fairness")
-    assert cfg.datasets == {"scratch-world": ["world"], "towers-coco": ["coco-mini"]}
+    # the fusion models with an ITC head beside the dual encoders; the ViLT-like cross encoder is not evaluated
+    assert cfg.datasets == {"scratch-world": ["world"], "towers-coco": ["coco-mini"], "blip-world": ["world"],
+                            "qformer-world": ["world"]}
+    from vlnb import zoo
+
+    assert set(zoo.PROFILE_RECIPES["offline"]) - set(cfg.datasets) == {"vilt-world"}
+    assert zoo.is_cross_recipe("vilt-world") and not any(zoo.is_cross_recipe(m) for m in cfg.datasets)
+    # with the default n_perm, Holm over the offline family of tests can reach p < 0.05 (about 20 tests per
+    # world model, 12 on coco-mini): the smallest permutation p-value times the number of tests
+    assert (3 * 21 + 12) / (cfg.n_perm + 1) < 1 - cfg.level
     assert cfg.rare_fractions[0] == 1.0  # the control comes first
     full = resolve("07_fairness", profile="full")
     assert full.datasets == ["coco"] and full.min_group_size > cfg.min_group_size
@@ -358,30 +376,33 @@ def test_params_registered_and_validated():
 
 
 # ---------------------------------------------------------------------------------------------- chapter
+#: The full-profile test's small rarity experiment and bootstrap (the offline test reads the book's run).
 SMALL = {"rare_fractions": [1.0, 0.05], "rare_seeds": [0], "rare_n_train": 256, "rare_n_test": 96, "rare_epochs": 3,
          "n_boot": 100, "n_perm": 100, "max_images": 60, "min_group_size": 5}
 
 
 @pytest.mark.slow
-def test_chapter_offline_small(tmp_path, monkeypatch):
-    from vlnb.runs import run_notebook
-
-    monkeypatch.setenv("VLNB_CACHE", str(tmp_path / "cache"))
-    run_notebook(NB, SMALL, out_dir=tmp_path / "run", progress=False)
-    res = tmp_path / "run" / "results"
-    gender = pd.read_csv(res / "gender_counts.csv")
+def test_chapter_offline_small(offline_book):
+    """Chapter 7 as the session's offline book ran it (tests/conftest.py::offline_book), on the offline defaults."""
+    stem = NB.stem
+    cfg = offline_book.config(stem)
+    gender = offline_book.results(stem, "gender_counts")
     assert gender.groupby("source")["share"].sum().round(6).eq(1).all() and len(gender["source"].unique()) == 2
-    groups = pd.read_csv(res / "groups.csv")
-    assert set(groups["model"]) == {"scratch-world", "towers-coco"}
+    groups = offline_book.results(stem, "groups")
+    assert set(groups["model"]) == set(cfg.datasets) and {"scratch-world", "towers-coco"} <= set(cfg.datasets)
     prop = groups[groups["metric"] != "mean similarity"]
-    assert prop["value"].between(0, 1).all() and prop["ci_lo"].between(0, 1).all() and prop["ci_hi"].between(0, 1).all()
+    # proportions (with their intervals) within [0, 1], or [0, 100] in a row whose unit is "%" (issue 15)
+    top = (prop["unit"] == "%").map({True: 100.0, False: 1.0}) if "unit" in prop else 1.0
+    for c in ("value", "ci_lo", "ci_hi"):
+        assert ((prop[c] >= 0) & (prop[c] <= top)).all(), prop[~((prop[c] >= 0) & (prop[c] <= top))]
     assert {"colour", "shape", "background", "supercategory", "gender"} <= set(groups["grouping"])
-    gaps = pd.read_csv(res / "gaps.csv")
+    gaps = offline_book.results(stem, "gaps")
     assert gaps["gap"].dropna().ge(0).all()
-    con = pd.read_csv(res / "rarity_contrasts.csv")
-    assert set(con["fraction"]) == {1.0, 0.05}
-    for f in ("rarity_gap", "groups_scratch-world", "groups_towers-coco"):
-        assert (tmp_path / "run" / "figures" / f"{f}.png").is_file()
+    # the controlled rarity experiment: every fraction, trained once per seed
+    con = offline_book.results(stem, "rarity_contrasts")
+    assert set(con["fraction"]) == set(cfg.rare_fractions) and set(con["seed"]) == set(cfg.rare_seeds)
+    for f in ("rarity_gap", *(f"groups_{m}" for m in cfg.datasets)):
+        assert offline_book.figure(stem, f).is_file(), f
 
 
 @pytest.mark.slow
@@ -425,14 +446,20 @@ def test_rarity_shape_sentence_says_whether_a_reversal_is_within_seed_noise():
 
     from vlnb.fairness.controlled import rarity_shape_sentence
 
-    s = pd.DataFrame({"fraction": [1.0, 0.3, 0.1], "seeds": [2, 2, 2], "gap_mean": [0.01, -0.02, 0.3],
-                      "gap_min": [-0.02, -0.05, 0.2], "gap_max": [0.04, 0.01, 0.4]})
+    s = pd.DataFrame({"fraction": [1.0, 0.3, 0.1], "seeds": [2, 2, 2], "gap_mean": [1.0, -2.0, 30.0],
+                      "gap_min": [-2.0, -5.0, 20.0], "gap_max": [4.0, 1.0, 40.0]})  # percentage points
     text = rarity_shape_sentence(s)
-    assert "f = 0.3: -0.02 (2 seeds, -0.05 to +0.01)" in text and "ranges overlap" in text
-    s.loc[1, ["gap_min", "gap_max"]] = [-0.2, -0.1]
+    assert "f = 0.3: -2.0 (2 seeds, -5.0 to +1.0)" in text and "ranges overlap" in text
+    assert "(percentage points)" in text
+    s.loc[1, ["gap_min", "gap_max"]] = [-20.0, -10.0]
     assert "do not overlap" in rarity_shape_sentence(s)
-    s.loc[1, ["gap_mean", "gap_min", "gap_max"]] = [0.1, 0.05, 0.15]
+    s.loc[1, ["gap_mean", "gap_min", "gap_max"]] = [10.0, 5.0, 15.0]
     assert "grows at every step" in rarity_shape_sentence(s)
+    s.loc[0, ["gap_mean", "gap_min", "gap_max"]] = [-0.04, -0.3, 0.2]
+    assert rarity_shape_sentence(s).startswith("f = 1: +0.0 (2 seeds, -0.3 to +0.2)")  # never "-0.0"
+    one = pd.DataFrame({"fraction": [1.0, 0.1], "seeds": [1, 1], "gap_mean": [25.2, 24.6], "gap_min": [25.2, 24.6],
+                        "gap_max": [25.2, 24.6]})
+    assert rarity_shape_sentence(one).endswith("but with one seed there is no seed range to tell the two fractions apart")
 
 
 def test_gaps_of_a_classifier_at_chance_are_flagged_and_not_the_headline():
@@ -457,3 +484,228 @@ def test_gaps_of_a_classifier_at_chance_are_flagged_and_not_the_headline():
     assert out.loc["bad", "overall"] == 0.15 and not bool(out.loc["bad", "informative"])  # 0.15 < 2 x 0.125
     h = gap_headline(out.reset_index())
     assert h["top_gap"].startswith("0.20") and "good" in h["top_gap"] and h["n_gap_at_chance"] == "1"
+
+
+# ---------------------------------------------------------------------------------------------- units (issue 15)
+def test_in_percent_scales_values_and_gaps_not_ratios_p_values_or_similarity():
+    from vlnb.fairness.metrics import in_percent
+
+    o, g = synthetic_outcomes({"a": 0.8, "b": 0.5}, 60, seed=3)
+    o.add("mean similarity", np.linspace(0.2, 0.4, len(g)))
+    gaps = F.gap_table(o, g, n_boot=50, n_perm=50)
+    pct = in_percent(gaps).set_index("metric")
+    raw = gaps.set_index("metric")
+    zs = "zero-shot top-1"
+    for c in ("best", "worst", "gap", "gap_lo", "gap_hi"):
+        assert pct.loc[zs, c] == pytest.approx(100 * raw.loc[zs, c])
+        assert pct.loc["mean similarity", c] == pytest.approx(raw.loc["mean similarity", c])  # a cosine stays one
+    for c in ("ratio", "ratio_lo", "ratio_hi", "p_value"):
+        assert pct.loc[zs, c] == pytest.approx(raw.loc[zs, c])
+    assert pct.loc[zs, "unit"] == "%" and pct.loc["mean similarity", "unit"] == "cosine"
+    assert in_percent(in_percent(gaps)).equals(in_percent(gaps))  # converting twice changes nothing
+    groups = in_percent(F.group_table(o, g)).set_index(["metric", "group"])
+    k, n = o.num[zs][g == "a"].sum(), (g == "a").sum()
+    lo, hi = F.wilson_interval(k, n)
+    assert (groups.loc[(zs, "a"), "value"], groups.loc[(zs, "a"), "ci_lo"], groups.loc[(zs, "a"), "ci_hi"]) == \
+        pytest.approx((100 * k / n, 100 * lo, 100 * hi))
+
+
+def test_glued_gap_sentence_is_in_percent_and_points():
+    from vlnb.fairness.analysis import gap_headline
+
+    base = {"dataset": "w", "grouping": "colour", "metric": "zero-shot shape top-1", "n_groups": 3, "best_group": "red",
+            "best": 90.0, "worst_group": "blue", "worst": 50.25, "gap": 39.75, "gap_lo": 21.04, "gap_hi": 55.5,
+            "p_value": 0.0002, "p_holm": 0.004, "gap_detected": True, "informative": True, "unit": "%"}
+    h = gap_headline(pd.DataFrame([{**base, "model": "m"}]), n_perm=4999, level=0.95)
+    assert h["top_gap"] == ("39.8 points (interval 21.0 to 55.5, permutation p = 0.0002, Holm-adjusted 0.004): m, "
+                            "zero-shot shape top-1 by colour, red 90.0 % versus blue 50.2 %")
+    assert "1/5,000" in h["holm_floor"] and "over 1 tests" in h["holm_floor"] and "can be detected" in h["holm_floor"]
+    many = pd.DataFrame([{**base, "model": f"m{i}"} for i in range(60)])
+    assert "no gap could be detected" in gap_headline(many, n_perm=999)["holm_floor"]  # 60 / 1000 >= 0.05
+
+
+def test_subgroup_analysis_tables_and_figures_are_in_percent(small_world, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from vlnb.fairness import plots as FP
+    from vlnb.models.scratch import ScratchDualEncoder
+
+    df, te = small_world
+    model = ScratchDualEncoder.create("tiny", captions=[c for cs in df["captions"] for c in cs], seed=0, image_size=32,
+                                      width=32, layers=1, text_width=32, text_layers=1, embed_dim=16).eval()
+    res = F.subgroup_analysis({"m": model}, {"world": te}, min_size=3, n_boot=50, n_perm=50, cache_dir=tmp_path,
+                              progress=False)
+    o = res.outcomes["m", "world"]
+    acc = res.groups[res.groups["metric"] != "mean similarity"]
+    assert (acc["unit"] == "%").all() and acc["ci_hi"].between(0, 100).all()
+    overall = res.overall().set_index("metric")
+    assert overall.loc["i2t R@1", "value"] == pytest.approx(100 * o.value("i2t R@1"))
+    assert overall.loc["mean similarity", "value"] == pytest.approx(o.value("mean similarity"))
+    assert overall.loc["zero-shot shape top-1", "chance"] == pytest.approx(100 / 6, rel=0.2)  # ~ 1 in 6 shapes
+    page = res.overall_page()
+    assert page.loc[0, "i2t R@1 (%)"] == round(100 * o.value("i2t R@1"), 1) and page.loc[0, "images"] == len(te)
+    assert not page.isna().any().any()
+    gaps = res.gaps[res.gaps["metric"] == "zero-shot colour top-1"]
+    assert np.allclose(gaps["overall"], 100 * o.value("zero-shot colour top-1"))
+    assert np.allclose(gaps["chance"], 12.5)  # 8 colours, in % like the overall value it is compared with
+    fig = FP.group_bars(res.groups, metrics=["zero-shot colour top-1", "mean similarity"], groupings=["colour"])
+    assert fig.axes[0].get_xlim() == (0.0, 100.0) and fig.axes[1].get_xlim() == (-1.0, 1.0)
+    want = acc[(acc["metric"] == "zero-shot colour top-1") & (acc["grouping"] == "colour")]["value"]
+    widths = [p.get_width() for p in fig.axes[0].patches[:len(want)]]  # the bars, in %, before any hatching
+    assert sorted(widths) == pytest.approx(sorted(want)) and max(want) > 1
+
+
+def test_rarity_plot_draws_points_and_percent():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from vlnb.fairness.plots import rarity_plot
+
+    con = pd.DataFrame({"metric": "zs", "unit": "%", "fraction": [1.0, 0.1], "seed": 0, "gap": [2.0, 30.0],
+                        "gap_lo": [-5.0, 20.0], "gap_hi": [9.0, 40.0], "target_value": [70.0, 45.0],
+                        "rest_value": [72.0, 75.0]})
+    tr = pd.DataFrame({"fraction": [1.0, 0.1], "seed": 0, "train_rare_pct": [22.9, 2.0]})
+    fig = rarity_plot(con, "zs", tr, target="purple")
+    a1, a2 = fig.axes
+    assert a1.get_ylim() == (-100.0, 100.0) and a2.get_ylim() == (0.0, 100.0) and "points" in a1.get_ylabel()
+    assert a1.get_xlabel() == "% of training images showing purple"
+    mean = next(ln for ln in a1.get_lines() if ln.get_label() == "mean over seeds")
+    assert list(mean.get_xdata()) == [2.0, 22.9] and list(mean.get_ydata()) == [30.0, 2.0]
+
+
+# ---------------------------------------------------------------------------------------------- fusion models (issue 16)
+def test_fusion_models_take_part_through_their_itc_embeddings(small_world, tmp_path):
+    """The BLIP-like model and the Q-Former (tiny, untrained: the plumbing is checked) go through the per-group
+    evaluation by their ITC embeddings: zero-shot and retrieval equal what the eval module computes from the same
+    embeddings (the Q-Former's image-text similarity the max over its queries), and their gaps are tested in the
+    same Holm family as the dual encoder's."""
+    from vlnb.eval.compare import captions_table
+    from vlnb.eval.features import image_features, text_features
+    from vlnb.eval.retrieval import recall_at_k
+    from vlnb.eval.zeroshot import classification_metrics, zeroshot_classifier, zeroshot_scores
+    from vlnb.fairness.analysis import itm_zeroshot_pairs
+    from vlnb.models.fusion import FusionConfig, create_fusion, qformer_config
+    from vlnb.models.scratch import ScratchDualEncoder
+
+    df, te = small_world
+    caps = [c for cs in df["captions"] for c in cs]
+    dual = ScratchDualEncoder.create("tiny", captions=caps, seed=0, image_size=32, patch_size=8, width=16, layers=1,
+                                     heads=2, embed_dim=8, text_width=16, text_layers=1, text_heads=2).eval()
+    blip = create_fusion(FusionConfig(arch="blip", image_size=32, patch_size=8, width=16, layers=1, text_layers=1,
+                                      heads=2, embed_dim=8), tokenizer=dual.tokenizer, seed=0, name="blip").eval()
+    qformer = create_fusion(qformer_config(dual.config, width=16, layers=1, heads=2, embed_dim=8, n_queries=3),
+                            tokenizer=dual.tokenizer, seed=0, backbone=dual.visual, name="qformer").eval()
+    models = {"dual": dual, "blip": blip, "qformer": qformer}
+    res = F.subgroup_analysis(models, {"world": te}, min_size=3, n_boot=50, n_perm=200, cache_dir=tmp_path,
+                              progress=False)
+    assert set(res.groups["model"]) == set(res.gaps["model"]) == set(models)
+    tasks = F.zeroshot_tasks("world", te)
+    for name, model in (("blip", blip), ("qformer", qformer)):
+        o = res.outcomes[name, "world"]
+        feats = image_features(model, te, cache_dir=tmp_path, progress=False)
+        assert feats.embeddings.ndim == (3 if name == "qformer" else 2)  # one embedding per query
+        texts, owner = captions_table(te, feats.image_ids)
+        sim = model.similarity(feats.embeddings, text_features(model, texts, cache_dir=tmp_path, progress=False))
+        ref = recall_at_k(sim, owner, (1, 5))
+        assert 100 * o.value("t2i R@5") == pytest.approx(ref["t2i_R@5"])
+        task, variant = tasks["zero-shot shape"]
+        scores = zeroshot_scores(model, feats.embeddings, zeroshot_classifier(model, task.class_names, task.templates))
+        top1 = classification_metrics(scores, task.targets[variant], (1,))["top1"]
+        assert o.value("zero-shot shape top-1") == pytest.approx(top1)
+    # one family: Holm's adjustment counts every model's tests together
+    from vlnb.fairness.stats import holm_adjust
+
+    tested = res.gaps["p_value"].notna()
+    assert np.allclose(res.gaps.loc[tested, "p_holm"], holm_adjust(res.gaps.loc[tested, "p_value"].to_numpy()))
+    # a model under twice chance on a zero-shot task is flagged uninformative, whatever its architecture
+    zs = res.gaps[res.gaps["metric"].str.startswith("zero-shot")]
+    assert (zs["informative"] == ~(zs["overall"] < 2 * zs["chance"])).all()
+    # what a pure cross encoder would need instead: one ITM pass per image, class and prompt
+    n_prompts = sum(len(t.class_names) * len(t.templates) for t, _ in tasks.values())
+    assert itm_zeroshot_pairs({"world": te}) == f"{len(te) * n_prompts:,} on world ({len(te)} images × {n_prompts} class prompts)"
+
+
+# ---------------------------------------------------------------------------------------------- seeds (issue 15)
+def _rarity_tables(gaps: dict[float, list[float]], half_width: float = 10.0, p: float = 0.01):
+    """Contrast and training tables of a rarity experiment with the given gaps (points) per fraction and seed."""
+    con = pd.DataFrame([{"metric": "zs", "unit": "%", "fraction": f, "seed": s, "gap": g, "gap_lo": g - half_width,
+                         "gap_hi": g + half_width, "p_value": p, "target_value": 70.0 - g, "rest_value": 70.0}
+                        for f, gs in gaps.items() for s, g in enumerate(gs)])
+    tr = pd.DataFrame([{"fraction": f, "seed": s, "train_rare_pct": 20.0 * f} for f, gs in gaps.items()
+                       for s in range(len(gs))])
+    return con, tr
+
+
+def test_rarity_summary_shift_is_paired_by_seed_with_a_student_t_interval():
+    from scipy import stats
+
+    from vlnb.fairness.controlled import RarityResult
+
+    gaps = {1.0: [-10.0, 0.0, -20.0], 0.1: [30.0, 45.0, 20.0]}  # shifts per seed: 40, 45, 40
+    con, tr = _rarity_tables(gaps)
+    s = RarityResult(pd.DataFrame(), con, pd.DataFrame(), tr).summary("zs").set_index("fraction")
+    t = stats.t.ppf(0.975, 2)
+    assert s.loc[0.1, "gap_mean"] == pytest.approx(95 / 3) and s.loc[0.1, "shift_mean"] == pytest.approx(125 / 3)
+    shifts = np.array([40.0, 45.0, 40.0])
+    half = t * shifts.std(ddof=1) / np.sqrt(3)
+    assert (s.loc[0.1, "shift_ci_lo"], s.loc[0.1, "shift_ci_hi"]) == pytest.approx((125 / 3 - half, 125 / 3 + half))
+    # pairing matters: the gaps' own interval is far wider than the paired shift's
+    assert s.loc[0.1, "gap_ci_hi"] - s.loc[0.1, "gap_ci_lo"] > 3 * (s.loc[0.1, "shift_ci_hi"] - s.loc[0.1, "shift_ci_lo"])
+    assert s.loc[1.0, "shift_mean"] == 0 and (s.loc[1.0, "gap_min"], s.loc[1.0, "gap_max"]) == (-20.0, 0.0)
+    assert (s["unit"] == "%").all() and (s["level"] == 0.95).all()
+    h = RarityResult(pd.DataFrame(), con, pd.DataFrame(), tr).headline("zs")
+    assert h["rare_shift_rarest"].startswith("+41.7 points (95 % Student-t interval over 3 paired seeds: ")
+    assert h["rare_control_reading"].endswith("cannot tell the colour apart from the others")  # -10 +- 24.8
+    con2, tr2 = _rarity_tables({1.0: [-10.0, -12.0, -11.0], 0.1: [30.0, 31.0, 29.0]})
+    h2 = RarityResult(pd.DataFrame(), con2, pd.DataFrame(), tr2).headline("zs")
+    assert "excludes 0: even without any rarity the colour is easier" in h2["rare_control_reading"]
+    con1, tr1 = _rarity_tables({1.0: [1.0], 0.1: [30.0]})
+    one = RarityResult(pd.DataFrame(), con1, pd.DataFrame(), tr1)
+    assert one.headline("zs")["rare_shift_rarest"] == "+29.0 points (one seed: no interval)"
+
+
+def test_rarity_spread_sentence_compares_seed_spread_with_one_models_interval():
+    from vlnb.fairness.controlled import rarity_spread_sentence
+
+    con, _ = _rarity_tables({1.0: [-10.0, 0.0, -20.0], 0.1: [30.0, 45.0, 20.0]}, half_width=10.0)
+    text = rarity_spread_sentence(con, "zs")
+    assert text.startswith("the seeds of one fraction lie up to 25.0 points apart (at f = 0.1), wider than the 20.0-point")
+    con, _ = _rarity_tables({1.0: [-10.0, -9.0], 0.1: [30.0, 31.0]}, half_width=10.0)
+    assert "well inside" in rarity_spread_sentence(con, "zs")
+    con, _ = _rarity_tables({1.0: [-10.0], 0.1: [30.0]})
+    assert rarity_spread_sentence(con, "zs").startswith("with one seed per fraction there is no spread")
+
+
+def test_torch_threads_restores_the_setting():
+    from vlnb.fairness.controlled import torch_threads
+
+    outer = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch_threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), torch_threads(1):
+            raise RuntimeError("boom")
+        assert torch.get_num_threads() == 2
+        with torch_threads(None):
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(outer)
+
+
+def test_pages_show_a_dash_not_nan():
+    from vlnb.fairness.analysis import SubgroupResult, gap_page
+
+    a = F.Outcomes.from_values({"zero-shot shape top-1": [1, 0, 1, 1]}, model="a", dataset="world")
+    b = F.Outcomes.from_values({"zero-shot category top-1": [0, 1], "mean similarity": [0.2, 0.4]}, model="b",
+                               dataset="coco")
+    res = SubgroupResult(pd.DataFrame(), pd.DataFrame(), {("a", "world"): a, ("b", "coco"): b})
+    page = res.overall_page().set_index("model")
+    assert page.loc["a", "zero-shot shape top-1 (%)"] == 75.0 and page.loc["a", "zero-shot category top-1 (%)"] == "—"
+    assert page.loc["b", "mean similarity"] == pytest.approx(0.3) and page.loc["a", "mean similarity"] == "—"
+    o, g = synthetic_outcomes({"a": 0.8, "b": 0.5}, 40, seed=0)
+    gaps = F.metrics.in_percent(F.gap_table(o, np.where(g == "a", "a", "only"), min_size=50, n_boot=20, n_perm=20))
+    shown = gap_page(gaps.assign(model="m"), "m")
+    assert shown.loc[0, "gap"] == "—" and shown.loc[0, "unit"] == "%" and not shown.isna().any().any()

@@ -72,3 +72,54 @@ def test_consistency_zeroshot_row_compares_chapter_4_with_chapter_5_in_percent(t
     write(tmp_path, "04_compare", "zeroshot", zs.assign(top1=[0.302, 0.242]))
     row = synthesis.consistency(tmp_path).iloc[-1]
     assert row["value A"] == 30.2 and not row["agree"]
+
+
+def test_chapter_7_numbers_are_read_in_percent_as_written(tmp_path):
+    """Chapter 7's tables are in percent (gaps in points): the synthesis takes them as they are — no x100 — reads
+    the colour-accuracy rows (not another metric's), and prefers the Student-t interval over seeds to their range."""
+    rows = [{"metric": m, "unit": u, "fraction": f, "train_rare_pct": sh, "seeds": 3, "gap_mean": g, "gap_ci_lo": g - 9,
+             "gap_ci_hi": g + 9, "gap_min": g - 4, "gap_max": g + 4, "rare_value": 70.0 - g, "rest_value": 70.0,
+             "detected": d, "level": 0.95}
+            for m, u in (("i2t R@5", "%"), ("zero-shot colour top-1", "%"))
+            for f, sh, g, d in ((1.0, 22.9, -3.5 if m.startswith("zero") else 1.0, 0), (0.03, 0.4, 36.2, 3))]
+    write(tmp_path, "07_fairness", "rarity_summary", pd.DataFrame(rows))
+    t = synthesis.headlines(tmp_path)
+    t = t[t["chapter"] == synthesis.CHAPTERS["07_fairness"]].set_index("finding")
+    control = t.loc["planted rarity, f = 1: others − rare colour accuracy"]
+    rarest = t.loc["planted rarity, f = 0.03: others − rare colour accuracy"]
+    assert (control["value"], control["ci_lo"], control["ci_hi"]) == (-3.5, -12.5, 5.5)
+    assert (rarest["value"], rarest["unit"]) == (36.2, "points")
+    assert rarest["interval"] == "Student t 95 % over 3 seeds; the permutation test flags 3 of 3"
+    page = synthesis.page_table(t.reset_index())
+    assert "36.2 points [27.2, 45.2]" in set(page["value [interval]"])
+    # one seed: no t interval, the (degenerate) range is reported as such
+    one = pd.DataFrame(rows).assign(seeds=1, gap_ci_lo=float("nan"), gap_ci_hi=float("nan"))
+    write(tmp_path, "07_fairness", "rarity_summary", one)
+    t = synthesis.headlines(tmp_path)
+    assert t[t["finding"].str.startswith("planted rarity, f = 1:")]["interval"].iloc[0].startswith("range over 1 seeds")
+
+
+def test_consistency_compares_chapter_7_with_chapter_4_in_percent(tmp_path):
+    """Chapter 7's per-image evaluation, summed over the world test set (its overall table, percent), against
+    chapter 4: the zero-shot shape accuracy (largest object; chapter 4's CSV keeps proportions) and the fusion
+    models' ITC retrieval."""
+    zs = pd.DataFrame([{"model": "scratch-world", "dataset": "world", "variant": v, "top1": t}
+                       for v, t in (("any object", 0.304), ("primary", 0.242))])
+    ret = pd.DataFrame([{"model": m, "dataset": "world", "protocol": p, "stage": st, "direction": "i2t", "k": 1,
+                         "recall": r} for m, p, st, r in (("blip-world", "ITC", "itc", 11.0),
+                                                          ("blip-world", "ITC top-16 → own ITM rerank", "itm", 8.6),
+                                                          ("qformer-world", "ITC", "itc", 14.6))])
+    ov = pd.DataFrame([{"model": m, "dataset": "world", "metric": k, "value": v, "unit": "%"}
+                       for m, k, v in (("scratch-world", "zero-shot shape top-1", 24.2), ("blip-world", "i2t R@1", 11.0),
+                                       ("qformer-world", "i2t R@1", 14.6))])
+    write(tmp_path, "04_compare", "zeroshot", zs)
+    write(tmp_path, "04_compare", "retrieval", ret)
+    write(tmp_path, "07_fairness", "overall", ov)
+    c = synthesis.consistency(tmp_path).set_index("quantity")
+    rows = ["scratch-world on world: zero-shot shape top-1 (largest object)", "blip-world on world: i2t R@1 (ITC)",
+            "qformer-world on world: i2t R@1 (ITC)"]
+    assert c.loc[rows, "agree"].tolist() == [True, True, True] and (c.loc[rows, "chapter B"] == "7").all()
+    assert c.loc[rows[0], ["value A", "value B"]].tolist() == [24.2, 24.2]
+    write(tmp_path, "07_fairness", "overall", ov.assign(value=[0.242, 0.11, 0.146]))  # proportions would not agree
+    c = synthesis.consistency(tmp_path).set_index("quantity")
+    assert not c.loc[rows, "agree"].any()

@@ -6,8 +6,9 @@ level and the file it came from. Nothing is typed here: a finding whose table is
 :func:`consistency` recomputes numbers that two chapters measure independently (the same model on the same
 test images) and reports both values; the book-build test requires them to agree.
 
-Units: every recall and accuracy in these tables is a **percentage** (proportions of chapter 7's tables are
-multiplied by 100), gaps are percentage points.
+Units: every recall and accuracy in these tables is a **percentage**, gaps are percentage points — as the
+chapters' own tables hold them (chapter 7's included); only chapter 4's zero-shot CSV keeps proportions
+(:func:`zeroshot_pct`) and chapter 6's pointing excess is a share of energy.
 """
 
 from __future__ import annotations
@@ -166,10 +167,16 @@ def _ch7(runs) -> list[dict]:
     out = []
     s = read(runs, "07_fairness", "rarity_summary")
     if s is not None and not s.empty:
-        for r in (s.iloc[0], s.iloc[-1]):
+        if "metric" in s and s["metric"].eq("zero-shot colour top-1").any():
+            s = s[s["metric"] == "zero-shot colour top-1"]
+        for r in (s.iloc[0], s.iloc[-1]):  # the control (f = 1) and the rarest fraction; gaps in points already
+            n = int(r["seeds"])
+            t = "gap_ci_lo" in r and n > 1 and not math.isnan(float(r["gap_ci_lo"]))
+            lo, hi = (r["gap_ci_lo"], r["gap_ci_hi"]) if t else (r["gap_min"], r["gap_max"])
+            how = f"Student t {100 * float(r.get('level', 0.95)):.0f} % over {n} seeds" if t else f"range over {n} seeds"
             out.append(_row("07_fairness", f"planted rarity, f = {r['fraction']:g}: others − rare colour accuracy",
-                            100 * float(r["gap_mean"]), 100 * float(r["gap_min"]), 100 * float(r["gap_max"]),
-                            f"range over {int(r['seeds'])} seeds; test flags {int(r['detected'])}", 0.0,
+                            float(r["gap_mean"]), float(lo), float(hi),
+                            f"{how}; the permutation test flags {int(r['detected'])} of {n}", 0.0,
                             unit="points", source="rarity_summary"))
     g = read(runs, "07_fairness", "gaps")
     if g is not None and not g.empty:
@@ -219,7 +226,10 @@ def consistency(runs: str | Path) -> pd.DataFrame:
       is the same model) and vs chapter 4;
     - the from-scratch model's retrieval on the world test set: chapter 2's last evaluation vs chapter 4;
     - the from-scratch model's zero-shot shape accuracy on the world test set: chapter 4 vs chapter 5's clean
-      images (same images, classes, prompts and label rule).
+      images (same images, classes, prompts and label rule);
+    - chapter 7's per-image evaluation on the world test set, summed over all images: the from-scratch model's
+      zero-shot shape accuracy (largest object) and the BLIP-like and Q-Former models' ITC image→text R@1 vs
+      chapter 4.
     """
     r2 = read(runs, "02_clip_training", "results")
     r3 = read(runs, "03_blip2_heads", "recall_summary")
@@ -248,7 +258,29 @@ def consistency(runs: str | Path) -> pd.DataFrame:
         rows.append({"quantity": "scratch-world on world: zero-shot shape top-1 (any object, 5 prompts)",
                      "chapter A": "4", "value A": a, "chapter B": "5 (clean)", "value B": b,
                      "agree": bool(np.isclose(a, b, atol=0.05)) if not (math.isnan(a) or math.isnan(b)) else None})
+    # chapter 7 evaluates the world models again, per image, on the same test images: its overall table (percent)
+    # against chapter 4's zero-shot shape accuracy ("primary": the largest object, the label rule chapter 7 groups
+    # by) and ITC retrieval, for the dual encoder and the two fusion models it reads through their ITC heads
+    ov7 = read(runs, "07_fairness", "overall")
+    if ov7 is not None:
+        pairs = []
+        if zs4 is not None:
+            pairs.append(("scratch-world on world: zero-shot shape top-1 (largest object)",
+                          zeroshot_pct(zs4, "scratch-world", "world", "primary"),
+                          overall_value(ov7, "scratch-world", "world", "zero-shot shape top-1")))
+        for model in ("blip-world", "qformer-world"):
+            pairs.append((f"{model} on world: i2t R@1 (ITC)", _recall(r4, model, "world", "i2t"),
+                          overall_value(ov7, model, "world", "i2t R@1")))
+        for quantity, a, b in pairs:
+            rows.append({"quantity": quantity, "chapter A": "4", "value A": a, "chapter B": "7", "value B": b,
+                         "agree": bool(np.isclose(a, b, atol=0.05)) if not (math.isnan(a) or math.isnan(b)) else None})
     return pd.DataFrame(rows)
+
+
+def overall_value(overall: pd.DataFrame, model: str, dataset: str, metric: str) -> float:
+    """Chapter 7's value of one metric on a model's whole test set (its ``overall`` table, percent), or NaN."""
+    sel = (overall["model"] == model) & (overall["dataset"] == dataset) & (overall["metric"] == metric)
+    return float(overall.loc[sel, "value"].iloc[0]) if sel.any() else math.nan
 
 
 def zeroshot_pct(zeroshot: pd.DataFrame, model: str, dataset: str, variant: str) -> float:

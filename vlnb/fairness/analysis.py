@@ -19,7 +19,7 @@ from ..zoo import chapter_models as _models
 from .controlled import world_attribute_task
 from .gender import read_coco_captions
 from .groups import dataset_groups
-from .metrics import Outcomes, evaluate_outcomes, gap_table, group_table
+from .metrics import Outcomes, evaluate_outcomes, gap_table, group_table, in_percent, is_proportion
 from .stats import holm_adjust
 
 #: Groupings analysed per kind of data set, and the groups that are shown but never ranked.
@@ -40,10 +40,41 @@ def zeroshot_tasks(dataset: str, manifest: pd.DataFrame, templates: str | None =
 
 @dataclass
 class SubgroupResult:
-    groups: pd.DataFrame  #: group_table rows of every model x data set x grouping
-    gaps: pd.DataFrame  #: gap_table rows of every model x data set x grouping
-    outcomes: dict = field(default_factory=dict)  #: (model, dataset) -> Outcomes
+    """The chapter's tables, in the book's unit (:func:`vlnb.fairness.metrics.in_percent`: recalls and accuracies
+    in %, gaps in percentage points, the mean similarity a cosine; column ``unit``)."""
+
+    groups: pd.DataFrame  #: group_table rows of every model x data set x grouping (percent)
+    gaps: pd.DataFrame  #: gap_table rows of every model x data set x grouping (percent / points)
+    outcomes: dict = field(default_factory=dict)  #: (model, dataset) -> Outcomes (proportions, per image)
     group_labels: dict = field(default_factory=dict)  #: dataset -> frame of group labels (index image_id)
+    chance: dict = field(default_factory=dict)  #: (model, dataset) -> {zero-shot metric: chance (proportion)}
+
+    def overall(self) -> pd.DataFrame:
+        """Every model's value of every metric on its whole test set (tidy: ``model, dataset, metric, value,
+        unit, images, chance``; recalls and accuracies in %, their chance level too)."""
+        rows = []
+        for (model, ds), o in self.outcomes.items():
+            for m in o.metrics:
+                scale = 100.0 if is_proportion(m) else 1.0
+                ch = self.chance.get((model, ds), {}).get(m)
+                rows.append({"model": model, "dataset": ds, "metric": m, "value": scale * o.value(m),
+                             "unit": "%" if scale == 100 else "cosine", "images": int((o.den[m] > 0).sum()),
+                             "chance": scale * ch if ch is not None else np.nan})
+        return pd.DataFrame(rows, columns=["model", "dataset", "metric", "value", "unit", "images", "chance"])
+
+    def overall_page(self) -> pd.DataFrame:
+        """What the page shows of :meth:`overall`: one row per model and data set, one column per metric
+        (recalls and accuracies in % with one decimal, the mean similarity with three; "—" where a model has no
+        such metric on that data set)."""
+        t = self.overall()
+        if t.empty:
+            return t
+        t = t.assign(value=[round(v, 1 if u == "%" else 3) for v, u in zip(t["value"], t["unit"])])
+        wide = t.pivot_table(index=["model", "dataset"], columns="metric", values="value", sort=False)
+        wide = wide.rename(columns=lambda m: f"{m} (%)" if is_proportion(m) else m)
+        wide.columns.name = None
+        wide.insert(0, "images", t.groupby(["model", "dataset"], sort=False)["images"].max())
+        return wide.reset_index().astype(object).where(lambda d: d.notna(), "—")
 
 
 def subgroup_analysis(
@@ -94,7 +125,21 @@ def subgroup_analysis(
     cat = lambda parts: pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) \
         else pd.DataFrame()
     gaps = flag_at_chance(adjust_gap_tests(cat(gap_rows), level), outs, chance)
-    return SubgroupResult(cat(groups_rows), gaps, outs, labels)
+    return SubgroupResult(in_percent(cat(groups_rows)), in_percent(gaps), outs, labels, chance)
+
+
+def itm_zeroshot_pairs(manifests: Mapping[str, pd.DataFrame], datasets: Mapping[str, Sequence[str]] | None = None,
+                       templates: str | None = None) -> str:
+    """How many image-text passes a pure cross encoder (ITM only, no ITC) would need for this run's zero-shot
+    tasks: one per image, class and prompt, for every data set evaluated (``datasets``: ``{model: [data
+    sets]}``, None = all of ``manifests``). A dual encoder encodes each image once and each prompt once."""
+    names = dict.fromkeys(d for ds in datasets.values() for d in ds) if datasets else dict.fromkeys(manifests)
+    parts = []
+    for ds in names:
+        df = manifests[ds]
+        prompts = sum(len(t.class_names) * len(t.templates) for t, _ in zeroshot_tasks(ds, df, templates).values())
+        parts.append(f"{len(df) * prompts:,} on {ds} ({len(df):,} images × {prompts:,} class prompts)")
+    return "; ".join(parts) or "none"
 
 
 def zeroshot_chance_levels(tasks: dict) -> dict[str, float]:
@@ -138,14 +183,28 @@ def adjust_gap_tests(gaps: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     return gaps
 
 
-def gap_headline(gaps: pd.DataFrame) -> dict[str, str]:
-    """Strings for the prose: how many gaps were testable / detected, and the largest zero-shot gap."""
+def gap_headline(gaps: pd.DataFrame, n_perm: int | None = None, level: float = 0.95) -> dict[str, str]:
+    """Strings for the prose: how many gaps were testable / detected, and the largest zero-shot gap (a table of
+    :func:`subgroup_analysis`, in percent: the gap in percentage points, the groups' values in %).
+
+    With ``n_perm``, also ``holm_floor``: the smallest Holm-adjusted p-value the table's permutation tests can
+    reach (``m / (n_perm + 1)`` for ``m`` tests), and whether it is below ``1 - level`` — if not, no gap could
+    have been detected whatever the data, and the sentence says so."""
     if gaps.empty:
         return {"n_gap_tested": "0", "n_gap_detected": "0", "n_gap_untestable": "0", "n_gap_at_chance": "0",
-                "top_gap": "not measurable in this run"}
+                "top_gap": "not measurable in this run", "holm_floor": "no test was run"}
+    pct = "unit" in gaps.columns
     testable = gaps[gaps["n_groups"] >= 2]
     out = {"n_gap_tested": str(len(testable)), "n_gap_detected": str(int(testable["gap_detected"].sum())),
            "n_gap_untestable": str(len(gaps) - len(testable))}
+    if n_perm is not None:
+        m = int(testable["p_value"].notna().sum()) if "p_value" in testable else 0
+        floor = m / (n_perm + 1)
+        out["holm_floor"] = (f"with {n_perm:,} permutations per test the smallest possible p-value is "
+                             f"1/{n_perm + 1:,}, so over {m} tests Holm's smallest adjusted p-value is {floor:.3f}"
+                             + (f", below {1 - level:.2f}: a strong enough gap can be detected" if floor < 1 - level
+                                else f", not below {1 - level:.2f}: no gap could be detected in this run, whatever "
+                                "the data (raise n_perm)"))
     zs = testable[testable["metric"].str.startswith("zero-shot")]
     n_at_chance = 0
     if "informative" in zs:
@@ -157,11 +216,34 @@ def gap_headline(gaps: pd.DataFrame) -> dict[str, str]:
                           + (", or the classifier was under twice chance" if n_at_chance else "") + ")")
     else:
         r = zs.loc[zs["gap"].idxmax()]
-        out["top_gap"] = (f"{r['gap']:.2f} (interval {r['gap_lo']:.2f} to {r['gap_hi']:.2f}, permutation p = "
-                          f"{r['p_value']:.3f}" + (f", Holm-adjusted {r['p_holm']:.3f}" if "p_holm" in r else "")
+        v, pts = ((lambda x: f"{x:.1f} %"), " points") if pct else ((lambda x: f"{x:.2f}"), "")
+        d = (lambda x: f"{x:.1f}") if pct else (lambda x: f"{x:.2f}")
+        out["top_gap"] = (f"{d(r['gap'])}{pts} (interval {d(r['gap_lo'])} to {d(r['gap_hi'])}, permutation p = "
+                          f"{_p(r['p_value'])}" + (f", Holm-adjusted {_p(r['p_holm'])}" if "p_holm" in r else "")
                           + f"): {r['model']}, {r['metric']} by {r['grouping']}, "
-                          f"{r['best_group']} {r['best']:.2f} versus {r['worst_group']} {r['worst']:.2f}")
+                          f"{r['best_group']} {v(r['best'])} versus {r['worst_group']} {v(r['worst'])}")
     return out
+
+
+def _p(p: float) -> str:
+    """A p-value for the prose: three decimals, or one significant digit below 0.001 (never "0.000")."""
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1g}"
+
+
+def gap_page(gaps: pd.DataFrame, model: str) -> pd.DataFrame:
+    """What the page shows of one model's gaps: values and gaps with one decimal (in % and percentage points; the
+    mean similarity, a cosine, with three), ratios with two, p-values with four; "—" where a grouping had too few
+    large groups to have a gap."""
+    cols = ["grouping", "metric", "unit", "n_groups", "best_group", "best", "worst_group", "worst", "gap", "gap_lo",
+            "gap_hi", "ratio", "ratio_lo", "ratio_hi", "p_value", "p_holm", "gap_detected", "informative",
+            "flagged_groups"]
+    t = gaps[gaps["model"] == model]
+    t = t[[c for c in cols if c in t.columns]].copy()
+    for c in ("best", "worst", "gap", "gap_lo", "gap_hi"):
+        if c in t:
+            t[c] = [round(x, 1 if u == "%" else 3) for x, u in zip(t[c], t.get("unit", ["%"] * len(t)))]
+    t = t.round({"ratio": 2, "ratio_lo": 2, "ratio_hi": 2, "p_value": 4, "p_holm": 4}).reset_index(drop=True)
+    return t.astype(object).where(t.notna(), "—")
 
 
 # ---------------------------------------------------------------------------------------------- chapter glue
@@ -171,10 +253,12 @@ def resolve_device(device: str = "auto") -> str:
 
 
 def chapter_models(cfg, device: str = "auto", progress: bool = True) -> dict:
-    """The dual encoders of a chapter-7 run: offline the reference models (``cfg.models`` names a subset);
-    full the hub models (a dict replaces / adds / drops entries of :data:`vlnb.zoo.HUB_MODELS`, a list keeps
-    those display names). Cross encoders (ViLT) are left out: they have no zero-shot classifier and no
-    similarity matrix to take per-group retrieval from."""
+    """The models of a chapter-7 run: offline the reference models (``cfg.models`` names a subset); full the hub
+    models (a dict replaces / adds / drops entries of :data:`vlnb.zoo.HUB_MODELS`, a list keeps those display
+    names). Dual encoders and fusion models with an ITC head (BLIP-like, Q-Former; BLIP and BLIP-2 on the hub)
+    take part through their ITC embeddings. Pure cross encoders (ViLT) are left out: without ITC embeddings
+    they have no zero-shot classifier short of one ITM pass per image, class and prompt
+    (:func:`itm_zeroshot_pairs`), and no similarity matrix to take per-group retrieval from."""
 
     return _models(cfg, device=device, progress=progress, include_cross=False)
 
@@ -224,4 +308,5 @@ def gender_sources(cfg) -> dict[str, pd.DataFrame]:
 
 
 __all__ = ["DEFAULT_GROUPINGS", "EXCLUDED_GROUPS", "SubgroupResult", "chapter_datasets", "chapter_manifests",
-           "chapter_models", "gap_headline", "gender_sources", "resolve_device", "subgroup_analysis", "zeroshot_tasks"]
+           "chapter_models", "gap_headline", "gap_page", "gender_sources", "itm_zeroshot_pairs", "resolve_device",
+           "subgroup_analysis", "zeroshot_tasks"]

@@ -21,6 +21,10 @@ The recipe of this module:
    permutation test, and the interval says how large it is.
 4. :func:`group_contrast` compares one named group with the rest (signed ``rest - target``), as the
    controlled experiment does with the group it made rare.
+5. :func:`in_percent` turns any of these tables into the book's unit: every recall and accuracy in percent,
+   gaps between them in percentage points (ratios, p-values and the mean cosine similarity unchanged), with a
+   ``unit`` column. The functions above compute in proportions; the chapter's tables
+   (:func:`vlnb.fairness.subgroup_analysis`, :func:`vlnb.fairness.rarity_experiment`) are in percent.
 """
 
 from __future__ import annotations
@@ -218,6 +222,21 @@ def _draws(num, den, codes, n_groups, weights) -> np.ndarray:
         return (weights @ (onehot * num[:, None])) / (weights @ (onehot * den[:, None]))
 
 
+def _permuted_values(rng: np.random.Generator, codes: np.ndarray, num: np.ndarray, den: np.ndarray, n_groups: int,
+                     n_perm: int, chunk: int = 500) -> np.ndarray:
+    """``(n_perm, n_groups)`` group values after ``n_perm`` independent shuffles of the group ``codes`` across the
+    images (group sizes kept): the permutation null distribution, drawn in chunks of ``chunk`` shuffles at a time."""
+    codes = np.asarray(codes, dtype=np.int64)
+    n, out = len(codes), []
+    for s in range(0, n_perm, chunk):
+        b = min(chunk, n_perm - s)
+        perm = rng.permuted(np.broadcast_to(codes, (b, n)), axis=1)
+        flat = (perm + n_groups * np.arange(b)[:, None]).ravel()
+        sums = [np.bincount(flat, np.tile(w, b), n_groups * b).reshape(b, n_groups) for w in (num, den)]
+        out.append(sums[0] / sums[1])
+    return np.concatenate(out) if out else np.empty((0, n_groups))
+
+
 def _valid(outcomes: Outcomes, metric: str, g: np.ndarray) -> np.ndarray:
     if metric not in outcomes.num:
         raise KeyError(f"unknown metric {metric!r}; this evaluation has {outcomes.metrics}")
@@ -333,12 +352,9 @@ def gap_table(
         with np.errstate(invalid="ignore", divide="ignore"):
             r_lo, r_hi = percentile_interval(draws.min(1) / draws.max(1), level)
         # permutation test: shuffle group labels across images (sizes kept), recompute the gap
-        perm_gaps = np.empty(n_perm)
-        for b in range(n_perm):
-            c = rng.permutation(codes)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                v = np.bincount(c, num, G) / np.bincount(c, den, G)
-            perm_gaps[b] = v.max() - v.min()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            v = _permuted_values(rng, codes, num, den, G, n_perm)
+        perm_gaps = v.max(1) - v.min(1)
         p = (1 + np.sum(perm_gaps >= gap - 1e-12)) / (1 + n_perm)
         rows.append({**base, "best_group": str(values.idxmax()), "best": float(values.max()),
                      "worst_group": str(values.idxmin()), "worst": float(values.min()), "gap": gap,
@@ -379,11 +395,9 @@ def group_contrast(
         v = np.bincount(codes, num, 2) / np.bincount(codes, den, 2)
         draws = _draws(num, den, codes, 2, bootstrap_weights(len(codes), n_boot, seed, strata=codes))
         lo, hi = percentile_interval(draws[:, 0] - draws[:, 1], level)
-        perm = np.empty(n_perm)
-        for b in range(n_perm):
-            c = rng.permutation(codes)
-            pv = np.bincount(c, num, 2) / np.bincount(c, den, 2)
-            perm[b] = pv[0] - pv[1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pv = _permuted_values(rng, codes, num, den, 2, n_perm)
+        perm = pv[:, 0] - pv[:, 1]
         gap = float(v[0] - v[1])
         p = (1 + np.sum(np.abs(perm) >= abs(gap) - 1e-12)) / (1 + n_perm)
         rows.append({"model": outcomes.model, "dataset": outcomes.dataset, "metric": metric, "target": str(target),
@@ -393,4 +407,33 @@ def group_contrast(
     return pd.DataFrame(rows)
 
 
-__all__ = ["Outcomes", "evaluate_outcomes", "gap_table", "group_contrast", "group_table"]
+# ---------------------------------------------------------------------------------------------- units
+#: Columns of group / gap / contrast tables that hold a metric's value or a difference of two values.
+VALUE_COLUMNS = ("value", "ci_lo", "ci_hi", "best", "worst", "gap", "gap_lo", "gap_hi", "target_value", "rest_value",
+                 "overall", "chance")
+
+
+def is_proportion(metric: str) -> bool:
+    """True for a hit rate (zero-shot top-1, Recall@K): every metric of :func:`evaluate_outcomes` but the mean
+    cosine similarity."""
+    return "similarity" not in str(metric)
+
+
+def in_percent(table: pd.DataFrame) -> pd.DataFrame:
+    """A :func:`group_table` / :func:`gap_table` / :func:`group_contrast` table in the book's unit: the
+    :data:`VALUE_COLUMNS` of every proportion metric times 100 (values in %, gaps in percentage points), the
+    mean similarity left a cosine; ratios and p-values unchanged. Adds ``unit`` (``"%"`` or ``"cosine"``). A
+    table that already has a ``unit`` column is returned as it is, so converting twice is harmless."""
+    if table.empty or "unit" in table.columns:
+        return table
+    out = table.copy()
+    pct = out["metric"].map(is_proportion).to_numpy(dtype=bool)
+    for c in VALUE_COLUMNS:
+        if c in out.columns:
+            out[c] = np.where(pct, 100.0 * out[c].astype(float), out[c].astype(float))
+    out["unit"] = np.where(pct, "%", "cosine")
+    return out
+
+
+__all__ = ["VALUE_COLUMNS", "Outcomes", "evaluate_outcomes", "gap_table", "group_contrast", "group_table",
+           "in_percent", "is_proportion"]

@@ -1,4 +1,5 @@
-"""Figures of the fairness chapter: per-group bars with intervals on a [0, 1] axis, gap versus rarity."""
+"""Figures of the fairness chapter: per-group bars with intervals on their metric's whole range (0-100 % for
+accuracies and recalls), gap versus rarity."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import FuncFormatter
 
 
 def group_bars(table: pd.DataFrame, metrics: Sequence[str] | None = None, groupings: Sequence[str] | None = None,
@@ -14,8 +16,9 @@ def group_bars(table: pd.DataFrame, metrics: Sequence[str] | None = None, groupi
     """One panel per (grouping, metric) of one model's :func:`~vlnb.fairness.group_table` rows.
 
     Bars are sorted best first; whiskers are the confidence intervals; flagged groups (too few images) are
-    drawn hatched in grey with their size, excluded groups in light grey. Proportions are drawn on [0, 1],
-    similarities on [-1, 1] (both bounds included, so no axis exaggerates a difference).
+    drawn hatched in grey with their size, excluded groups in light grey. Every axis spans its metric's whole
+    range, so no axis exaggerates a difference: 0-100 for a table in percent (a ``unit`` column of ``"%"``, as
+    the chapter's tables have), [0, 1] for proportions without one, [-1, 1] for similarities.
     """
 
     if table.empty:
@@ -49,9 +52,11 @@ def group_bars(table: pd.DataFrame, metrics: Sequence[str] | None = None, groupi
             ax.errorbar(d["value"], y, xerr=err, fmt="none", ecolor="k", elinewidth=0.8, capsize=2)
             labels = [f"{g} (n={n})" for g, n in zip(d["group"], d["images"])]
             ax.set_yticks(y, labels, fontsize=7)
-            lo = -1.0 if "similarity" in metric else 0.0
-            ax.set_xlim(lo, 1.0)
+            pct = "unit" in d.columns and bool((d["unit"] == "%").all())
+            lo, hi = (-1.0, 1.0) if "similarity" in metric else (0.0, 100.0 if pct else 1.0)
+            ax.set_xlim(lo, hi)
             ax.axvline(0, color="0.3", lw=0.6) if lo < 0 else None
+            ax.set_xlabel("%" if pct else ("cosine" if lo < 0 else "proportion"), fontsize=7)
             ax.tick_params(axis="x", labelsize=7)
             ax.set_title(f"{metric} by {grouping}", fontsize=8)
             ax.grid(axis="x", alpha=0.3)
@@ -64,15 +69,21 @@ def group_bars(table: pd.DataFrame, metrics: Sequence[str] | None = None, groupi
 def rarity_plot(contrasts: pd.DataFrame, metric: str, training: pd.DataFrame | None = None, target: str | None = None):
     """Gap ``rest - rare`` (with intervals, one marker per seed, mean line) against the rare group's share of
     the training images (log axis; the control ``fraction = 1`` is the rightmost point), and beside it the
-    rare group's and the others' value."""
+    rare group's and the others' value. Contrasts in percent (a ``unit`` column of ``"%"``, as
+    :func:`vlnb.fairness.rarity_experiment` writes them) are drawn on -100..100 points and 0..100 %, proportions
+    on [-1, 1] and [0, 1]."""
 
     d = contrasts[contrasts["metric"] == metric].copy()
     if d.empty:
         raise ValueError(f"rarity_plot: no rows for metric {metric!r}")
+    pct = "unit" in d.columns and bool((d["unit"] == "%").all())
+    top = 100.0 if pct else 1.0
     if training is not None:
-        d = d.merge(training[["fraction", "seed", "train_share_rare"]], on=["fraction", "seed"])
-        d["x"] = d["train_share_rare"].clip(lower=1e-4)
-        xlabel = f"share of training images showing {target or 'the rare value'}"
+        share = "train_rare_pct" if "train_rare_pct" in training.columns else "train_share_rare"
+        d = d.merge(training[["fraction", "seed", share]], on=["fraction", "seed"])
+        d["x"] = d[share].clip(lower=1e-4 * (100 if share == "train_rare_pct" else 1))
+        xlabel = (f"{'%' if share == 'train_rare_pct' else 'share'} of training images showing "
+                  f"{target or 'the rare value'}")
     else:
         d["x"] = d["fraction"]
         xlabel = "rare fraction (1 = control)"
@@ -91,19 +102,20 @@ def rarity_plot(contrasts: pd.DataFrame, metric: str, training: pd.DataFrame | N
     a1.axhline(0, color="0.4", lw=0.8, ls="--")
     a1.set_xscale("log")
     a1.set_xlabel(xlabel, fontsize=8)
-    a1.set_ylabel(f"gap: others − {target or 'rare'} ({metric})", fontsize=8)
-    a1.set_ylim(-1, 1)
+    a1.set_ylabel(f"others − {target or 'rare'}{' (points)' if pct else ''}\n{metric}", fontsize=8)
+    a1.set_ylim(-top, top)
     a1.legend(fontsize=7)
-    a1.set_title("the planted gap grows as the group gets rarer", fontsize=9)
+    a1.set_title("planted gap per seed (whiskers: bootstrap interval) and its mean", fontsize=9)
     a2.plot(m.index, m["target_value"], "o-", color="C3", lw=2, label=target or "rare group")
     a2.plot(m.index, m["rest_value"], "s-", color="C0", lw=2, label="all other groups")
     a2.set_xscale("log")
-    a2.set_ylim(0, 1)
+    a2.set_ylim(0, top)
     a2.set_xlabel(xlabel, fontsize=8)
-    a2.set_ylabel(metric, fontsize=8)
+    a2.set_ylabel(f"{metric}{' (%)' if pct else ''}", fontsize=8)
     a2.legend(fontsize=7)
     a2.set_title("value per group (thin: seeds, thick: mean)", fontsize=9)
     for a in (a1, a2):
+        a.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))  # 0.5, 1, 10 rather than 10^0
         a.grid(alpha=0.3)
         a.tick_params(labelsize=7)
     fig.tight_layout()
