@@ -426,12 +426,262 @@ def test_sweep_cross_encoder_scores_every_pair(tmp_path, tiny_vilt_dir):
     assert len(res) == 3 * 2  # (category top1, i2t R@1, t2i R@1) x severities 0 and 5
 
 
+def test_per_image_hits_reproduce_every_metric(tmp_path, world, tiny_scratch):
+    """The hits a sweep records per image give back every value of its table (100 * sum(hit) / sum(n))."""
+    from vlnb.robustness import HITS_COLUMNS, run_sweep, world_task
+
+    task = world_task(world, n_images=8)
+    hits = []
+    res = run_sweep({"a": tiny_scratch[0]}, [task], ["contrast", "occlusion_object"], [1, 5], ks=(1, 5),
+                    cache_dir=tmp_path, progress=False, hits=hits)
+    h = pd.concat(hits, ignore_index=True)
+    assert list(h.columns) == HITS_COLUMNS and set(h["image_id"]) == set(task.manifest["image_id"])
+    assert not h.duplicated(["model", "dataset", "task", "metric", "corruption", "severity", "image_id"]).any()
+    cell = np.where(res["severity"] == 0, "clean", res["corruption"])
+    for r, c in zip(res.itertuples(), cell):
+        g = h[(h["task"] == r.task) & (h["metric"] == r.metric) & (h["corruption"] == c) & (h["severity"] == r.severity)]
+        assert len(g) == 8 and 100 * g["hit"].sum() / g["n"].sum() == pytest.approx(r.value, abs=1e-9)
+    t2i = h[(h["metric"] == "t2i_R@5") & (h["corruption"] == "clean")]
+    assert (t2i["n"] == task.manifest["captions"].map(len).to_numpy()).all()  # weight: the image's captions
+    # the page's CSV: one row per image and metric, one column per cell, the same numbers
+    from vlnb.robustness.report import hits_wide
+
+    wide = hits_wide(h).set_index(["task", "metric"])
+    assert list(wide.columns[:5]) == ["model", "dataset", "image_id", "n", "clean"]
+    assert len(wide) == 8 * len(res[["task", "metric"]].drop_duplicates())
+    w = wide.loc[("retrieval", "t2i_R@5")]
+    sel = (res["metric"] == "t2i_R@5") & (res["corruption"] == "contrast") & (res["severity"] == 5)
+    assert 100 * w["contrast@5"].sum() / w["n"].sum() == pytest.approx(res.loc[sel, "value"].item())
+
+
+def test_parallel_workers_count_their_time_once():
+    """Worker threads of a parallel sweep record nothing themselves; the waiting thread's block counts once."""
+    import threading
+    import time
+
+    from vlnb import timing
+
+    before = timing.totals()["metrics"]
+
+    def work():
+        with timing.untimed(), timing.timed("metrics"):
+            time.sleep(0.05)
+
+    with timing.timed("metrics"):
+        threads = [threading.Thread(target=work) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert 0.05 <= timing.totals()["metrics"] - before < 0.14  # once, not three times
+
+
+def test_zeroshot_and_retrieval_hits_by_hand():
+    from vlnb.eval import classification_metrics
+    from vlnb.eval.retrieval import retrieval_ranks
+    from vlnb.robustness.sweep import retrieval_hits, zeroshot_hits
+
+    # 3 images x 3 classes; image 1 ties its label with another class (a miss: ties count against the model),
+    # image 2 has no label (weight 0)
+    scores = torch.tensor([[0.9, 0.1, 0.0], [0.5, 0.5, 0.0], [0.2, 0.3, 0.1]])
+    targets = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 0]], dtype=bool)
+    hit, n = zeroshot_hits(scores, targets)
+    assert hit.tolist() == [1.0, 0.0, 0.0] and n.tolist() == [1.0, 1.0, 0.0]
+    assert 100 * hit.sum() / n.sum() == 100 * classification_metrics(scores[:2], targets[:2], ks=(1,))["top1"]
+    # 2 images; texts 0, 1 belong to image 0, text 2 to image 1
+    sim = torch.tensor([[0.9, 0.1, 0.8], [0.2, 0.7, 0.3]])
+    t2i = np.array([0, 0, 1])
+    h = retrieval_hits(retrieval_ranks(sim, t2i), t2i, 2, ks=(1,))
+    assert h["t2i_R@1"][0].tolist() == [1.0, 0.0] and h["t2i_R@1"][1].tolist() == [2.0, 1.0]  # text 1 -> image 1
+    assert h["i2t_R@1"][0].tolist() == [1.0, 0.0] and h["i2t_R@1"][1].tolist() == [1.0, 1.0]  # image 1 -> text 1
+
+
+def _hits(rows):
+    """A hits table from ``(model, image, n, clean hits, worst hits)`` rows (data set "d", one metric, severity 5)."""
+    out = []
+    for model, image, n, h0, h5 in rows:
+        for c, s, h in (("clean", 0, h0), ("blur", 5, h5)):
+            out.append({"model": model, "dataset": "d", "task": "retrieval", "metric": "t2i_R@5", "corruption": c,
+                        "severity": s, "image_id": image, "hit": float(h), "n": float(n)})
+    return pd.DataFrame(out)
+
+
+def _top(hits):
+    from vlnb.robustness.intervals import HitTable
+
+    t = HitTable(hits)
+    rows = [{"model": m, "dataset": "d", "task": "retrieval", "metric": "t2i_R@5", "corruption": "blur", "severity": 5,
+             "clean": t.value((m, "d", "retrieval", "t2i_R@5"), "clean"),
+             "worst": t.value((m, "d", "retrieval", "t2i_R@5"), "blur@5"), "chance": 10.0}
+            for m in dict.fromkeys(hits["model"])]
+    top = pd.DataFrame(rows)
+    return top.assign(drop=top["clean"] - top["worst"], informative=top["clean"] >= 2 * top["chance"])
+
+
+def test_paired_drop_interval_by_hand():
+    """Two images: A (1 caption) loses its hit, B (3 captions) keeps all three: the drop is 100 * 1 / 4 = 25
+    points. A bootstrap draw of two images is AA (drop 100, probability 1/4), AB or BA (25, 1/2) or BB (0, 1/4),
+    so the 40 % interval (quantiles 0.3 and 0.7) is [25, 25] and the 95 % interval [0, 100]."""
+    from vlnb.robustness.intervals import drop_intervals
+
+    hits = _hits([("m", "A", 1, 1, 0), ("m", "B", 3, 3, 3)])
+    top = _top(hits)
+    assert top["drop"].tolist() == [25.0]
+    narrow = drop_intervals(hits, top, n_boot=4000, level=0.4, seed=1)
+    assert (narrow["drop_lo"].item(), narrow["drop_hi"].item()) == (25.0, 25.0)
+    wide = drop_intervals(hits, top, n_boot=4000, level=0.95, seed=1)
+    assert (wide["drop_lo"].item(), wide["drop_hi"].item()) == (0.0, 100.0)
+    # the same images clean and corrupted: a paired interval of no change has no width at all
+    same = _hits([("m", "A", 1, 1, 1), ("m", "B", 3, 0, 0), ("m", "C", 2, 1, 1)])
+    z = drop_intervals(same, _top(same), n_boot=500)
+    assert (z["drop"].item(), z["drop_lo"].item(), z["drop_hi"].item()) == (0.0, 0.0, 0.0)
+    bad = top.assign(drop=top["drop"] + 1)  # hits of another table: refused, not silently mixed
+    with pytest.raises(ValueError, match="the hits give a drop"):
+        drop_intervals(hits, bad, n_boot=100)
+
+
+def test_reference_comparison_pairs_the_two_models_on_the_same_draws():
+    """Model m as above (drop 25: AA 100, AB 25, BB 0); the reference r keeps A and loses B's three captions
+    (drop 75: AA 0, AB 75, BB 100). Paired, m - r is 100 (AA, 1/4), -50 (AB, 1/2) or -100 (BB, 1/4): the 40 %
+    interval is [-50, -50] (m loses less), the 95 % one [-100, 100] (cannot be told apart)."""
+    from vlnb.robustness.intervals import reference_comparison
+
+    hits = _hits([("m", "A", 1, 1, 0), ("m", "B", 3, 3, 3), ("r", "A", 1, 1, 1), ("r", "B", 3, 3, 0)])
+    top = _top(hits)
+    narrow = reference_comparison(hits, top, "r", n_boot=4000, level=0.4, seed=1)
+    assert set(narrow["corruption"]) == {"blur", "mean"} and set(narrow["model"]) == {"m"}
+    row = narrow[narrow["corruption"] == "mean"].iloc[0]
+    assert (row["drop"], row["reference_drop"], row["diff"]) == (25.0, 75.0, -50.0)
+    # every caption was a hit when clean, so the share of the clean hits lost is the drop itself here
+    assert (row["rel_drop"], row["reference_rel_drop"], row["rel_verdict"]) == (25.0, 75.0, "less")
+    assert (row["diff_lo"], row["diff_hi"], row["verdict"]) == (-50.0, -50.0, "less")
+    wide = reference_comparison(hits, top, "r", n_boot=4000, level=0.95, seed=1)
+    row = wide[wide["corruption"] == "mean"].iloc[0]
+    assert (row["diff_lo"], row["diff_hi"], row["verdict"]) == (-100.0, 100.0, "same")
+    # under twice chance: listed, never compared
+    low = reference_comparison(hits, top.assign(chance=60.0, informative=False), "r", n_boot=100)
+    assert set(low["verdict"]) == {"at chance"} and not low["compared"].any()
+    from vlnb.robustness.report import comparison_glue
+
+    glue = comparison_glue(wide)
+    assert "cannot be told apart from r" in glue["comparison_md"] and "nan" not in glue["comparison_md"]
+    assert glue["comparison_desc"].startswith("of the 1 comparison(s)") and "1 cannot be told apart" in glue[
+        "comparison_desc"]
+
+
+def test_mce_interval_of_the_baseline_is_one(tmp_path, world, tiny_scratch):
+    from vlnb.robustness import run_sweep, summarize, world_task
+    from vlnb.robustness.intervals import mce_intervals
+
+    hits = []
+    res = run_sweep(dict(zip("ab", tiny_scratch)), [world_task(world, n_images=8)], ["contrast", "shot_noise"], [3, 5],
+                    ks=(1, 5), cache_dir=tmp_path, progress=False, hits=hits)
+    summ = mce_intervals(pd.concat(hits), summarize(res, baseline="b"), "b", n_boot=200)
+    b = summ[(summ["model"] == "b") & summ["mCE"].notna()]
+    assert len(b) and np.allclose(b[["mCE_lo", "mCE_hi"]], 1.0)
+    a = summ[(summ["model"] == "a") & summ["mCE"].notna()]
+    assert ((a["mCE_lo"] <= a["mCE"] + 1e-9) & (a["mCE"] <= a["mCE_hi"] + 1e-9)).all()
+
+
+@pytest.fixture(scope="module")
+def tiny_fusion(world):
+    """A tiny dual encoder and the three fusion architectures over it (untrained: the plumbing is checked)."""
+    from vlnb.models.fusion import FusionConfig, create_fusion, qformer_config
+    from vlnb.models.scratch import ScratchDualEncoder
+
+    caps = [c for cs in world["captions"] for c in cs]
+    dual = ScratchDualEncoder.create("tiny", captions=caps, seed=0, image_size=16, patch_size=8, width=16, layers=1,
+                                     heads=2, embed_dim=8, text_width=16, text_layers=1, text_heads=2, context_length=24,
+                                     name="dual")
+    tiny = {"width": 16, "layers": 1, "text_layers": 1, "heads": 2, "embed_dim": 8, "image_size": 16,
+            "patch_size": 8, "context_length": 24}
+    return {"dual": dual.eval(),
+            "vilt": create_fusion(FusionConfig(arch="vilt", **tiny), tokenizer=dual.tokenizer, seed=0).eval(),
+            "blip": create_fusion(FusionConfig(arch="blip", **tiny), tokenizer=dual.tokenizer, seed=0).eval(),
+            "qformer": create_fusion(qformer_config(dual.config, width=16, layers=1, heads=2, embed_dim=8,
+                                                    n_queries=2), tokenizer=dual.tokenizer, seed=0,
+                                     backbone=dual.visual).eval()}
+
+
+def test_sweep_reranks_like_chapter_4(tmp_path, world, tiny_fusion):
+    """Fusion models in the sweep: ITC on all images; on the re-rank subset ITC for every dual encoder and ITC
+    top-k -> ITM re-ranking (own ITM + ITC for BLIP-like and Q-Former, the first stage's ITC top-k by ITM alone for
+    ViLT-like); clean values equal chapter 4's functions on the same images; two workers give the same table."""
+    from vlnb.data.manifest import subset
+    from vlnb.eval.compare import add_rerank, evaluate_retrieval
+    from vlnb.robustness import run_sweep, world_task
+    from vlnb.robustness.sweep import RERANK_TASK, fusion_models, plan_sweep, protocol_table
+
+    task = world_task(world, n_images=10)
+    kw = {"rerank_k": 4, "first_stage": "dual", "cross_max_images": 6, "ks": (1, 3)}
+    plan = plan_sweep(tiny_fusion, [task], kw["rerank_k"], kw["first_stage"], kw["cross_max_images"])
+    proto = protocol_table(plan, 4, "dual").set_index(["model", "dataset", "task"])["protocol"]
+    assert proto[("vilt", "world[:6]", RERANK_TASK)] == "dual ITC top-4 → ITM rerank (ITM score alone)"
+    assert proto[("blip", "world[:6]", RERANK_TASK)] == "ITC top-4 → own ITM rerank (ITM + ITC)"
+    assert ("vilt", "world", "retrieval") not in proto and ("dual", "world[:6]", RERANK_TASK) not in proto
+    assert fusion_models(tiny_fusion) == ["vilt", "blip", "qformer"]
+    hits = []
+    res = run_sweep(tiny_fusion, [task], ["contrast"], [5], cache_dir=tmp_path, progress=False, hits=hits, **kw)
+    got = set(map(tuple, res[["model", "dataset", "task"]].drop_duplicates().to_numpy()))
+    assert got == {(m, "world", t) for m in ("dual", "blip", "qformer") for t in ("retrieval", "zeroshot:shape",
+                                                                                  "zeroshot:colour")} | \
+        {(m, "world[:6]", "retrieval") for m in ("dual", "blip", "qformer")} | \
+        {(m, "world[:6]", RERANK_TASK) for m in ("blip", "qformer", "vilt")}
+    assert (res.loc[res["dataset"] == "world[:6]", "n_images"] == 6).all()
+    assert (res.loc[res["dataset"] == "world", "n_images"] == 10).all()
+    clean = res[res["severity"] == 0].drop_duplicates(["model", "dataset", "task", "metric"]).set_index(
+        ["model", "dataset", "task", "metric"])["value"]
+    sub = subset(world, slice(0, 6))
+    first = evaluate_retrieval(tiny_fusion["dual"], sub, "s", "dual", ks=(1, 3), cache_dir=tmp_path, progress=False)
+    assert clean[("dual", "world[:6]", "retrieval", "t2i_R@3")] == pytest.approx(first.results[0]["t2i_R@3"])
+    vilt = add_rerank(first, tiny_fusion["vilt"], sub, "vilt", "x", 4, (1, 3), False, combine="itm")
+    for m in ("i2t_R@1", "t2i_R@3"):
+        assert clean[("vilt", "world[:6]", RERANK_TASK, m)] == pytest.approx(vilt[m])
+    for name in ("blip", "qformer"):
+        run = evaluate_retrieval(tiny_fusion[name], sub, "s", name, ks=(1, 3), cache_dir=tmp_path, progress=False,
+                                 cross_encoder=tiny_fusion[name].cross_encoder(), rerank_k=4)
+        assert clean[(name, "world[:6]", RERANK_TASK, "t2i_R@3")] == pytest.approx(run.results[1]["t2i_R@3"])
+    h = pd.concat(hits)
+    assert set(h.loc[h["task"] == RERANK_TASK, "dataset"]) == {"world[:6]"}
+    again = run_sweep(tiny_fusion, [task], ["contrast"], [5], cache_dir=tmp_path, progress=False, workers=2, **kw)
+    pd.testing.assert_frame_equal(again, res)
+    with pytest.raises(ValueError, match="first_stage"):
+        plan_sweep(tiny_fusion, [task], 4, "vilt", 6)
+    with pytest.raises(ValueError, match="ks <= rerank_k"):
+        run_sweep(tiny_fusion, [task], ["contrast"], [5], progress=False, **{**kw, "ks": (1, 5)})
+
+
+def test_chapter_tasks_prompt_photos_like_chapter_4():
+    from vlnb.config import resolve
+    from vlnb.eval.templates import get_templates
+    from vlnb.robustness.sweep import chapter_tasks
+
+    cfg = resolve("05_robustness", n_images={"coco-mini": 4, "world": 4})
+    tasks = chapter_tasks(cfg, ["scratch-world", "towers-coco"])
+    coco = {t.dataset: t for ts in tasks.values() for t in ts}["coco-mini"].label_sets["category"]
+    assert tuple(coco.templates) == get_templates(resolve("04_compare").coco_templates)
+    assert coco.describe() == "80 classes, 7 prompts (openai_imagenet_7)"
+    world = {t.dataset: t for ts in tasks.values() for t in ts}["world"].label_sets["shape"]
+    assert world.describe().endswith("(chapter 4's world prompts)")
+
+
 def test_params_validate_and_resolve_occlusion():
     from vlnb.config import ParameterError, resolve
 
     cfg = resolve("05_robustness", corruptions=["shot_noise", "occlusion"], occlusion="centre")
     assert cfg.resolved_corruptions() == ["shot_noise", "occlusion_centre"]
-    assert resolve("05_robustness").datasets == {"scratch-world": ["world", "coco-mini"], "towers-coco": ["coco-mini"]}
+    offline = resolve("05_robustness")
+    # the fusion models of chapter 2 on the world (their word tokenizers read no COCO), the dual encoders as before
+    assert offline.datasets == {"scratch-world": ["world", "coco-mini"], "towers-coco": ["coco-mini"],
+                                "blip-world": ["world"], "qformer-world": ["world"], "vilt-world": ["world"]}
+    from vlnb.zoo import PROFILE_RECIPES
+
+    assert set(offline.datasets) == set(PROFILE_RECIPES["offline"])  # every offline reference model is swept
+    # chapter 4's protocol: ViLT-like re-ranks scratch-world's ITC top-k, at chapter 4's depth, with its prompts
+    ch4 = resolve("04_compare")
+    assert (offline.first_stage, offline.rerank_k, offline.coco_templates) == (ch4.first_stage, ch4.rerank_k,
+                                                                              ch4.coco_templates)
+    assert resolve("05_robustness", profile="full").coco_templates == resolve("04_compare", profile="full").coco_templates
     full = resolve("05_robustness", profile="full")
     assert full.severities == [1, 2, 3, 4, 5] and full.baseline == "CLIP ViT-B/32"
     with pytest.raises(ParameterError, match="corruptions"):
@@ -470,22 +720,32 @@ def _nb():
 
 
 @pytest.mark.slow
-def test_chapter_offline_small(tmp_path, monkeypatch):
-    from vlnb.runs import run_notebook
-
-    monkeypatch.setenv("VLNB_CACHE", str(tmp_path / "cache"))
-    params = {"corruptions": ["contrast", "occlusion"], "severities": [1, 5], "n_images": {"world": 24, "coco-mini": 8},
-              "batch_size": 16}
-    run_notebook(_nb(), params, out_dir=tmp_path / "run", progress=False)
-    res = pd.read_csv(tmp_path / "run" / "results" / "robustness_results.csv")
-    assert set(res["corruption"]) == {"contrast", "occlusion_object"} and set(res["severity"]) == {0, 1, 5}
-    assert set(zip(res["model"], res["dataset"])) == {("scratch-world", "world"), ("scratch-world", "coco-mini"),
-                                                      ("towers-coco", "coco-mini")}
-    summ = pd.read_csv(tmp_path / "run" / "results" / "robustness_summary.csv")
-    towers = summ[(summ["model"] == "towers-coco")]
-    assert np.allclose(towers["mCE"].dropna(), 1.0)  # the offline baseline
-    for f in ("severity_curves", "relative_heatmap", "examples_world", "examples_coco-mini"):
-        assert (tmp_path / "run" / "figures" / f"{f}.png").is_file()
+def test_chapter_offline_small(offline_book):
+    """Chapter 5 as the session's offline book ran it (tests/conftest.py::offline_book), on the offline defaults:
+    every default corruption at the default severities, features from a cold cache."""
+    stem = NB.removesuffix(".ipynb")
+    cfg = offline_book.config(stem)
+    res = offline_book.results(stem, "robustness_results")
+    assert set(res["corruption"]) == set(cfg.resolved_corruptions()) and "occlusion_object" in set(res["corruption"])
+    assert set(res["severity"]) == {0, *cfg.severities}
+    cells = {(m, d) for m, ds in cfg.datasets.items() for d in ds}
+    assert {("scratch-world", "world"), ("scratch-world", "coco-mini"), ("towers-coco", "coco-mini")} <= cells
+    # every model on its whole data sets, except a pure cross encoder (vilt-world), which only scores the re-rank
+    # subset (chapter 4's protocol: the first cross_max_images images); every world model is on the subset too
+    sub = f"world[:{cfg.cross_max_images}]"
+    pairs = set(zip(res["model"], res["dataset"]))
+    assert {p for p in pairs if p[1] != sub} == {c for c in cells if c[0] != "vilt-world"}
+    assert {(m, sub) for m, d in cells if d == "world"} == {p for p in pairs if p[1] == sub}
+    assert (res.loc[res["dataset"] == sub, "n_images"] == cfg.cross_max_images).all()
+    # n_images {data set: n}: the first n test images of a data set in the mapping, all of one that is not
+    for ds, n in cfg.n_images.items():
+        assert (res.loc[res["dataset"] == ds, "n_images"] == n).all(), ds
+    summ = offline_book.results(stem, "robustness_summary")
+    assert (summ["baseline"] == cfg.baseline).all()
+    base = summ[summ["model"] == cfg.baseline]
+    assert len(base["mCE"].dropna()) and np.allclose(base["mCE"].dropna(), 1.0)  # the baseline's own mCE is 1
+    for f in ("severity_curves", "relative_heatmap", *(f"examples_{ds}" for ds in ("world", "coco-mini"))):
+        assert offline_book.figure(stem, f).is_file(), f
 
 
 @pytest.mark.slow

@@ -123,3 +123,20 @@ def test_consistency_compares_chapter_7_with_chapter_4_in_percent(tmp_path):
     write(tmp_path, "07_fairness", "overall", ov.assign(value=[0.242, 0.11, 0.146]))  # proportions would not agree
     c = synthesis.consistency(tmp_path).set_index("quantity")
     assert not c.loc[rows, "agree"].any()
+
+
+def test_chapter_5_largest_drop_carries_its_paired_interval(tmp_path):
+    rows = [{"model": "scratch-world", "dataset": "world", "task": "zeroshot", "metric": "colour", "corruption": c,
+             "clean": 99.0, "worst": w, "severity": 5, "drop": 99.0 - w, "chance": 12.5, "informative": inf,
+             "drop_lo": 99.0 - w - 4, "drop_hi": 99.0 - w + 4, "level": 0.95}
+            for c, w, inf in (("contrast", 38.8, True), ("pixelate", 90.0, True), ("fog", 1.0, False))]
+    write(tmp_path, "05_robustness", "clean_vs_worst_severity", pd.DataFrame(rows))
+    r = synthesis.headlines(tmp_path)
+    r = r[r["chapter"] == synthesis.CHAPTERS["05_robustness"]].iloc[0]
+    assert "contrast" in r["finding"] and r["value"] == 99.0 - 38.8  # the largest informative drop, not "fog"
+    assert (r["ci_lo"], r["ci_hi"]) == (99.0 - 38.8 - 4, 99.0 - 38.8 + 4) and "paired bootstrap 95%" in r["interval"]
+    old = pd.DataFrame(rows).drop(columns=["drop_lo", "drop_hi", "level"])  # a run from before per-image hits
+    write(tmp_path, "05_robustness", "clean_vs_worst_severity", old)
+    r = synthesis.headlines(tmp_path)
+    r = r[r["chapter"] == synthesis.CHAPTERS["05_robustness"]].iloc[0]
+    assert math.isnan(r["ci_lo"]) and r["interval"] == "one evaluation, no interval"

@@ -148,9 +148,14 @@ def _ch5(runs) -> list[dict]:
     if inf.empty:
         return []
     r = inf.sort_values("drop", ascending=False).iloc[0]
+    if "drop_lo" in r and pd.notna(r["drop_lo"]):  # the chapter's paired bootstrap over images
+        lo, hi = float(r["drop_lo"]), float(r["drop_hi"])
+        how = f"paired bootstrap {float(r.get('level', 0.95)):.0%} over test images"
+    else:  # a run from before the chapter kept per-image hits
+        lo, hi, how = math.nan, math.nan, "one evaluation, no interval"
     return [_row("05_robustness", f"largest drop: {r['model']} on {r['dataset']}, {r['task']} {r['metric']}, "
-                 f"{r['corruption']} (clean {r['clean']:.1f} → {r['worst']:.1f})", float(r["drop"]),
-                 interval="one evaluation, no interval", unit="points", source="clean_vs_worst_severity")]
+                 f"{r['corruption']} (clean {r['clean']:.1f} → {r['worst']:.1f})", float(r["drop"]), lo, hi,
+                 how, unit="points", source="clean_vs_worst_severity")]
 
 
 def _ch6(runs) -> list[dict]:

@@ -52,10 +52,25 @@ def _stack() -> list:
 
 
 @contextmanager
+def untimed():
+    """Record nothing from this thread inside the block: for worker threads whose time a :func:`timed` block of
+    the thread that waits for them already counts (concurrent blocks would otherwise count the same seconds twice)."""
+    before = getattr(_local, "off", False)
+    _local.off = True
+    try:
+        yield
+    finally:
+        _local.off = before
+
+
+@contextmanager
 def timed(category: str):
     """Add the block's wall time, minus nested timed blocks, to ``category``."""
     if category not in CATEGORIES:
         raise ValueError(f"unknown timing category {category!r}; choose one of {CATEGORIES}")
+    if getattr(_local, "off", False):
+        yield
+        return
     stack = _stack()
     # category, start, time of nested timed blocks, and the same in process CPU seconds (all threads)
     frame = [category, time.perf_counter(), 0.0, time.process_time(), 0.0]

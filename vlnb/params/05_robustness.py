@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -41,8 +41,21 @@ class RobustnessParams(NotebookParams):
     #: images per data set (the first n of its test manifest): an int for all, or {data set: n}; a data
     #: set not in the mapping is used whole.
     n_images: int | dict[str, int] = {"world": 500}
-    #: a cross encoder (ViLT) scores every image x text pair: at most this many images per data set.
+    #: the re-rank subset: ITM heads and cross encoders score image x text pairs on at most the first this many
+    #: images of a data set (with their captions), again in every cell.
     cross_max_images: int = 40
+    #: chapter 4's re-rank protocol: ITM heads (BLIP-like, Q-Former) re-rank their own ITC top-k (ITM + ITC), a
+    #: cross encoder (ViLT-like) the ITC top-k of ``first_stage`` (ITM alone), on the re-rank subset; 0: no
+    #: re-ranking (a cross encoder then scores every pair of the subset).
+    rerank_k: Annotated[int, Field(ge=0)] = 0
+    #: the dual encoder whose ITC top-k a cross encoder without its own ITC re-ranks (chapter 4's ``first_stage``);
+    #: also the reference the other models' drops are compared with on the same images (None: ``baseline``).
+    first_stage: str | None = None
+    #: template set of zero-shot classification on photo data sets (chapter 4's ``coco_templates``: "openai_imagenet"
+    #: 80, "openai_imagenet_7", "cifar" 18, "simple" 1); the world uses its own prompts.
+    coco_templates: Literal["openai_imagenet", "openai_imagenet_7", "cifar", "simple"] = "openai_imagenet_7"
+    #: bootstrap draws (images redrawn) of the intervals of drops and differences.
+    n_boot: int = Field(1000, ge=100)
     #: the model whose errors normalise the mCE (None: the first model).
     baseline: str | None = None
     #: spatial constants (blur sizes) are ImageNet-C's at this image side and scale with the input side.
@@ -51,6 +64,9 @@ class RobustnessParams(NotebookParams):
     ks: Ks = [1, 5]
     #: images per encoder batch; None: 128 on CUDA, about 256k pixels on a CPU (see sweep.auto_batch_size).
     batch_size: int | None = None
+    #: models evaluated side by side on a CPU, sharing its torch threads; None: sweep.auto_workers (one per
+    #: thread, e.g. 2 with OMP_NUM_THREADS=2; 1 on a GPU).
+    workers: int | None = Field(None, ge=1)
     #: Where the chapter computes ("auto": CUDA when available, else CPU; "cpu", "cuda", "cuda:1"...).
     device: Device = "auto"
     #: full profile: COCO root / Karpathy split / Flickr30k source (as chapter 1).
@@ -61,8 +77,10 @@ class RobustnessParams(NotebookParams):
     cache_dir: str | None = None
 
     PROFILE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
-        "offline": {"datasets": {"scratch-world": ["world", "coco-mini"], "towers-coco": ["coco-mini"]},
-                    "baseline": "towers-coco"},
+        # the fusion models of chapter 2 read the world's words only (chapter 4 does not evaluate them on COCO either)
+        "offline": {"datasets": {"scratch-world": ["world", "coco-mini"], "towers-coco": ["coco-mini"],
+                                 "blip-world": ["world"], "qformer-world": ["world"], "vilt-world": ["world"]},
+                    "baseline": "towers-coco", "first_stage": "scratch-world", "rerank_k": 16},
         "full": {
             "datasets": ["coco", "flickr30k"],
             "corruptions": ["gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "motion_blur",
@@ -72,6 +90,7 @@ class RobustnessParams(NotebookParams):
             "n_images": {"coco": 5000, "flickr30k": 1000},
             "cross_max_images": 100,
             "baseline": "CLIP ViT-B/32",
+            "coco_templates": "openai_imagenet",  # chapter 4's full profile
             "coco_root": "data/coco",
             "coco_karpathy_split": "data/coco/coco_karpathy_test.json",
             "flickr30k_source": "nlphuji/flickr30k",

@@ -1,4 +1,5 @@
-"""Figures of the robustness chapter: example corruptions, metric-vs-severity curves, relative heatmap."""
+"""Figures of the robustness chapter: example corruptions, metric-vs-severity curves, relative heatmap, and the
+drops of several models against a reference with their intervals."""
 
 from __future__ import annotations
 
@@ -49,21 +50,11 @@ def _select(df: pd.DataFrame, metrics: Sequence[tuple[str, str]] | None) -> pd.D
     return df[pd.Series(list(zip(df["task"], df["metric"])), index=df.index).isin(set(map(tuple, metrics)))]
 
 
-def severity_curves(results: pd.DataFrame, metrics: Sequence[tuple[str, str]] | None = None, relative: bool = False,
-                    ncols: int = 4, size: float = 2.6):
-    """Metric vs severity (0 = clean), one panel per corruption, one line per (model, data set, metric).
-
-    ``metrics``: ``(task, metric)`` pairs to draw (default: every pair in ``results``); ``relative``
-    draws ``value / clean`` instead of the value (percent)."""
-    if results.empty:
-        raise ValueError("severity_curves: the results table is empty")
-    df = _select(results, metrics)
-    if metrics is not None and df.empty:
-        raise ValueError(f"none of the metrics {list(metrics)} is in the results")
+def _curves(fig, df: pd.DataFrame, relative: bool, ncols: int, legend_loc: dict):
+    """Draw one panel per corruption of ``df`` into ``fig`` (a figure or a subfigure)."""
     cors = list(dict.fromkeys(df["corruption"]))
     nrows = int(np.ceil(len(cors) / ncols))
-    fig, axes = plt.subplots(nrows, min(ncols, len(cors)), squeeze=False, sharey=True,
-                             figsize=(size * min(ncols, len(cors)) + 2.5, size * nrows))
+    axes = fig.subplots(nrows, min(ncols, len(cors)), squeeze=False, sharey=True)
     col = "relative" if relative else "value"
     styles = {}
     for ax, c in zip(axes.ravel(), cors):
@@ -83,8 +74,35 @@ def severity_curves(results: pd.DataFrame, metrics: Sequence[tuple[str, str]] | 
     for ax in axes[-1]:
         ax.set_xlabel("severity")
     handles, labels = axes.ravel()[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
-    fig.tight_layout()
+    fig.legend(handles, labels, fontsize=7, frameon=False, **legend_loc)
+    return axes
+
+
+def severity_curves(results: pd.DataFrame, metrics: Sequence[tuple[str, str]] | None = None, relative: bool = False,
+                    ncols: int = 4, size: float = 2.6, by_dataset: bool = False):
+    """Metric vs severity (0 = clean), one panel per corruption, one line per (model, data set, metric).
+
+    ``metrics``: ``(task, metric)`` pairs to draw (default: every pair in ``results``); ``relative``
+    draws ``value / clean`` instead of the value (percent); ``by_dataset``: one block of panels per data set,
+    titled with it, so that each panel holds only the lines of one data set."""
+    if results.empty:
+        raise ValueError("severity_curves: the results table is empty")
+    df = _select(results, metrics)
+    if metrics is not None and df.empty:
+        raise ValueError(f"none of the metrics {list(metrics)} is in the results")
+    cors = list(dict.fromkeys(df["corruption"]))
+    nrows = int(np.ceil(len(cors) / ncols))
+    width = size * min(ncols, len(cors)) + 2.5
+    if not by_dataset:
+        fig = plt.figure(figsize=(width, size * nrows))
+        _curves(fig, df, relative, ncols, {"loc": "center left", "bbox_to_anchor": (1.0, 0.5)})
+        fig.tight_layout()
+        return fig
+    datasets = list(dict.fromkeys(df["dataset"]))
+    fig = plt.figure(figsize=(width + 1.0, (size * nrows + 0.5) * len(datasets)), layout="constrained")
+    for sub, ds in zip(np.atleast_1d(fig.subfigures(len(datasets), 1)), datasets):
+        _curves(sub, df[df["dataset"] == ds], relative, ncols, {"loc": "outside right center"})
+        sub.suptitle(ds, fontsize=10, fontweight="bold")
     return fig
 
 
@@ -133,5 +151,48 @@ def relative_heatmap(results: pd.DataFrame, metrics: Sequence[tuple[str, str]] |
                  fontsize=9)
     ax.tick_params(axis="x", labelrotation=45, labelsize=7)
     ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def comparison_forest(comparison: pd.DataFrame, corruption: str = "mean", size: float = 0.42):
+    """The drops of :func:`vlnb.robustness.intervals.reference_comparison` with their intervals: one row per model,
+    data set and measure (``corruption``: ``"mean"`` over the corruptions, or one corruption), the model's drop
+    (colour) above the reference's drop on the same images (grey); left in points (clean - worst severity), right
+    relative to the clean value (percent of it lost) when the table has it. Each label ends with the verdict of
+    the paired difference. Rows whose clean value is under twice chance are drawn faint and labelled "at chance"."""
+    df = comparison[comparison["corruption"] == corruption].reset_index(drop=True)
+    if df.empty:
+        raise ValueError(f"comparison_forest: no row for corruption {corruption!r}")
+    views = [("", "verdict", "drop, points")]
+    if "rel_drop" in df and df["rel_drop"].notna().any():
+        views.append(("rel_", "rel_verdict", "drop, % of the clean value"))
+    fig, axes = plt.subplots(1, len(views), sharey=True, squeeze=False,
+                             figsize=(4.2 * len(views) + 2.8, size * 2 * len(df) + 1.4))
+    words = {"more": "loses more", "less": "loses less", "same": "not told apart"}
+    for ax, (pre, vcol, xlabel) in zip(axes[0], views):
+        for i, r in df.iterrows():
+            y, alpha = -2.0 * i, (1.0 if r["compared"] else 0.3)
+            for what, dy, fmt, color, label in (("", 0.3, "o", "C0", "model"),
+                                                 ("reference_", -0.3, "s", "0.45",
+                                                  f"reference ({r['reference']}, same images)")):
+                v, lo, hi = (r[f"{what}{pre}drop{x}"] for x in ("", "_lo", "_hi"))
+                if pd.isna(v):
+                    continue
+                ax.errorbar(v, y + dy, xerr=[[v - lo], [hi - v]], fmt=fmt, color=color, alpha=alpha, ms=5 if fmt == "o"
+                            else 4, capsize=3, label=label if i == 0 else None)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_xlabel(f"{xlabel}\n({'mean over corruptions' if corruption == 'mean' else corruption}, "
+                      f"{100 * df['level'].iloc[0]:.0f} % bootstrap CI over images)", fontsize=8)
+    labels = []
+    for _, r in df.iterrows():
+        task = {"retrieval": "ITC", "itm-rerank": "ITM re-rank"}.get(r["task"], r["task"].replace("zeroshot:", "zero-shot "))
+        verdict = ", ".join(f"{words.get(r[v], 'at chance')} ({'relative' if pre else 'points'})"
+                            for pre, v, _ in views) if r["compared"] else "at chance"
+        labels.append(f"{r['model']} · {r['dataset']}\n{task} {r['metric']} — {verdict}")
+    axes[0, 0].set_yticks([-2.0 * i for i in range(len(df))])
+    axes[0, 0].set_yticklabels(labels, fontsize=7)
+    axes[0, -1].legend(fontsize=7, loc="lower right", frameon=False)
     fig.tight_layout()
     return fig

@@ -9,6 +9,15 @@ severity of :mod:`vlnb.robustness.perturbations`:
   key that includes the perturbation's exact key (a rerun of the same sweep costs nothing). A cross
   encoder (ViLT) has no separate text side: it scores every (image, text) pair of the subset again for
   each cell, so its subset is kept small (``cross_max_images``).
+- **chapter 4's re-rank protocol** (``rerank_k`` > 0, :func:`plan_sweep`): on the first ``cross_max_images``
+  images of a data set (the *re-rank subset*, its own data set ``"<name>[:n]"``) ITM heads re-rank their own ITC
+  top-k (ITM + ITC), a cross encoder re-ranks the ITC top-k of the dual encoder ``first_stage`` (ITM alone), all
+  on the same corrupted pixels; every dual encoder there is also scored by ITC, so each re-ranked row has an ITC
+  row on the same images beside it.
+- **per-image hits** (``hits=[]``, :data:`HITS_COLUMNS`): each image's hits and weight in every cell, from which
+  every value of the table is recomputed and resampled (:mod:`vlnb.robustness.intervals`).
+- **side by side** (``workers``): on a CPU, models that do not depend on one another run in parallel threads
+  that share torch's threads (:func:`auto_workers`).
 - **metrics per cell**: zero-shot top-1 accuracy for each label set of the task (multi-label: a hit when
   the best class is one of the image's labels; ties count against the model) and retrieval Recall@K in
   both directions (all captions, :func:`vlnb.eval.recall_at_k`), all in percent.
@@ -28,6 +37,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,12 +62,15 @@ from ..eval import (
     zeroshot_scores,
 )
 from ..eval.chance import recall_chance, zeroshot_chance
-from ..eval.compare import WORLD_TEMPLATES, coco_category_names
+from ..eval.compare import WORLD_TEMPLATES, coco_category_names, rerank_label
 from ..eval.features import autocast_for, jsonable, model_device
-from ..eval.retrieval import check_ks
+from ..eval.rerank import rerank_similarity
+from ..eval.retrieval import DIRECTIONS, check_ks
+from ..eval.templates import get_templates
 from ..eval.zeroshot import fill_template
 from ..models import CrossEncoder
 from ..progress import tqdm
+from ..timing import timed, untimed
 from ..zoo import RECIPES
 from ..zoo import chapter_models as _models
 from .perturbations import CORRUPTIONS, REFERENCE_SIZE, ObjectMasks, corruption
@@ -77,6 +90,15 @@ class LabelSet:
     classes: list[str]
     targets: np.ndarray
     templates: Sequence = ("a photo of a {}.",)
+    #: what the prompts are, for tables (e.g. "openai_imagenet_7"); None: the first template
+    prompts: str | None = None
+    #: the one prompt per class a cross encoder scores when it scores every pair (None: the first template)
+    cross_template: str | Callable | None = None
+
+    def describe(self) -> str:
+        """``"<n> classes, <m> prompts (<what>)"`` for overview tables."""
+        what = self.prompts or (self.templates[0] if isinstance(self.templates[0], str) else "callable")
+        return f"{len(self.classes)} classes, {len(self.templates)} prompt{'s' * (len(self.templates) > 1)} ({what})"
 
 
 @dataclass
@@ -128,21 +150,29 @@ def world_task(manifest: pd.DataFrame, n_images: int | None = None, dataset: str
         classes = world_class_names(a, cfg)
         if a == "colour":  # "a red circle", "a red square", ... averaged
             templates = tuple((lambda v, s=s: f"a {v} {s}") for s in shapes)
+            what = "'a {colour} {shape}' over every shape"
         elif a == "shape":  # chapter 4's and chapter 7's shape prompts, so the same model scores the same
-            templates = tuple(WORLD_TEMPLATES)
+            templates, what = tuple(WORLD_TEMPLATES), "chapter 4's world prompts"
         else:
-            templates = ("a {} object",)
-        sets[a] = LabelSet(classes, _multilabel(df[column[a]], classes), templates)
+            templates, what = ("a {} object",), None
+        sets[a] = LabelSet(classes, _multilabel(df[column[a]], classes), templates, what)
     return EvalTask(dataset, df, sets, retrieval)
 
 
 def caption_task(manifest: pd.DataFrame, n_images: int | None = None, dataset: str | None = None,
-                 templates: Sequence = ("a photo of a {}.",), retrieval: bool = True) -> EvalTask:
+                 templates: Sequence | str = ("a photo of a {}.",), retrieval: bool = True,
+                 cross_template: str = "a photo of a {}.") -> EvalTask:
     """A captioned photo data set (COCO, Flickr30k...): retrieval, plus zero-shot multi-label
     classification over the ``labels`` column's categories when it has any (classes: a COCO manifest's 80
     categories of its instances file, like chapter 4's :func:`vlnb.eval.compare.coco_category_names` -- not
     only the categories that occur in the images, 78 of 80 in coco-mini; otherwise every label that occurs in
-    the *whole* manifest, so a subset keeps the same classes). The first ``n_images`` rows are kept."""
+    the *whole* manifest, so a subset keeps the same classes). The first ``n_images`` rows are kept.
+
+    ``templates``: the prompt templates, or the name of a set of :mod:`vlnb.eval.templates` (chapter 4's
+    ``coco_templates``, e.g. ``"openai_imagenet_7"``); a cross encoder scoring every pair uses
+    ``cross_template`` alone (one forward pass per image, class and prompt)."""
+    what = templates if isinstance(templates, str) else None
+    templates = get_templates(templates) if isinstance(templates, str) else tuple(templates)
     name = dataset or (manifest.attrs.get("vlnb") or {}).get("name", "data")
     if "primary_category" in manifest:
         classes = coco_category_names(manifest)
@@ -151,7 +181,7 @@ def caption_task(manifest: pd.DataFrame, n_images: int | None = None, dataset: s
     df = _head(manifest, n_images)
     sets = {}
     if classes:
-        sets["category"] = LabelSet(classes, _multilabel(df["labels"], classes), tuple(templates))
+        sets["category"] = LabelSet(classes, _multilabel(df["labels"], classes), templates, what, cross_template)
     return EvalTask(name, df, sets, retrieval)
 
 
@@ -175,8 +205,48 @@ def _zeroshot_metrics(scores: torch.Tensor, targets: np.ndarray) -> dict[str, fl
     return {"top1": 100.0 * classification_metrics(scores[torch.from_numpy(keep)], targets[keep], ks=(1,))["top1"]}
 
 
-def _retrieval_metrics(sim: torch.Tensor, t2i: np.ndarray, ks) -> dict[str, float]:
-    return recall_at_k(sim, t2i, ks)
+def zeroshot_hits(scores, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: the top-1 hit (1.0 / 0.0) and its weight (1.0 for an image with a label, 0.0 without), with
+    :func:`vlnb.eval.classification_metrics`' pessimistic rank (ties count against the model), so
+    ``100 * hit.sum() / weight.sum()`` is the top-1 accuracy."""
+    s = scores.detach().float().cpu().numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores, np.float32)
+    y = np.asarray(targets, dtype=bool)
+    best = np.where(y, s, -np.inf).max(axis=1, keepdims=True)
+    rank = ((s >= best) & ~y).sum(axis=1)
+    keep = y.any(axis=1)
+    return ((rank == 0) & keep).astype(np.float64), keep.astype(np.float64)
+
+
+def retrieval_hits(ranks: Mapping, text_to_image, n_images: int, ks) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per image, from :func:`vlnb.eval.retrieval.retrieval_ranks`: ``{"i2t_R@k": (hit, weight), "t2i_R@k": (hits,
+    captions)}`` -- image->text: 1.0 when one of its captions is in the top k (weight 1.0 for an image with a
+    caption); text->image: how many of its captions find it in the top k (weight: its number of captions). A
+    Recall@K is ``100 * hit.sum() / weight.sum()``; a bootstrap over images re-weights both."""
+    t2i = np.asarray(text_to_image, dtype=np.int64)
+    n_caps = np.bincount(t2i, minlength=n_images).astype(np.float64)
+    has = np.zeros(n_images)
+    has[ranks["i2t_images"]] = 1.0
+    out = {}
+    for k in ks:
+        i2t = np.zeros(n_images)
+        i2t[ranks["i2t_images"]] = (np.asarray(ranks["i2t"]) < k).astype(np.float64)
+        out[f"i2t_R@{k}"] = (i2t, has)
+        out[f"t2i_R@{k}"] = (np.bincount(t2i, weights=(np.asarray(ranks["t2i"]) < k).astype(np.float64),
+                                         minlength=n_images), n_caps)
+    return out
+
+
+def _retrieval(sims, t2i: np.ndarray, n_images: int, ks) -> tuple[dict[str, float], dict]:
+    """Recall@K both ways and per-image hits of one similarity matrix, or of ``{"i2t": m, "t2i": m}`` (a
+    re-ranking, :func:`vlnb.eval.rerank.rerank_similarity`: each direction from its own matrix)."""
+    per = sims if isinstance(sims, Mapping) else {d: sims for d in DIRECTIONS}
+    metrics, hits = {}, {}
+    for d in DIRECTIONS if isinstance(sims, Mapping) else (None,):
+        m, ranks = recall_at_k(per[d or "i2t"], t2i, ks, return_ranks=True)
+        h = retrieval_hits(ranks, t2i, n_images, ks)
+        metrics.update({k: v for k, v in m.items() if d is None or k.startswith(d)})
+        hits.update({k: v for k, v in h.items() if d is None or k.startswith(d)})
+    return metrics, hits
 
 
 class _TextSide:
@@ -189,7 +259,8 @@ class _TextSide:
         self.prompts: dict[str, list[str]] = {}
         if cross:  # a cross encoder scores image x prompt pairs: one prompt (the first template) per class
 
-            self.prompts = {n: [fill_template(ls.templates[0], c) for c in ls.classes] for n, ls in task.label_sets.items()}
+            self.prompts = {n: [fill_template(ls.cross_template or ls.templates[0], c) for c in ls.classes]
+                            for n, ls in task.label_sets.items()}
             return
         for n, ls in task.label_sets.items():
             self.classifiers[n] = zeroshot_classifier(model, ls.classes, ls.templates, batch_size=batch_size)
@@ -198,18 +269,23 @@ class _TextSide:
                                           progress=False)
 
 
-def _cell_metrics(model, task: EvalTask, text: _TextSide, image_ids: list, scores_for: Callable,
-                  ks) -> tuple[dict, dict]:
-    """Metrics of one cell and their exact chance levels (:mod:`vlnb.eval.chance`, percent, on the images
-    and captions the cell evaluated); ``scores_for(kind, name)`` gives ``(n_kept_images, n_texts_or_classes)``
-    scores."""
+RERANK_TASK = "itm-rerank"  #: the ``task`` of rows scored by an ITM head / cross encoder re-ranking ITC's top-k
+
+
+def _cell_metrics(task: EvalTask, text: _TextSide, image_ids: list, scores_for: Callable,
+                  ks) -> tuple[dict, dict, dict]:
+    """Metrics of one cell, their exact chance levels (:mod:`vlnb.eval.chance`, percent, on the images and
+    captions the cell evaluated) and per-image hits ``{(task, metric): (hit, weight)}`` aligned with
+    ``image_ids``; ``scores_for(kind, name)`` gives ``(n_kept_images, n_texts_or_classes)`` scores."""
     pos = {iid: r for r, iid in enumerate(task.manifest["image_id"])}
     rows = np.asarray([pos[i] for i in image_ids], dtype=np.int64)
-    out, chance = {}, {}
+    out, chance, hits = {}, {}, {}
     for name, ls in task.label_sets.items():
-        for m, v in _zeroshot_metrics(scores_for("zeroshot", name), ls.targets[rows]).items():
+        scores = scores_for("zeroshot", name)
+        for m, v in _zeroshot_metrics(scores, ls.targets[rows]).items():
             out[(f"zeroshot:{name}", m)] = v
             chance[(f"zeroshot:{name}", m)] = 100.0 * zeroshot_chance(ls.targets[rows], len(ls.classes))["top1"]
+            hits[(f"zeroshot:{name}", m)] = zeroshot_hits(scores, ls.targets[rows])
     if task.retrieval and len(text.texts):
         # captions of skipped images have no image to retrieve: drop them, renumber the rest
         new = np.full(len(task.manifest), -1, dtype=np.int64)
@@ -217,35 +293,102 @@ def _cell_metrics(model, task: EvalTask, text: _TextSide, image_ids: list, score
         t2i = new[text.t2i]
         keep = t2i >= 0
         sim = scores_for("retrieval", None)[:, torch.from_numpy(keep)]
-        for m, v in _retrieval_metrics(sim, t2i[keep], ks).items():
+        metrics, h = _retrieval(sim, t2i[keep], len(rows), ks)
+        for m, v in metrics.items():
             out[("retrieval", m)] = v
+            hits[("retrieval", m)] = h[m]
         chance.update({("retrieval", m): v for m, v in recall_chance(t2i[keep], len(rows), ks).items()})
-    return out, chance
+    return out, chance, hits
 
 
-def _dual_cell(model, task, text: _TextSide, perturbation, ks, batch_size, cache_dir, num_workers):
+@dataclass
+class _Cell:
+    """What one cell measured: values, chance levels and per-image hits keyed by ``(dataset, task, metric)``,
+    the images behind them per data set, and the similarities a re-ranker of this cell starts from."""
+
+    values: dict = field(default_factory=dict)
+    chance: dict = field(default_factory=dict)
+    hits: dict = field(default_factory=dict)
+    image_ids: dict = field(default_factory=dict)
+    first_stage: tuple | None = None  #: (ITC similarities, image ids, texts, text->image) on the re-rank subset
+
+    def add(self, dataset: str, image_ids: list, values: dict, chance: dict, hits: dict, task: str | None = None):
+        self.image_ids[dataset] = list(image_ids)
+        for (t, m), v in values.items():
+            key = (dataset, task or t, m)
+            self.values[key], self.chance[key], self.hits[key] = v, chance[(t, m)], hits[(t, m)]
+
+
+def _subset_similarity(sim: torch.Tensor, image_ids: list, text: _TextSide, task: EvalTask, subset: EvalTask):
+    """The ITC similarities of the re-rank subset's images (those of ``image_ids`` in ``subset``) and their
+    captions, cut from the full cell's ``(n_images, n_texts)`` matrix: ``(sim, ids, texts, text->image)``."""
+    wanted = set(subset.manifest["image_id"])
+    keep = [r for r, iid in enumerate(image_ids) if iid in wanted]
+    ids = [image_ids[r] for r in keep]
+    pos = {iid: r for r, iid in enumerate(task.manifest["image_id"])}
+    new = np.full(len(task.manifest), -1, dtype=np.int64)
+    new[[pos[i] for i in ids]] = np.arange(len(ids))
+    t2i = new[text.t2i]
+    cols = np.flatnonzero(t2i >= 0)
+    sub = sim[torch.as_tensor(keep, dtype=torch.long)][:, torch.from_numpy(cols)]
+    return sub, ids, [text.texts[j] for j in cols], t2i[cols]
+
+
+def _rerank_rows(cell: _Cell, dataset: str, cross, pixels: _CrossPixels, first: tuple, perturbation, k: int,
+                 combine: str, ks, batch_size: int) -> None:
+    """Re-rank ``first``'s ITC top-``k`` (:func:`_subset_similarity`) with ``cross`` on the same corrupted
+    images (:func:`vlnb.eval.rerank.rerank_similarity`) and add the :data:`RERANK_TASK` rows to ``cell``."""
+    sim, ids, texts, t2i = first
+    x = pixels.select(ids, model_device(cross), perturbation, batch_size)
+    reranked, _ = rerank_similarity(sim, cross, x, texts, k=k, batch_size=256, combine=combine, progress=False)
+    values, hits = _retrieval(reranked, t2i, len(ids), ks)
+    chance = recall_chance(t2i, len(ids), ks)
+    cell.add(dataset, ids, {(RERANK_TASK, m): v for m, v in values.items()},
+             {(RERANK_TASK, m): v for m, v in chance.items()}, {(RERANK_TASK, m): v for m, v in hits.items()})
+
+
+def _dual_cell(model, task, text: _TextSide, perturbation, ks, batch_size, cache_dir, num_workers,
+               subset: EvalTask | None = None, subset_name: str | None = None, own_itm: tuple | None = None) -> _Cell:
+    """One cell of a dual encoder: ITC metrics on the task; with ``subset``, also ITC on the re-rank subset
+    (data set ``subset_name``, when it is not the whole task) and, with ``own_itm`` = ``(cross encoder,
+    pixels, k, batch size)``, its ITM head re-ranking its own ITC top-k there (ITM + ITC, as LAVIS)."""
     fs = image_features(model, task.manifest, batch_size=batch_size, cache_dir=cache_dir, perturbation=perturbation,
                         num_workers=num_workers, progress=False)
+    sim = None
+    if task.retrieval and len(text.texts):
+        with torch.inference_mode():
+            sim = model.similarity(fs.embeddings, text.text_emb).float().cpu()
 
     def scores_for(kind, name):
-        if kind == "zeroshot":
-            return zeroshot_scores(model, fs.embeddings, text.classifiers[name])
-        with torch.inference_mode():
-            return model.similarity(fs.embeddings, text.text_emb).float().cpu()
+        return zeroshot_scores(model, fs.embeddings, text.classifiers[name]) if kind == "zeroshot" else sim
 
-    return *_cell_metrics(model, task, text, fs.image_ids, scores_for, ks), len(fs)
+    cell = _Cell()
+    cell.add(task.dataset, fs.image_ids, *_cell_metrics(task, text, fs.image_ids, scores_for, ks))
+    if subset is not None and sim is not None:
+        first = _subset_similarity(sim, fs.image_ids, text, task, subset)
+        cell.first_stage = first
+        if subset_name != task.dataset:
+            s, ids, _, t2i = first
+            values, hits = _retrieval(s, t2i, len(ids), ks)
+            chance = recall_chance(t2i, len(ids), ks)
+            cell.add(subset_name, ids, {("retrieval", m): v for m, v in values.items()},
+                     {("retrieval", m): v for m, v in chance.items()}, {("retrieval", m): v for m, v in hits.items()})
+        if own_itm is not None:
+            cross, pixels, k, bs = own_itm
+            _rerank_rows(cell, subset_name, cross, pixels, first, perturbation, k, "itm+itc", ks, bs)
+    return cell
 
 
 class _CrossPixels:
-    """A cross encoder's [0, 1] pixels of the task's images, decoded and preprocessed once."""
+    """A cross encoder's [0, 1] pixels of the task's images, decoded and preprocessed once (through the pixel
+    cache when the preprocess allows it: then rows are read from its memory map only when asked for)."""
 
     def __init__(self, model, task: EvalTask):
-        pre = model.preprocess
+        pre = self.preprocess = model.preprocess
+        self._px, self._pixels = None, None
         if cacheable(pre):  # the shared pixel cache (vlnb.data.pixels): decoded once for every cell and chapter
-            px = decoded_pixels(task.manifest, pre, progress=False)
-            ok = px.ok_rows
-            self.ids = [px.image_ids[r] for r in ok]
-            self.pixels = px.unit(ok) if len(ok) else torch.empty(0, 3, 1, 1)
+            self._px = decoded_pixels(task.manifest, pre, progress=False)
+            self.ids = [self._px.image_ids[r] for r in self._px.ok_rows]
             return
         ids, xs = [], []
         for iid, src in zip(task.manifest["image_id"], task.manifest["image"]):
@@ -255,10 +398,39 @@ class _CrossPixels:
                 xs.append(pre.to_unit([img])[0])
         # images of different sizes (ViLT keeps each aspect ratio) stay a list, scored one at a time
         same = len({tuple(x.shape) for x in xs}) <= 1
-        self.ids, self.pixels = ids, (torch.stack(xs) if same else xs) if xs else torch.empty(0, 3, 1, 1)
+        self.ids, self._pixels = ids, (torch.stack(xs) if same else xs) if xs else torch.empty(0, 3, 1, 1)
+
+    @property
+    def pixels(self):
+        """All images' ``[0, 1]`` pixels: a ``(N, 3, H, W)`` tensor, or a list when their sizes differ."""
+        if self._pixels is None:
+            ok = self._px.ok_rows
+            self._pixels = self._px.unit(ok) if len(ok) else torch.empty(0, 3, 1, 1)
+        return self._pixels
+
+    def select(self, ids: list, device, perturbation, batch_size: int) -> torch.Tensor:
+        """The normalised model input of ``ids`` (in that order) under ``perturbation`` (None: clean), on ``device``."""
+        pos = {iid: r for r, iid in enumerate(self.ids)}
+        missing = [i for i in ids if i not in pos]
+        if missing:
+            raise KeyError(f"{len(missing)} image(s) of the first stage have no pixels here, e.g. {missing[:3]}")
+        if self._px is not None:
+            x = self._px.unit(self._px.rows_of(ids))
+        elif isinstance(self._pixels, torch.Tensor):
+            x = self._pixels[[pos[i] for i in ids]]
+        else:
+            raise ValueError("re-ranking needs images of one size; this cross encoder keeps each image's aspect "
+                             "ratio (score every pair instead: first_stage=None)")
+        out = []
+        for s in range(0, len(x), max(1, batch_size)):
+            b = x[s : s + batch_size].to(device)
+            if perturbation is not None:
+                b = perturbation(b, ids=[jsonable(i) for i in ids[s : s + len(b)]])
+            out.append(self.preprocess.normalize(b))
+        return torch.cat(out) if out else x
 
 
-def _cross_cell(model, task, text: _TextSide, pixels: _CrossPixels, perturbation, ks, batch_size):
+def _cross_cell(model, task, text: _TextSide, pixels: _CrossPixels, perturbation, ks, batch_size) -> _Cell:
     pre, dev = model.preprocess, model_device(model)
     ids = [jsonable(i) for i in pixels.ids]
     cache: dict[str, torch.Tensor] = {}
@@ -286,7 +458,9 @@ def _cross_cell(model, task, text: _TextSide, pixels: _CrossPixels, perturbation
             cache[key] = score_matrix(text.prompts[name] if kind == "zeroshot" else list(text.texts))
         return cache[key]
 
-    return *_cell_metrics(model, task, text, pixels.ids, scores_for, ks), len(ids)
+    cell = _Cell()
+    cell.add(task.dataset, pixels.ids, *_cell_metrics(task, text, pixels.ids, scores_for, ks))
+    return cell
 
 
 # ---------------------------------------------------------------------------------------------- sweep
@@ -302,6 +476,14 @@ def auto_batch_size(model, device=None) -> int:
     return 4 if not size else int(min(64, max(4, 262144 // (size[0] * size[1]))))
 
 
+def auto_workers(models: Mapping[str, object]) -> int:
+    """Models evaluated side by side by :func:`run_sweep`: one per torch CPU thread when every model is on a CPU
+    (at most one per model), else 1 (a GPU runs one model at a time)."""
+    if any(model_device(m).type != "cpu" for m in models.values()):
+        return 1
+    return max(1, min(len(models), torch.get_num_threads()))
+
+
 def _cells(corruptions: Sequence[str], severities: Sequence[int]) -> list[tuple[str, int]]:
     unknown = [c for c in corruptions if c not in CORRUPTIONS]
     if unknown:
@@ -310,6 +492,156 @@ def _cells(corruptions: Sequence[str], severities: Sequence[int]) -> list[tuple[
     if bad:
         raise ValueError(f"severities must be ints in 0..5, got {bad}")
     return [(c, int(s)) for c in dict.fromkeys(corruptions) for s in sorted(set(severities)) if s > 0]
+
+
+@dataclass
+class Evaluation:
+    """How one model is evaluated on one data set in a sweep (:func:`plan_sweep`)."""
+
+    model: str
+    task: EvalTask  #: what its cells run on (a cross encoder scoring every pair: the first ``cross_max_images``)
+    #: "dual" (ITC), "cross" (a cross encoder scoring every image x text pair) or "rerank" (a cross encoder
+    #: re-ranking the ITC top-k of the first stage, its ITM score alone: chapter 4's ViLT protocol)
+    mode: str
+    subset: EvalTask | None = None  #: the re-rank subset of the data set (None: no model re-ranks there)
+    subset_name: str | None = None  #: its data set name: ``"world[:40]"``, or the data set's own when whole
+    own_itm: bool = False  #: a dual encoder whose ITM head re-ranks its own ITC top-k (ITM + ITC, as LAVIS)
+
+    def protocols(self, rerank_k: int, first_stage: str | None) -> list[dict]:
+        """One row per (data set, task) this evaluation produces: ``dataset, task, protocol, images``."""
+        t, out = self.task, []
+        if self.mode == "rerank":
+            return [{"dataset": self.subset_name, "task": RERANK_TASK, "images": len(self.subset.manifest),
+                     "protocol": rerank_label(f"{first_stage} ITC", rerank_k, "ITM", "itm")}]
+        for name, ls in t.label_sets.items():
+            how = (f"one prompt per class scored by the cross encoder ({len(ls.classes)} classes)"
+                   if self.mode == "cross" else f"nearest class embedding, {ls.describe()}")
+            out.append({"dataset": t.dataset, "task": f"zeroshot:{name}", "images": len(t.manifest),
+                        "protocol": f"zero-shot: {how}; hit when the top class is any of the image's labels"})
+        if t.retrieval:
+            out.append({"dataset": t.dataset, "task": "retrieval", "images": len(t.manifest),
+                        "protocol": "every image x caption pair scored by the cross encoder" if self.mode == "cross"
+                        else "ITC (cosine of the embeddings), all captions"})
+        if self.subset is not None:
+            if self.subset_name != t.dataset:
+                out.append({"dataset": self.subset_name, "task": "retrieval", "images": len(self.subset.manifest),
+                            "protocol": "ITC (cosine of the embeddings), all captions"})
+            if self.own_itm:
+                out.append({"dataset": self.subset_name, "task": RERANK_TASK, "images": len(self.subset.manifest),
+                            "protocol": rerank_label("ITC", rerank_k, "own ITM", "itm+itc")})
+        return out
+
+
+def _reranks(model, rerank_k: int, first_stage: str | None) -> bool:
+    if rerank_k <= 0:
+        return False
+    if isinstance(model, CrossEncoder):
+        return first_stage is not None
+    return callable(getattr(model, "cross_encoder", None))
+
+
+def plan_sweep(models: Mapping[str, object], tasks: Mapping[str, Sequence[EvalTask]] | Sequence[EvalTask],
+               rerank_k: int = 0, first_stage: str | None = None, cross_max_images: int = 100) -> list[Evaluation]:
+    """What :func:`run_sweep` evaluates, model by model and data set by data set, dual encoders first.
+
+    With ``rerank_k`` > 0, chapter 4's re-rank protocol on the first ``cross_max_images`` images of a data set
+    (the *re-rank subset*, named ``"<data set>[:n]"`` unless it is the whole data set): a dual encoder with an ITM
+    head (BLIP-like, Q-Former) re-ranks its own ITC top-``rerank_k`` by ITM + ITC; a cross encoder (ViLT-like)
+    re-ranks the ITC top-``rerank_k`` of the dual encoder ``first_stage`` by its ITM score alone; and every dual
+    encoder on that data set is also scored by ITC on the subset, so each re-ranked row has an ITC row on the
+    same images beside it. Without a re-rank (``rerank_k`` 0 or no ``first_stage``) a cross encoder scores every
+    image x text pair of the first ``cross_max_images`` images (zero-shot: one prompt per class)."""
+    if isinstance(rerank_k, bool) or not isinstance(rerank_k, (int, np.integer)) or rerank_k < 0:
+        raise ValueError(f"rerank_k must be an int >= 0, got {rerank_k!r}")
+    if cross_max_images < 1:
+        raise ValueError(f"cross_max_images must be >= 1, got {cross_max_images}")
+    if isinstance(tasks, Mapping):
+        missing = [m for m in models if m not in tasks]
+        if missing:
+            raise KeyError(f"no tasks given for model(s) {missing}; tasks are given for {sorted(tasks)}")
+    per_model = {m: list(tasks[m]) if isinstance(tasks, Mapping) else list(tasks) for m in models}
+    cross_rerankers = [m for m, model in models.items()
+                       if isinstance(model, CrossEncoder) and _reranks(model, rerank_k, first_stage)]
+    if cross_rerankers:
+        if first_stage not in models or isinstance(models[first_stage], CrossEncoder):
+            raise ValueError(f"first_stage {first_stage!r} must be one of the swept dual encoders "
+                             f"({sorted(m for m in models if not isinstance(models[m], CrossEncoder))}): the cross "
+                             f"encoder(s) {cross_rerankers} re-rank its ITC top-k")
+        first_sets = {t.dataset for t in per_model[first_stage] if t.retrieval}
+        for m in cross_rerankers:
+            lacking = [t.dataset for t in per_model[m] if t.dataset not in first_sets]
+            if lacking:
+                raise ValueError(f"{m} re-ranks {first_stage}'s ITC top-k, but {first_stage} does not run retrieval "
+                                 f"on {lacking}")
+    rerank_sets = {t.dataset for m, model in models.items() if _reranks(model, rerank_k, first_stage)
+                   for t in per_model[m] if t.retrieval}
+    subsets: dict[str, tuple[EvalTask, str]] = {}
+    for t in (t for ts in per_model.values() for t in ts):
+        if t.dataset in rerank_sets and t.dataset not in subsets:
+            sub = _head(t.manifest, cross_max_images)
+            name = t.dataset if len(sub) == len(t.manifest) else f"{t.dataset}[:{len(sub)}]"
+            subsets[t.dataset] = (EvalTask(name, sub, {}, True), name)
+    duals, crosses = [], []
+    for m, model in models.items():
+        for task in per_model[m]:
+            sub, name = subsets.get(task.dataset, (None, None)) if task.retrieval else (None, None)
+            if not isinstance(model, CrossEncoder):
+                duals.append(Evaluation(m, task, "dual", sub, name, sub is not None and _reranks(model, rerank_k,
+                                                                                                  first_stage)))
+            elif _reranks(model, rerank_k, first_stage):
+                crosses.append(Evaluation(m, task, "rerank", sub, name))
+            else:
+                if len(task.manifest) > cross_max_images:
+                    task = EvalTask(task.dataset, _head(task.manifest, cross_max_images),
+                                    {n: LabelSet(ls.classes, ls.targets[:cross_max_images], ls.templates, ls.prompts,
+                                                 ls.cross_template) for n, ls in task.label_sets.items()},
+                                    task.retrieval)
+                crosses.append(Evaluation(m, task, "cross"))
+    return duals + crosses
+
+
+def fusion_models(models: Mapping[str, object]) -> list[str]:
+    """The models with an image-text-matching head: cross encoders (ViLT) and dual encoders that also have one
+    (BLIP, BLIP-2, the book's blip-world and qformer-world)."""
+    return [m for m, model in models.items()
+            if isinstance(model, CrossEncoder) or callable(getattr(model, "cross_encoder", None))]
+
+
+def protocol_table(plan: Sequence[Evaluation], rerank_k: int = 0, first_stage: str | None = None) -> pd.DataFrame:
+    """One row per (model, data set, task) of a :func:`plan_sweep`: how it is scored and on how many images."""
+    rows = [{"model": ev.model, **r} for ev in plan for r in ev.protocols(rerank_k, first_stage)]
+    return pd.DataFrame(rows, columns=["model", "dataset", "task", "images", "protocol"])
+
+
+HITS_COLUMNS = ["model", "dataset", "task", "metric", "corruption", "severity", "image_id", "hit", "n"]
+
+
+def _hits_frame(model: str, cell: _Cell, corruption: str, severity: int) -> list[pd.DataFrame]:
+    return [pd.DataFrame({"model": model, "dataset": ds, "task": task, "metric": metric, "corruption": corruption,
+                          "severity": severity, "image_id": cell.image_ids[ds], "hit": h, "n": w},
+                         columns=HITS_COLUMNS)
+            for (ds, task, metric), (h, w) in cell.hits.items()]
+
+
+def _chains(plan: Sequence[Evaluation], models: Mapping[str, object],
+            first_stage: str | None) -> list[list[Evaluation]]:
+    """The plan cut into chains that must run one after another (every evaluation of one model; a re-ranking
+    cross encoder after its first stage), the costliest first (images x input pixels, a rough measure)."""
+    chain_of: dict[str, int] = {}
+    chains: list[list[Evaluation]] = []
+    for ev in plan:
+        key = first_stage if ev.mode == "rerank" and first_stage in chain_of else ev.model
+        if key not in chain_of:
+            chain_of[key] = len(chains)
+            chains.append([])
+        chain_of.setdefault(ev.model, chain_of[key])
+        chains[chain_of[key]].append(ev)
+
+    def cost(chain) -> int:
+        size = [getattr(models[ev.model].preprocess, "output_size", None) or (224, 224) for ev in chain]
+        return sum(len(ev.task.manifest) * int(np.prod(hw)) for ev, hw in zip(chain, size))
+
+    return sorted(chains, key=cost, reverse=True)
 
 
 def run_sweep(
@@ -327,79 +659,120 @@ def run_sweep(
     cross_max_images: int = 100,
     progress: bool = True,
     timings: list | None = None,
+    rerank_k: int = 0,
+    first_stage: str | None = None,
+    hits: list | None = None,
+    workers: int = 1,
 ) -> pd.DataFrame:
     """Evaluate ``models`` (name -> vlnb model) on ``tasks`` under every corruption x severity.
 
     ``tasks``: a list (every model on every task) or ``{model name: [tasks]}``. ``batch_size`` None picks
-    :func:`auto_batch_size` per model. A cross encoder sees at
-    most the first ``cross_max_images`` images of a task (with their captions). ``timings``, when a list,
-    receives one dict per cell (model, dataset, corruption, severity, seconds, cached). Returns the tidy
-    table (:data:`RESULT_COLUMNS`, values in percent).
+    :func:`auto_batch_size` per model. ``rerank_k``, ``first_stage``, ``cross_max_images``: what is re-ranked and
+    where, and what a cross encoder scores otherwise (:func:`plan_sweep`). ``timings``, when a list, receives one
+    dict per cell (model, dataset, corruption, severity, seconds). ``hits``, when a list, receives the per-image
+    hits of every cell as frames of :data:`HITS_COLUMNS` (``corruption="clean"``, ``severity=0`` for the clean
+    images; ``pd.concat(hits)`` for the table of :func:`vlnb.robustness.intervals.drop_intervals`). ``workers`` > 1
+    runs independent models side by side in that many threads, sharing torch's CPU threads among them (two small
+    models on one thread each keep two cores busy; one of them on two threads keeps them waiting on each other);
+    every cell is computed the same way in any order. :func:`auto_workers` picks a number. Returns the tidy table
+    (:data:`RESULT_COLUMNS`, values in percent).
     """
 
     cells = _cells(corruptions, severities)
     ks = _ks(ks)
-    if isinstance(tasks, Mapping):
-        missing = [m for m in models if m not in tasks]
-        if missing:
-            raise KeyError(f"no tasks given for model(s) {missing}; tasks are given for {sorted(tasks)}")
-    per_model = {m: list(tasks[m]) if isinstance(tasks, Mapping) else list(tasks) for m in models}
-    total = sum(len(t) for t in per_model.values()) * (1 + len(cells))
-    bar = None
-    if progress:
-        bar = tqdm(total=total, desc="robustness sweep")
-    rows = []
-    for mname, model in models.items():
-        cross = isinstance(model, CrossEncoder)
-        bs = batch_size or auto_batch_size(model)
-        for task in per_model[mname]:
-            if cross and len(task.manifest) > cross_max_images:
-                task = EvalTask(task.dataset, _head(task.manifest, cross_max_images),
-                                {n: LabelSet(ls.classes, ls.targets[:cross_max_images], ls.templates)
-                                 for n, ls in task.label_sets.items()}, task.retrieval)
-            text = _TextSide(model, task, cross, cache_dir, max(bs, 64))
-            pixels = _CrossPixels(model, task) if cross else None
-            masks = ObjectMasks(task.manifest, model.preprocess)
-            clean = None
-            for c, s in [("clean", 0), *cells]:
-                p = None if c == "clean" else corruption(c, s, seed=seed, reference_size=reference_size,
-                                                         masks=masks if c == "occlusion_object" else None,
-                                                         fill=occlusion_fill)
-                if bar is not None:
-                    bar.set_postfix_str(f"{mname} / {task.dataset} / {c} {s}")
-                t0 = time.perf_counter()
-                if cross:
-                    metrics, chance, n = _cross_cell(model, task, text, pixels, p, ks, bs)
-                else:
-                    metrics, chance, n = _dual_cell(model, task, text, p, ks, bs, cache_dir, num_workers)
-                if timings is not None:
-                    timings.append({"model": mname, "dataset": task.dataset, "corruption": c, "severity": s,
-                                    "seconds": time.perf_counter() - t0})
-                if clean is None:
-                    clean, clean_chance = metrics, chance
-                    continue
-                for (tname, metric), v in metrics.items():
-                    base = clean[(tname, metric)]
-                    rel = v / base if base > 0 else float("nan")
-                    rows.append({"model": mname, "dataset": task.dataset, "task": tname, "metric": metric,
-                                 "corruption": c, "severity": s, "value": v, "clean": base, "relative": rel,
-                                 "n_images": n, "chance": clean_chance[(tname, metric)]})
-                if bar is not None:
-                    bar.update(1)
-            if bar is not None:
-                bar.update(1)
-            for (tname, metric), v in clean.items():  # severity 0 of every corruption = the clean value
-                rows += [{"model": mname, "dataset": task.dataset, "task": tname, "metric": metric, "corruption": c,
-                          "severity": 0, "value": v, "clean": v, "relative": 1.0 if v > 0 else float("nan"),
-                          "n_images": n, "chance": clean_chance[(tname, metric)]} for c in dict.fromkeys(corruptions)]
-            if masks.missing:
-                warnings.warn(f"{mname} / {task.dataset}: {len(masks.missing)} image(s) have no object mask at the "
-                              "model's input; occlusion_object put the patch in their centre")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    plan = plan_sweep(models, tasks, rerank_k, first_stage, cross_max_images)
+    if any(ev.own_itm or ev.mode == "rerank" for ev in plan) and max(ks) > rerank_k:
+        raise ValueError(f"Recall@{max(ks)} of a top-{rerank_k} re-ranking is not defined: give ks <= rerank_k")
+    bar = tqdm(total=len(plan) * (1 + len(cells)), desc="robustness sweep") if progress else None
+    first_cells: dict[tuple, tuple] = {}  # (data set, corruption, severity) -> first stage's subset similarities
+    kw = {"cells": cells, "seed": seed, "ks": ks, "reference_size": reference_size, "occlusion_fill": occlusion_fill,
+          "batch_size": batch_size, "cache_dir": cache_dir, "num_workers": num_workers, "rerank_k": rerank_k,
+          "first_stage": first_stage, "first_cells": first_cells, "bar": bar, "timings": timings, "hits": hits}
+    rows: list[dict] = []
+    chains = _chains(plan, models, first_stage)
+    if workers == 1 or len(chains) == 1:
+        for chain in chains:
+            for ev in chain:
+                rows += _evaluate(ev, models[ev.model], corruptions, **kw)
+    else:
+        n_threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, n_threads // workers))  # the same threads in all, shared among the workers
+
+        def run_chain(chain):
+            with untimed():  # the waiting thread times the whole pool once, as encoding
+                return [r for ev in chain for r in _evaluate(ev, models[ev.model], corruptions, **kw)]
+
+        try:
+            with timed("encoding"), ThreadPoolExecutor(max_workers=workers) as ex:
+                for part in [ex.submit(run_chain, c) for c in chains]:
+                    rows += part.result()
+        finally:
+            torch.set_num_threads(n_threads)
     if bar is not None:
         bar.close()
     df = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     return df.sort_values(["model", "dataset", "task", "metric", "corruption", "severity"], kind="stable",
                           ignore_index=True)
+
+
+def _evaluate(ev: Evaluation, model, corruptions: Sequence[str], cells, seed, ks, reference_size, occlusion_fill,
+              batch_size, cache_dir, num_workers, rerank_k, first_stage, first_cells, bar, timings, hits) -> list[dict]:
+    """Every cell (clean first) of one :class:`Evaluation`: its rows of the tidy table."""
+    mname, task = ev.model, ev.task
+    bs = batch_size or auto_batch_size(model)
+    masks = ObjectMasks(task.manifest, model.preprocess)
+    text = pixels = own = None
+    if ev.mode == "dual":
+        text = _TextSide(model, task, False, cache_dir, max(bs, 64))
+        if ev.own_itm:
+            own = (model.cross_encoder(), _CrossPixels(model, task), rerank_k, bs)
+    else:
+        pixels = _CrossPixels(model, task)
+        if ev.mode == "cross":
+            text = _TextSide(model, task, True, cache_dir, max(bs, 64))
+    rows, clean = [], None
+    for c, s in [("clean", 0), *cells]:
+        p = None if c == "clean" else corruption(c, s, seed=seed, reference_size=reference_size,
+                                                 masks=masks if c == "occlusion_object" else None, fill=occlusion_fill)
+        if bar is not None:
+            bar.set_postfix_str(f"{mname} / {task.dataset} / {c} {s}")
+        t0 = time.perf_counter()
+        if ev.mode == "dual":
+            cell = _dual_cell(model, task, text, p, ks, bs, cache_dir, num_workers, ev.subset, ev.subset_name, own)
+            if mname == first_stage and cell.first_stage is not None:
+                first_cells[(task.dataset, c, s)] = cell.first_stage
+        elif ev.mode == "cross":
+            cell = _cross_cell(model, task, text, pixels, p, ks, bs)
+        else:
+            cell = _Cell()
+            _rerank_rows(cell, ev.subset_name, model, pixels, first_cells[(task.dataset, c, s)], p, rerank_k, "itm",
+                         ks, bs)
+        if timings is not None:
+            timings.append({"model": mname, "dataset": task.dataset, "corruption": c, "severity": s,
+                            "seconds": time.perf_counter() - t0})
+        if hits is not None:
+            hits += _hits_frame(mname, cell, c, s)
+        if bar is not None:
+            bar.update(1)
+        if clean is None:
+            clean = cell
+            continue
+        for (ds, tname, metric), v in cell.values.items():
+            base = clean.values[(ds, tname, metric)]
+            rows.append({"model": mname, "dataset": ds, "task": tname, "metric": metric, "corruption": c,
+                         "severity": s, "value": v, "clean": base, "relative": v / base if base > 0 else float("nan"),
+                         "n_images": len(cell.image_ids[ds]), "chance": clean.chance[(ds, tname, metric)]})
+    for (ds, tname, metric), v in clean.values.items():  # severity 0 of every corruption = the clean value
+        rows += [{"model": mname, "dataset": ds, "task": tname, "metric": metric, "corruption": c, "severity": 0,
+                  "value": v, "clean": v, "relative": 1.0 if v > 0 else float("nan"),
+                  "n_images": len(clean.image_ids[ds]), "chance": clean.chance[(ds, tname, metric)]}
+                 for c in dict.fromkeys(corruptions)]
+    if masks.missing:
+        warnings.warn(f"{mname} / {task.dataset}: {len(masks.missing)} image(s) have no object mask at the "
+                      "model's input; occlusion_object put the patch in their centre")
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------- summaries
@@ -496,14 +869,16 @@ def chance_table(results: pd.DataFrame) -> pd.DataFrame:
 
 def headline_metrics(results: pd.DataFrame, k: int = 5) -> list[tuple[str, str]]:
     """The ``(task, metric)`` pairs a chapter plots: zero-shot top-1 of every label set and text->image
-    Recall@k (the largest swept K <= ``k``; text->image averages over all captions, the less noisy side)."""
+    Recall@k (the largest swept K <= ``k``; text->image averages over all captions, the less noisy side), of
+    ITC retrieval and of the ITM re-ranking (:data:`RERANK_TASK`) when the sweep has one."""
     pairs = results[["task", "metric"]].drop_duplicates()
     out = [(t, m) for t, m in pairs.itertuples(index=False) if t.startswith("zeroshot:") and m == "top1"]
-    ret = sorted({int(m.split("@")[1]) for t, m in pairs.itertuples(index=False) if t == "retrieval"
-                  and m.startswith("t2i_R@")})
-    if ret:
-        kk = max([x for x in ret if x <= k] or ret[:1])
-        out.append(("retrieval", f"t2i_R@{kk}"))
+    for task in ("retrieval", RERANK_TASK):
+        ret = sorted({int(m.split("@")[1]) for t, m in pairs.itertuples(index=False) if t == task
+                      and m.startswith("t2i_R@")})
+        if ret:
+            kk = max([x for x in ret if x <= k] or ret[:1])
+            out.append((task, f"t2i_R@{kk}"))
     return out
 
 
@@ -558,7 +933,8 @@ def _manifest(name: str, cfg) -> pd.DataFrame:
 
 
 def chapter_tasks(cfg, model_names: Sequence[str]) -> dict[str, list[EvalTask]]:
-    """``{model: [EvalTask]}`` from ``cfg.datasets`` and ``cfg.n_images`` (each manifest built once)."""
+    """``{model: [EvalTask]}`` from ``cfg.datasets`` and ``cfg.n_images`` (each manifest built once); photo data
+    sets prompt zero-shot classes with ``cfg.coco_templates`` (chapter 4's template set), the world with its own."""
     if isinstance(cfg.datasets, Mapping):
         missing = [m for m in model_names if m not in cfg.datasets]
         if missing:
@@ -568,9 +944,13 @@ def chapter_tasks(cfg, model_names: Sequence[str]) -> dict[str, list[EvalTask]]:
     else:
         per_model = {m: list(cfg.datasets) for m in model_names}
     built: dict[str, EvalTask] = {}
+    templates = getattr(cfg, "coco_templates", None)
     for name in dict.fromkeys(d for ds in per_model.values() for d in ds):
         n = cfg.n_images.get(name) if isinstance(cfg.n_images, Mapping) else cfg.n_images
-        built[name] = make_task(name, _manifest(name, cfg), n)
+        manifest = _manifest(name, cfg)
+        is_world = name == "world" or (manifest.attrs.get("vlnb") or {}).get("name") == "world"
+        # photo data sets: chapter 4's template set (coco_templates), so a model scores the same on the same images
+        built[name] = make_task(name, manifest, n, **({"templates": templates} if templates and not is_world else {}))
     return {m: [built[d] for d in ds] for m, ds in per_model.items()}
 
 
@@ -613,10 +993,14 @@ def read_results(run_dirs: Sequence, name: str = "robustness_results") -> pd.Dat
 
 
 __all__ = [
+    "HITS_COLUMNS",
+    "RERANK_TASK",
     "RESULT_COLUMNS",
     "SUMMARY_COLUMNS",
     "EvalTask",
+    "Evaluation",
     "LabelSet",
+    "auto_workers",
     "caption_task",
     "chance_levels",
     "chance_table",
@@ -624,15 +1008,20 @@ __all__ = [
     "chapter_tasks",
     "corruption_errors",
     "degradation_table",
+    "fusion_models",
     "headline_metrics",
     "is_monotone",
     "make_task",
     "monotonicity",
     "noise_tolerance",
+    "plan_sweep",
+    "protocol_table",
     "read_results",
     "resolve_device",  # re-exported from vlnb.device
+    "retrieval_hits",
     "run_sweep",
     "summarize",
     "unit_pixels",
     "world_task",
+    "zeroshot_hits",
 ]
