@@ -81,7 +81,7 @@ from vlnb.config import NotebookRun
 from vlnb.device import resolve_device
 from vlnb.eval.ambiguity import ambiguity_glue, caption_ambiguity, is_world, retrieval_ceiling
 from vlnb.train.plots import live_plot as live_curves
-from vlnb.train.plots import plot_history
+from vlnb.train.plots import live_plots_drawn, plot_history
 from vlnb.train.report import fusion_page, held_out_glue, held_out_results, recall_table, variant_costs
 
 run = NotebookRun.start("02_clip_training", globals())
@@ -131,13 +131,14 @@ pd.DataFrame([{"recipe": n, **{k: v for k, v in zoo.RECIPES[n].key().items() if 
 # %%
 models, histories, ceilings, ambiguities = {}, {}, {}, {}
 pending = [n for n in cfg.recipes if cfg.retrain or not zoo.is_trained(n, cfg.profile)]
-# a batch run (no live curves) on a CPU trains them side by side, one thread each; the loop then loads them
-trained_here = [] if cfg.live_plot else zoo.train_side_by_side(pending, cfg.profile, device=device)
+# with nobody watching live curves (a batch run: vlnb run / vlnb book), a CPU trains them side by side, one thread
+# each, and the loop below loads them
+watched = cfg.live_plot and live_plots_drawn()
+trained_here = [] if watched else zoo.train_side_by_side(pending, cfg.profile, device=device)
 for name in cfg.recipes:
     live = live_curves() if cfg.live_plot else None
     if name in trained_here:
-        print(f"trained {name} (side by side with {', '.join(n for n in trained_here if n != name)}): "
-              f"{zoo.RECIPES[name].description}")
+        print(f"{name}: {zoo.RECIPES[name].description}")
         models[name] = zoo.reference_model(name, cfg.profile, device=device)
         histories[name] = zoo.reference_history(name, cfg.profile)
     elif name in pending:
@@ -227,11 +228,10 @@ from vlnb.train.itm import fusion_glue, fusion_results
 
 fusion_histories = {}
 pending = [n for n in cfg.fusion_recipes if cfg.retrain or not zoo.is_trained(n, cfg.profile)]
-trained_here = [] if cfg.live_plot else zoo.train_side_by_side(pending, cfg.profile, device=device)
+trained_here = zoo.train_side_by_side(pending, cfg.profile, device=device)  # no live curves here: side by side on a CPU
 for name in cfg.fusion_recipes:
     if name in trained_here:
-        print(f"trained {name} (side by side with {', '.join(n for n in trained_here if n != name)}): "
-              f"{zoo.RECIPES[name].description}")
+        print(f"{name}: {zoo.RECIPES[name].description}")
         models[name] = zoo.reference_model(name, cfg.profile, device=device)
         fusion_histories[name] = zoo.reference_history(name, cfg.profile)
     elif name in pending:

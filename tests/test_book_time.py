@@ -67,11 +67,11 @@ def test_live_plot_draws_nothing_in_a_batch_run(monkeypatch):
     monkeypatch.setenv("VLNB_RUN_DIR", "/somewhere")
     monkeypatch.delenv("VLNB_LIVE_PLOT", raising=False)
     plots.live_plot()(object())
-    assert drawn == []  # vlnb run / vlnb book: no redraws nobody watches
+    assert drawn == [] and not plots.live_plots_drawn()  # vlnb run / vlnb book: no redraws nobody watches
     monkeypatch.setenv("VLNB_LIVE_PLOT", "1")
     plots.live_plot()(object())
-    assert len(drawn) == 1
+    assert len(drawn) == 1 and plots.live_plots_drawn()
     monkeypatch.delenv("VLNB_LIVE_PLOT")
     monkeypatch.delenv("VLNB_RUN_DIR")
     plots.live_plot()(object())  # an interactive session
-    assert len(drawn) == 2
+    assert len(drawn) == 2 and plots.live_plots_drawn()

@@ -53,6 +53,12 @@ def plot_history(history, axes=None, ceiling: dict | None = None):
     return fig
 
 
+def live_plots_drawn() -> bool:
+    """Whether :func:`live_plot` draws: in an interactive session, not in a batch run (``vlnb run`` / ``vlnb book``
+    set ``$VLNB_RUN_DIR``) unless ``VLNB_LIVE_PLOT=1``."""
+    return os.environ.get("VLNB_LIVE_PLOT") == "1" or not os.environ.get("VLNB_RUN_DIR")
+
+
 def live_plot(force: bool | None = None):
     """An ``on_epoch_end`` callback that (re)draws :func:`plot_history` in place in a Jupyter output.
 
@@ -63,7 +69,7 @@ def live_plot(force: bool | None = None):
     from IPython.display import display
 
     if force is None:
-        force = os.environ.get("VLNB_LIVE_PLOT") == "1" or not os.environ.get("VLNB_RUN_DIR")
+        force = live_plots_drawn()
     if not force:
         def nothing(history) -> None:
             return None

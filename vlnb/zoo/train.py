@@ -199,6 +199,7 @@ def train_side_by_side(names, profile: str = "offline", device: str = "auto", jo
         for parent in (r.uses, r.init_from):
             if parent:
                 needed[parent] = recipe(parent)
+    print(f"training {', '.join(names)} side by side ({n_jobs} processes, one thread each) ...", flush=True)
     with ProcessPoolExecutor(n_jobs, mp_context=mp.get_context("spawn")) as pool:
         for wave in waves:
             for f in [pool.submit(_train_in_worker, n, profile, dev, needed) for n in wave]:
