@@ -307,7 +307,8 @@ top = rintervals.drop_intervals(hit_table, top, n_boot=cfg.n_boot, seed=cfg.seed
 for key, value in report.degradation_glue(top).items():
     run.glue(key, value)
 # one row per metric and corruption: the page shows the largest drops, the CSV has every row
-run.preview(top, "clean_vs_worst_severity", top=12, sort_by="drop")
+run.preview(top, "clean_vs_worst_severity", top=12, sort_by="drop",
+            columns=["model", "dataset", "metric", "corruption", "clean", "worst", "drop", "drop_lo", "drop_hi"])
 
 # %% [markdown]
 # A curve is *informative* when its clean value is at least twice chance (zero-shot: the table above;

@@ -53,7 +53,7 @@ def fake_papermill(monkeypatch, tmp_path):
             exec(compile(code, "<injected parameters>", "exec"), ns)  # noqa: S102 -- the point of the test
         finally:
             os.chdir(here)
-        calls.append({"parameters": parameters, "code": code, "namespace": ns})
+        calls.append({"parameters": parameters, "code": code, "namespace": ns, "env": dict(os.environ)})
         shutil.copy(input_path, output_path)
 
     monkeypatch.setattr(papermill, "execute_notebook", execute_notebook)
@@ -628,3 +628,13 @@ def test_cli_value_errors_of_vlnb_checks_are_one_line_library_ones_are_bugs(tmp_
     monkeypatch.setattr(data, "build_manifest", library_bug)
     rc, _, err = _run_cli(["prepare", "world", "--out", tmp_path / "b.parquet"], capsys)
     assert rc == 1 and err.startswith("internal error: ValueError") and "Traceback" not in err
+
+
+def test_kernels_draw_figures_into_the_page_whatever_backend_the_caller_uses(tmp_path, monkeypatch, fake_papermill):
+    """CI exports MPLBACKEND=Agg; a kernel that inherited it would save figures but show none in the book."""
+    from vlnb.runs import KERNEL_MPL_BACKEND, run_notebook
+
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    run_notebook(NB01, {}, out_dir=tmp_path / "run", progress=False)
+    assert fake_papermill[0]["env"]["MPLBACKEND"] == KERNEL_MPL_BACKEND == "module://matplotlib_inline.backend_inline"
+    assert os.environ["MPLBACKEND"] == "Agg"  # the caller's own environment is left as it was

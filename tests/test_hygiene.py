@@ -200,6 +200,10 @@ def test_preview_links_and_downloads(tmp_path, monkeypatch):
     assert len(pd.read_csv(tmp_path / "results" / "long.csv")) == 56
     assert html.count("<tr") == 12 + 1 and "r55" in html and "r0<" not in html  # largest drops first
     assert 'href="results/long.csv"' in html and "12 of 56 rows" in html
+    df["note"] = "a wide column the page need not show"
+    narrow = run.preview(df, "wide", top=3, sort_by="drop", columns=["name", "drop"]).data
+    assert "wide column" not in narrow and "r55" in narrow
+    assert list(pd.read_csv(tmp_path / "results" / "wide.csv").columns) == ["name", "drop", "note"]  # the CSV keeps all
     fig, _ = plt.subplots()
     assert run.savefig(fig, "f") is None and (tmp_path / "figures" / "f.png").exists()
     assert run.glue("x", "0.2") is None  # a cell ending with a glue shows no stray '0.2'
@@ -224,3 +228,25 @@ def test_kernel_warning_filter_silences_tqdm_iprogress_from_the_start():
     env = {**os.environ, "PYTHONWARNINGS": KERNEL_WARNING_FILTER}
     err = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stderr
     assert "IProgress" not in err and "something else" in err
+
+
+def test_a_run_that_saved_figures_but_shows_none_is_found(tmp_path):
+    import json
+
+    from vlnb.hygiene import missing_figures, shown_figures
+
+    def nb(outputs):
+        return {"cells": [{"cell_type": "code", "source": "fig", "outputs": outputs, "metadata": {}}],
+                "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "curves.png").write_bytes(b"png")
+    blind = tmp_path / "blind.ipynb"
+    blind.write_text(json.dumps(nb([{"output_type": "stream", "name": "stdout", "text": "ok"}])))
+    shown = tmp_path / "shown.ipynb"
+    shown.write_text(json.dumps(nb([{"output_type": "display_data", "data": {"image/png": "iVBOR", "text/plain": "F"},
+                                     "metadata": {}}])))
+    assert shown_figures(blind) == 0 and shown_figures(shown) == 1
+    assert "saved 1 figure(s)" in missing_figures(blind, tmp_path / "figures")
+    assert missing_figures(shown, tmp_path / "figures") is None
+    assert missing_figures(blind, tmp_path / "no-figures") is None  # a chapter without figures shows none: fine

@@ -114,6 +114,12 @@ def _check_built_book(build, html_dir, tracked):
     # clean pages: no warnings, path reprs, stray results, duplicate images, over-long tables, nan in prose
     problems = scan_notebooks(sorted((build / "src" / "notebooks").glob("*.ipynb")))
     assert not problems, "\n".join(map(str, problems))
+    # a chapter that saved figures shows them on its page (CI's MPLBACKEND=Agg must not reach the kernels)
+    from vlnb.hygiene import missing_figures
+
+    missing = [m for nb in tracked if (m := missing_figures(build / "src" / "notebooks" / nb.name,
+                                                            build / "runs" / nb.stem / "figures"))]
+    assert not missing, "\n".join(missing)
     # equations and pages render without a network: no script comes from elsewhere
     assert external_scripts(html_dir) == {}
     assert (html_dir / "_static" / "mathjax" / "MathJax.js").exists()

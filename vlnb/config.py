@@ -315,15 +315,18 @@ class NotebookRun:
         return f'<a href="{html.escape(href)}" download>{html.escape(text or relpath)}</a>'
 
     def preview(self, df, name: str, top: int = 15, sort_by: str | list[str] | None = None, ascending: bool = False,
-                index: bool = False):
+                index: bool = False, columns: list[str] | None = None):
         """Save ``df`` as ``results/<name>.csv`` and return what a page should show of it: the first ``top`` rows
-        (after sorting by ``sort_by``) and a link to the full CSV. A short table is shown whole, with its link."""
+        (after sorting by ``sort_by``), only ``columns`` when given (the CSV keeps them all, so a wide table still
+        fits the page), and a link to the full CSV. A short table is shown whole, with its link."""
         from IPython.display import HTML  # lazy: IPython is slow to import; only a notebook shows HTML
 
         self.save_table(df.reset_index() if index else df, name)
         shown = df.sort_values(sort_by, ascending=ascending) if sort_by is not None else df
         n = len(df)
         head = shown.head(top)
+        if columns is not None:
+            head = head[list(columns)]
         if n > top:
             what = f"the first {len(head)} of {n} rows" + (f" by {sort_by}" if sort_by is not None else "")
         else:

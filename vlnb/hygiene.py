@@ -16,6 +16,7 @@ themselves on synthetic notebooks.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -118,6 +119,22 @@ def scan_notebook(nb, name: str = "notebook", max_table_rows: int = MAX_TABLE_RO
 
 def scan_notebooks(paths: Iterable[str | Path], **kw) -> list[Problem]:
     return [p for path in paths for p in scan_notebook(Path(path), **kw)]
+
+
+def shown_figures(path: str | Path) -> int:
+    """How many figures (``image/png`` outputs) an executed notebook shows."""
+    nb = json.loads(Path(path).read_text())
+    return sum("image/png" in out.get("data", {}) for c in nb.get("cells", []) if c.get("cell_type") == "code"
+               for out in c.get("outputs", []))
+
+
+def missing_figures(executed: str | Path, figures_dir: str | Path) -> str | None:
+    """A problem line when a run saved figures (``figures/*.png``) but its executed notebook shows none of them
+    (a kernel whose matplotlib backend draws nowhere, e.g. an inherited ``MPLBACKEND=Agg``); else None."""
+    saved = sorted(Path(figures_dir).glob("*.png")) if Path(figures_dir).is_dir() else []
+    if saved and shown_figures(executed) == 0:
+        return f"{Path(executed).name}: saved {len(saved)} figure(s) under {figures_dir} but shows none on its page"
+    return None
 
 
 SCRIPT_SRC_RE = re.compile(r"<script\b[^>]*\bsrc\s*=\s*[\"']([^\"']+)[\"']", flags=re.IGNORECASE)

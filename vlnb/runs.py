@@ -164,7 +164,10 @@ def run_notebook(
            # libraries imported before vlnb (transformers, sentence-transformers) import tqdm.auto, which warns
            # "IProgress not found" into the page in a kernel without ipywidgets: filtered from the kernel's start
            # (vlnb.progress filters it too, once vlnb is imported)
-           "PYTHONWARNINGS": ",".join(w for w in (os.environ.get("PYTHONWARNINGS"), KERNEL_WARNING_FILTER) if w)}
+           "PYTHONWARNINGS": ",".join(w for w in (os.environ.get("PYTHONWARNINGS"), KERNEL_WARNING_FILTER) if w),
+           # figures are shown in the executed notebook (and so in the book) even when the caller's environment
+           # picks a non-interactive backend for itself (CI exports MPLBACKEND=Agg, which a kernel would inherit)
+           "MPLBACKEND": KERNEL_MPL_BACKEND}
     env_before = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -199,6 +202,8 @@ def run_notebook(
 
 #: A ``PYTHONWARNINGS`` entry for the chapters' kernels (see run_notebook).
 KERNEL_WARNING_FILTER = "ignore:IProgress not found"
+#: The chapters' kernels draw figures into the notebook (ipykernel's inline backend), whatever ``MPLBACKEND`` says.
+KERNEL_MPL_BACKEND = "module://matplotlib_inline.backend_inline"
 
 #: Folder of the HTML book that holds each chapter's tables and figures: ``<html>/runs/<stem>/{results,figures}``.
 RUN_FILES_DIR = "runs"
