@@ -294,8 +294,8 @@ else:
 # absent colour (a second control). Every foil is parsed back and checked against the scene; a foil that
 # is not *false* for its image — swapping two equal colours, or two identical objects — is dropped, and
 # the table below counts them. The metric is the share of (true, foil) pairs where the model scores the
-# true caption higher: chance is 0.5, an exact tie counts one half (a bag-of-words model gives identical
-# scores to a pure swap, so it sits at exactly 0.5), and the interval is a 95% bootstrap over images.
+# true caption higher, in percent: chance is 50 %, an exact tie counts one half (a bag-of-words model gives
+# identical scores to a pure swap, so it sits at exactly 50 %), and the interval is a 95% bootstrap over images.
 # Dual encoders are scored by the cosine of their embeddings (ITC), cross encoders by their ITM score; a
 # model with both gets a row for each.
 #
@@ -314,7 +314,7 @@ from vlnb.eval.compositionality import (
     probe_pivot,
     readable,
     retrieval_with_ci,
-    verdict,
+    say,
     with_published_order,
     world_probe,
 )
@@ -345,19 +345,14 @@ plots.probe_plot(probe, ax=ax, title="World probe: true caption vs foil (95% boo
 run.savefig(fig, "probe_world")
 
 # %%
-def _say(row) -> str:
-    return (f"{row['accuracy']:.2f} [{row['ci_lo']:.2f}, {row['ci_hi']:.2f}], "
-            f"{verdict(row['accuracy'], row['ci_lo'], row['ci_hi'], row['chance'])}")
-
-
 first = next(iter(world_models))
 pr = probe.set_index(["model", "head", "type"])
 head0 = probe.loc[probe["model"] == first, "head"].iloc[0]
 for t in NEGATIVE_TYPES:
-    run.glue(f"probe_{t.replace(' ', '_')}", _say(pr.loc[(first, head0, t)]))
+    run.glue(f"probe_{t.replace(' ', '_')}", say(pr.loc[(first, head0, t)]))
 run.glue("probe_model", f"{first} ({head0})")
 swaps = probe[probe["type"].isin(["attribute swap", "relation swap"])]
-above = swaps[swaps["ci_lo"] > 0.5]
+above = swaps[swaps["ci_lo"] > swaps["chance"]]
 run.glue("probe_swaps_above", ", ".join(sorted({f"{m} ({h})" for m, h in zip(above["model"], above["head"])}))
          or "no model")
 run.glue("probe_n_dropped", f"{int(dropped[['dropped_identical', 'dropped_true_not_true', 'dropped_not_false']].sum().sum())}")
@@ -396,10 +391,10 @@ if cfg.profile == "offline" and cfg.negclip:
 
     def _delta(t):
         d = pn.loc[("negclip-world", t), "accuracy"] - pn.loc[("scratch-world-ft", t), "accuracy"]
-        return f"{d:+.2f}"
+        return f"{100 * d:+.1f} points"
 
     for t in ("attribute swap", "relation swap", "count change"):
-        run.glue(f"negclip_{t.replace(' ', '_')}", _say(pn.loc[("negclip-world", t)]))
+        run.glue(f"negclip_{t.replace(' ', '_')}", say(pn.loc[("negclip-world", t)]))
         run.glue(f"negclip_vs_ft_{t.replace(' ', '_')}", _delta(t))
     r1 = neg_ret[(neg_ret["k"] == 1)].set_index(["model", "direction"])
     for d in ("i2t", "t2i"):
@@ -429,12 +424,12 @@ else:
 #
 # ARO's COCO-Order takes every caption and four word-order perturbations of it — nouns and adjectives
 # shuffled among themselves, everything *but* nouns and adjectives shuffled, words shuffled within each
-# trigram, trigrams shuffled — and asks which of the five the model prefers for the image (chance 0.2;
+# trigram, trigrams shuffled — and asks which of the five the model prefers for the image (chance 20 %;
 # ties share the credit). ARO tags parts of speech with spaCy's `en_core_web_sm`, a download that is not
 # possible offline; vlnb tags with a closed word list (`vlnb.data.negatives`), which is deterministic and
 # offline but not identical to spaCy, so the perturbations are ARO-*style*, not ARO's exact test cases
 # (ARO's own are random too: its authors average 5 seeds). Pairwise rows (the original against each kind
-# of shuffle, chance 0.5) say which perturbation a model notices.
+# of shuffle, chance 50 %) say which perturbation a model notices.
 
 # %%
 order_manifest, _ = evaluation_manifest(cfg.order_dataset, cfg, None)
@@ -447,15 +442,17 @@ run.save_table(order, "probe_order")
 display(order_cover)
 display(probe_pivot(order))
 if order["published"].notna().any():  # full profile: ARO's figure for the same checkpoint, beside ours
-    display(order[order["published"].notna()][["model", "head", "dataset", "accuracy", "ci_lo", "ci_hi",
-                                                "published", "published_source"]].round(3))
+    shown = order[order["published"].notna()][["model", "head", "dataset", "accuracy", "ci_lo", "ci_hi",
+                                               "published", "published_source"]]
+    pct = ["accuracy", "ci_lo", "ci_hi", "published"]
+    display(shown.assign(**{c: (100 * shown[c]).round(1) for c in pct}).rename(columns={c: f"{c} (%)" for c in pct}))
 
 # %%
 fig, ax = plt.subplots(figsize=(10, 4))
 plots.probe_plot(order, ax=ax, title=f"ARO-style order probe on {cfg.order_dataset} (dashed: chance)")
 run.savefig(fig, "probe_order")
 aro5 = order[order["type"] == "ARO 5-way"]
-run.glue("order_summary", "; ".join(f"{m} ({h}) {_say(r)}" for (m, h), r in
+run.glue("order_summary", "; ".join(f"{m} ({h}) {say(r)}" for (m, h), r in
                                     aro5.set_index(["model", "head"]).iterrows()) or "no model could read them")
 run.glue("order_n_cases", f"{order_cases['case'].nunique()}")
 

@@ -25,6 +25,7 @@ from vlnb.eval.compositionality import (
     grouped_accuracy,
     order_probe,
     probe_pivot,
+    say,
     score_pairs,
     win,
     world_probe,
@@ -190,7 +191,12 @@ def test_probe_gives_the_known_answers_for_rule_scorers(world_test):
         assert t.loc[("oracle", kind), "n_images"] == report.set_index("type").loc[kind, "images"]
     assert set(pairs.columns) >= {"s_true", "s_neg", "win", "negative"}
     wide = probe_pivot(table)
-    assert wide.loc[("oracle", "oracle"), "count change"].startswith("1.00 [1.00, 1.00]")
+    assert wide.loc[("oracle", "oracle"), "count change"].startswith("100.0 [100.0, 100.0]")  # percent, as the book
+    bow = next(i for i in wide.index if i[0] == "bow")
+    assert wide.loc[bow, "attribute swap"] == "50.0 [50.0, 50.0]"
+    row = table.set_index(["model", "type"]).loc[("bow", "attribute swap")]
+    assert say(row) == "50.0 % [50.0, 50.0], indistinguishable from chance"
+    assert say(table.set_index(["model", "type"]).loc[("oracle", "count change")]).endswith("above chance")
 
 
 def test_win_and_grouped_accuracy_by_hand():

@@ -98,4 +98,6 @@ def test_query_time_plot_and_probe_plot_render():
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log" and len(ax.get_lines()) == 2
     t = pd.DataFrame({"model": ["a", "a"], "head": ["ITC", "ITC"], "type": ["attribute swap", "count change"],
                       "accuracy": [0.5, 0.9], "ci_lo": [0.4, 0.8], "ci_hi": [0.6, 1.0], "chance": [0.5, 0.5]})
-    assert probe_plot(t).get_ylim()[1] == pytest.approx(1.02)
+    ax = probe_plot(t)
+    assert ax.get_ylim()[1] == pytest.approx(102) and "%" in ax.get_ylabel()  # percent, like the book's tables
+    assert ax.lines[0].get_ydata()[0] == pytest.approx(50.0)  # the first point: 0.5 drawn as 50 %

@@ -242,15 +242,14 @@ def probe_plot(table: pd.DataFrame, ax=None, title: str | None = None):
     for j, name in enumerate(labels):
         d = table[[x == name for x in lab]].set_index("type")
         x = np.array([types.index(t) for t in d.index]) - 0.4 + width * (j + 0.5)
-        ax.errorbar(x, d["accuracy"], yerr=[(d["accuracy"] - d["ci_lo"]).clip(lower=0),
-                                            (d["ci_hi"] - d["accuracy"]).clip(lower=0)],
-                    fmt="o", capsize=3, label=name)
+        acc, lo, hi = 100 * d["accuracy"], 100 * d["ci_lo"], 100 * d["ci_hi"]  # percent, like the book's tables
+        ax.errorbar(x, acc, yerr=[(acc - lo).clip(lower=0), (hi - acc).clip(lower=0)], fmt="o", capsize=3, label=name)
     for i, t in enumerate(types):
-        ax.hlines(float(table.loc[table["type"] == t, "chance"].iloc[0]), i - 0.45, i + 0.45, colors="grey",
+        ax.hlines(100 * float(table.loc[table["type"] == t, "chance"].iloc[0]), i - 0.45, i + 0.45, colors="grey",
                   linestyles="--", linewidth=1)
     ax.set_xticks(range(len(types)), ["\n".join(textwrap.wrap(t, 14)) for t in types], fontsize=8)
-    ax.set_ylim(0, 1.02)
-    ax.set_ylabel("true caption preferred")
+    ax.set_ylim(0, 102)
+    ax.set_ylabel("true caption preferred (%)")
     ax.set_title(title or "Compositionality probe (95% bootstrap CI over images; dashed: chance)")
     ax.legend(fontsize=7, loc="lower left", ncol=2)
     return ax

@@ -318,10 +318,18 @@ def with_published_order(table: pd.DataFrame, models: Mapping) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------- display
-def probe_pivot(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
-    """A wide display table: one row per (model, head), one "acc [lo, hi]" column per type."""
-    t = table.assign(cell=[f"{a:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]" if pd.notna(a) else "–"
-                           for a, lo, hi in zip(table["accuracy"], table["ci_lo"], table["ci_hi"])])
+def say(row) -> str:
+    """One probe row in words for the prose, in percent like every accuracy of the book: "44.0 % [38.2, 49.9],
+    indistinguishable from chance" (the table keeps proportions; :func:`verdict` compares them with chance)."""
+    return (f"{100 * row['accuracy']:.1f} % [{100 * row['ci_lo']:.1f}, {100 * row['ci_hi']:.1f}], "
+            f"{verdict(row['accuracy'], row['ci_lo'], row['ci_hi'], row['chance'])}")
+
+
+def probe_pivot(table: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
+    """A wide display table: one row per (model, head), one "acc [lo, hi]" column per type, in percent (the
+    tidy table and its CSV keep proportions in ``accuracy``/``ci_lo``/``ci_hi``)."""
+    t = table.assign(cell=[f"{100 * a:.{digits}f} [{100 * lo:.{digits}f}, {100 * hi:.{digits}f}]" if pd.notna(a)
+                           else "–" for a, lo, hi in zip(table["accuracy"], table["ci_lo"], table["ci_hi"])])
     keys = [k for k in ("model", "head", "dataset") if k in t.columns and (k != "dataset" or t[k].astype(bool).any())]
     wide = t.pivot_table(index=keys, columns="type", values="cell", aggfunc="first", sort=False)
     cols = [c for c in ("ARO 5-way", *NEGATIVE_TYPES, *ORDER_PERTURBATIONS) if c in wide.columns]
@@ -329,6 +337,18 @@ def probe_pivot(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
 
 
 __all__ = [
-    "PROBE_COLUMNS", "PUBLISHED_ORDER", "grouped_accuracy", "heads", "order_probe", "probe_pivot", "readable",
-    "retrieval_with_ci", "score_pairs", "verdict", "win", "with_published_order", "world_probe",
+    "PROBE_COLUMNS",
+    "PUBLISHED_ORDER",
+    "grouped_accuracy",
+    "heads",
+    "order_probe",
+    "probe_pivot",
+    "readable",
+    "retrieval_with_ci",
+    "say",
+    "score_pairs",
+    "verdict",
+    "win",
+    "with_published_order",
+    "world_probe",
 ]
