@@ -344,6 +344,7 @@ def build_book(
         timings[nb.stem] = round(time.time() - t0, 1)
         try:
             rec = json.loads((executed.parent / "run.json").read_text())
+            timings[nb.stem] = rec.get("seconds", timings[nb.stem])  # its own run, also when side by side
             parts[nb.stem], cpu_parts[nb.stem] = rec["timing"], rec.get("timing_cpu") or {}
         except (OSError, ValueError, KeyError):
             pass
