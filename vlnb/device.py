@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -96,3 +97,23 @@ def precision_name(device: str | torch.device) -> str:
 
 __all__ = ["AUTO", "DEVICE_TYPES", "autocast", "autocast_dtype", "check_device_spec", "precision_name",
            "resolve_device"]
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity on Linux, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def side_by_side_jobs(n_runs: int, device: str | torch.device | None = AUTO, jobs: int | None = None) -> int:
+    """Processes that run ``n_runs`` independent trainings side by side: one per core on a CPU (each with one
+    thread: the book's models are small, so two one-thread runs finish sooner than one two-thread run), capped by
+    ``jobs``; one on a GPU or with ``jobs=1``."""
+    if jobs is not None and jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    if torch.device(resolve_device(device)).type != "cpu":
+        return 1
+    cores = available_cores()
+    return max(1, min(n_runs, cores if jobs is None else jobs, cores))

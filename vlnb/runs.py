@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -109,6 +110,22 @@ def prepare_run_dir(out: Path, notebook: Path, force: bool = False) -> None:
                                                     "status": "running"}, indent=2))
 
 
+@contextlib.contextmanager
+def temporary_environ(updates: Mapping[str, str]):
+    """Set ``updates`` in ``os.environ`` (which the notebook kernels, subprocesses, inherit) for the block, then put
+    back each variable as it was, unset ones unset."""
+    before = {k: os.environ.get(k) for k in updates}
+    os.environ.update(updates)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def run_notebook(
     notebook: str | os.PathLike,
     parameters: Mapping[str, Any] | None = None,
@@ -168,29 +185,23 @@ def run_notebook(
            # figures are shown in the executed notebook (and so in the book) even when the caller's environment
            # picks a non-interactive backend for itself (CI exports MPLBACKEND=Agg, which a kernel would inherit)
            "MPLBACKEND": KERNEL_MPL_BACKEND}
-    env_before = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     try:
-        pm.execute_notebook(
-            str(nb),
-            str(executed),
-            parameters=injected,
-            cwd=str(out),
-            language="python",
-            kernel_name="python3",
-            progress_bar=progress,
-            log_output=log_output,
-        )
+        with temporary_environ(env):
+            pm.execute_notebook(
+                str(nb),
+                str(executed),
+                parameters=injected,
+                cwd=str(out),
+                language="python",
+                kernel_name="python3",
+                progress_bar=progress,
+                log_output=log_output,
+            )
         record["status"] = "ok"
     except Exception as e:  # noqa: BLE001 -- any failure: papermill's error names the failing cell; keep the partial notebook
         record["status"] = f"failed: {type(e).__name__}"
         raise RunError(f"notebook {nb.name} failed (executed copy with the error: {executed}):\n{e}") from None
     finally:
-        for k, v in env_before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         record["seconds"] = round(time.time() - t0, 1)
         # where the time went (vlnb.timing): training / decode / encoding / metrics / plotting / other / kernel,
         # in wall seconds and in the kernel's CPU seconds
@@ -265,10 +276,9 @@ def book_jobs(n_chapters: int, jobs: int | None = None, cores: int | None = None
     core, one thread each (their models are small: two one-thread kernels finish sooner than one with two
     threads, measured in benchmarks/book_profile.py); ``jobs`` caps it, ``VLNB_BOOK_JOBS`` sets the default."""
     if cores is None:
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:  # not Linux
-            cores = os.cpu_count() or 1
+        from .device import available_cores  # lazy: it imports torch, which CLI start-up skips
+
+        cores = available_cores()
     if jobs is None:
         env = os.environ.get("VLNB_BOOK_JOBS", "")
         if env and not env.isdigit():
@@ -283,19 +293,11 @@ def book_jobs(n_chapters: int, jobs: int | None = None, cores: int | None = None
 def _book_chapter(nb: Path, params: Mapping, profile: str, out_dir: Path, progress: bool,
                   threads: int | None = None) -> Path:
     """Execute one chapter of a book build (in this process, or in a pool worker with ``threads`` threads)."""
-    keys = ("VLNB_LINK_BASE", *THREAD_VARS)
-    before = {k: os.environ.get(k) for k in keys}
-    os.environ["VLNB_LINK_BASE"] = f"../{RUN_FILES_DIR}/{nb.stem}/"  # from html/notebooks/<stem>.html
+    env = {"VLNB_LINK_BASE": f"../{RUN_FILES_DIR}/{nb.stem}/"}  # from html/notebooks/<stem>.html
     if threads:
-        os.environ.update({k: str(threads) for k in THREAD_VARS})
-    try:
+        env.update({k: str(threads) for k in THREAD_VARS})
+    with temporary_environ(env):
         return run_notebook(nb, params, profile=profile, out_dir=out_dir, progress=progress and not threads)
-    finally:
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def build_book(

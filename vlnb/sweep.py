@@ -68,7 +68,8 @@ import yaml
 from .config import ParameterError, resolve
 from .paths import atomic_write_text
 from .progress import tqdm
-from .runs import injectable, run_notebook
+from .runs import THREAD_VARS as _THREAD_VARS
+from .runs import injectable, run_notebook, temporary_environ
 
 GRID_KEYS = ("profile", "parameters", "grid")
 RESERVED = ("profile", "out_dir")  # set by the sweep itself, never by the grid
@@ -230,7 +231,6 @@ def finished_runs(out: Path, notebook: str, profile: str) -> dict[str, Path]:
 # One run (in a pool worker, a Dask worker, or in-process)
 # ---------------------------------------------------------------------------------------------------
 _RUN_LOCK = threading.Lock()  # run_notebook sets os.environ for its kernel: one run per process at a time
-_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 def _one_line(e: BaseException) -> str:
@@ -247,10 +247,7 @@ def _one_line(e: BaseException) -> str:
 def run_one(notebook: str, params: Mapping, profile: str, out_dir: str, threads: int | None) -> dict:
     """Execute one combination with :func:`vlnb.runs.run_notebook`; a failing notebook is a result
     (``status: failed`` and its error), not an exception. The kernel gets ``threads`` torch/OMP threads."""
-    with _RUN_LOCK:
-        before = {k: os.environ.get(k) for k in _THREAD_VARS}
-        if threads:
-            os.environ.update({k: str(threads) for k in _THREAD_VARS})
+    with _RUN_LOCK, temporary_environ({k: str(threads) for k in _THREAD_VARS} if threads else {}):
         t0 = time.time()
         try:
             # force: the sweep owns its run folders (a failed or interrupted run is redone in place)
@@ -258,12 +255,6 @@ def run_one(notebook: str, params: Mapping, profile: str, out_dir: str, threads:
             status, error = "ok", ""
         except Exception as e:  # noqa: BLE001 -- recorded, the sweep goes on
             status, error = "failed", _one_line(e)
-        finally:
-            for k, v in before.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
     return {"run": Path(out_dir).name, "status": status, "seconds": round(time.time() - t0, 1), "error": error}
 
 
@@ -285,17 +276,13 @@ def _pool_init(threads: int) -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
 
 
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def pool_size(n_runs: int, workers: int | None = None, threads: int | None = None,
               cores: int | None = None) -> tuple[int, int]:
     """``(workers, threads per worker)`` with workers x threads <= cores; defaults fill the cores."""
-    cores = cores or available_cores()
+    if cores is None:
+        from .device import available_cores  # lazy: it imports torch, which CLI start-up skips
+
+        cores = available_cores()
     if workers is not None and workers < 1 or threads is not None and threads < 1:
         raise SweepError(f"--workers and --threads must be >= 1 (got workers={workers}, threads={threads})")
     if workers is None:
@@ -412,8 +399,7 @@ def _execute(nb: Path, g: dict, profile: str, combos: list, out: Path, workers, 
     interrupted = False
     if todo and client is None:
         workers = min(workers, len(todo))
-        print(f"[vlnb sweep] local: {workers} worker(s) x {threads} thread(s) ({available_cores()} core(s))",
-              flush=True)
+        print(f"[vlnb sweep] local: {workers} worker(s) x {threads} thread(s)", flush=True)
     if todo:
         bar = tqdm(total=len(todo), desc="sweep", unit="run", disable=not progress, file=sys.stdout)
         try:
@@ -567,7 +553,6 @@ def write_collected(directory: str | os.PathLike, dest: str | os.PathLike | None
 
 __all__ = [
     "SweepError",
-    "available_cores",
     "collect",
     "combinations",
     "finished_runs",

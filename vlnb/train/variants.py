@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 
 from ..data.manifest import subset, texts_and_targets
-from ..device import resolve_device
+from ..device import resolve_device, side_by_side_jobs
 from ..models.fusion import FusionConfig, create_fusion
 from ..models.scratch import ScratchConfig, ScratchDualEncoder
 from .itm import evaluate_fusion, train_fusion
@@ -222,18 +222,8 @@ def _one_thread_worker() -> None:
     os.environ["TQDM_DISABLE"] = "1"
 
 
-def variant_jobs(n_runs: int, device: str | None, jobs: int | None = None) -> int:
-    """Processes that train variants side by side: one per core on a CPU (each with one thread: these models are
-    small, and two one-thread runs finish sooner than one two-thread run), one on a GPU or with ``jobs=1``."""
-    if jobs is not None and jobs < 1:
-        raise ValueError(f"jobs must be >= 1, got {jobs}")
-    if torch.device(resolve_device(device)).type != "cpu":
-        return 1
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(n_runs, cores if jobs is None else jobs, cores))
+#: Processes that train variants side by side (:func:`vlnb.device.side_by_side_jobs`).
+variant_jobs = side_by_side_jobs
 
 
 def compare_text_attention_seeds(train: pd.DataFrame, test: pd.DataFrame, seeds: Sequence[int],

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..device import resolve_device
+from ..device import resolve_device, side_by_side_jobs
 from ..models.fusion import FusionConfig, create_fusion, qformer_config
 from ..models.scratch import ScratchDualEncoder, clip_tokenizer
 from ..models.towers import TowersDualEncoder
@@ -155,20 +155,6 @@ def _train_in_worker(name: str, profile: str, device: str, recipes: dict[str, Re
     RECIPES.update(recipes)  # recipes registered at run time in the caller (a spawned worker only has the built-in ones)
     train_reference(name, profile, progress=False, device=device)
     return name
-
-
-def side_by_side_jobs(n_models: int, device: str = "auto", jobs: int | None = None) -> int:
-    """Processes that train reference models side by side: one per core on a CPU (each with one thread: these
-    models are small, so two one-thread runs finish sooner than one two-thread run), one on a GPU."""
-    if jobs is not None and jobs < 1:
-        raise ValueError(f"jobs must be >= 1, got {jobs}")
-    if not resolve_device(device).startswith("cpu"):
-        return 1
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(n_models, cores if jobs is None else jobs, cores))
 
 
 def train_side_by_side(names, profile: str = "offline", device: str = "auto", jobs: int | None = None) -> list[str]:
