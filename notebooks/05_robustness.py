@@ -308,7 +308,7 @@ for key, value in report.degradation_glue(top).items():
     run.glue(key, value)
 # one row per metric and corruption: the page shows the largest drops, the CSV has every row
 run.preview(top, "clean_vs_worst_severity", top=12, sort_by="drop",
-            columns=["model", "dataset", "metric", "corruption", "clean", "worst", "drop", "drop_lo", "drop_hi"])
+            columns=["model", "dataset", "task", "metric", "corruption", "clean", "worst", "drop", "drop_lo", "drop_hi"])
 
 # %% [markdown]
 # A curve is *informative* when its clean value is at least twice chance (zero-shot: the table above;

@@ -74,7 +74,7 @@ def _curves(fig, df: pd.DataFrame, relative: bool, ncols: int, legend_loc: dict)
     for ax in axes[-1]:
         ax.set_xlabel("severity")
     handles, labels = axes.ravel()[0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=7, frameon=False, **legend_loc)
+    fig.legend(handles, labels, frameon=False, **{"fontsize": 7, **legend_loc})
     return axes
 
 
@@ -99,10 +99,15 @@ def severity_curves(results: pd.DataFrame, metrics: Sequence[tuple[str, str]] | 
         fig.tight_layout()
         return fig
     datasets = list(dict.fromkeys(df["dataset"]))
-    fig = plt.figure(figsize=(width + 1.0, (size * nrows + 0.5) * len(datasets)), layout="constrained")
-    for sub, ds in zip(np.atleast_1d(fig.subfigures(len(datasets), 1)), datasets):
-        _curves(sub, df[df["dataset"] == ds], relative, ncols, {"loc": "outside right center"})
-        sub.suptitle(ds, fontsize=10, fontweight="bold")
+    # each block's legend goes under its panels, two columns at a readable size: the figure stays as wide as its
+    # panels, so the page does not shrink it to make room for a legend at the side
+    n_lines = [df[df["dataset"] == ds].groupby(["model", "task", "metric"]).ngroups for ds in datasets]
+    heights = [size * nrows + 0.7 + 0.24 * np.ceil(n / 2) for n in n_lines]
+    fig = plt.figure(figsize=(width - 1.5, sum(heights)), layout="constrained")
+    subs = np.atleast_1d(fig.subfigures(len(datasets), 1, height_ratios=heights))
+    for sub, ds in zip(subs, datasets):
+        _curves(sub, df[df["dataset"] == ds], relative, ncols, {"loc": "outside lower center", "ncol": 2, "fontsize": 9})
+        sub.suptitle(ds, fontsize=11, fontweight="bold")
     return fig
 
 
