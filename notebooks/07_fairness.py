@@ -191,7 +191,7 @@ run.save_table(res.groups, "groups")
 run.save_table(res.gaps, "gaps")
 run.save_table(res.overall(), "overall")
 run.glue("itm_pairs", A.itm_zeroshot_pairs(manifests, per_model, cfg.templates))
-res.overall_page()
+res.overall_page_by_metric()
 
 # %%
 for name in res.groups["model"].unique():

@@ -546,6 +546,9 @@ def test_subgroup_analysis_tables_and_figures_are_in_percent(small_world, tmp_pa
     page = res.overall_page()
     assert page.loc[0, "i2t R@1 (%)"] == round(100 * o.value("i2t R@1"), 1) and page.loc[0, "images"] == len(te)
     assert not page.isna().any().any()
+    side = res.overall_page_by_metric()  # the same values, one column per model and data set
+    col = f"{page.loc[0, 'model']} · {page.loc[0, 'dataset']}"
+    assert side.loc["i2t R@1 (%)", col] == page.loc[0, "i2t R@1 (%)"] and side.loc["images", col] == len(te)
     gaps = res.gaps[res.gaps["metric"] == "zero-shot colour top-1"]
     assert np.allclose(gaps["overall"], 100 * o.value("zero-shot colour top-1"))
     assert np.allclose(gaps["chance"], 12.5)  # 8 colours, in % like the overall value it is compared with

@@ -76,6 +76,17 @@ class SubgroupResult:
         wide.insert(0, "images", t.groupby(["model", "dataset"], sort=False)["images"].max())
         return wide.reset_index().astype(object).where(lambda d: d.notna(), "—")
 
+    def overall_page_by_metric(self) -> pd.DataFrame:
+        """:meth:`overall_page` turned on its side for a page: one row per metric, one column per model and data
+        set (a handful of models fit a page's width; a dozen metric columns do not)."""
+        page = self.overall_page()
+        if page.empty:
+            return page
+        page = page.assign(column=page["model"] + " · " + page["dataset"]).set_index("column")
+        out = page.drop(columns=["model", "dataset"]).T
+        out.columns.name, out.index.name = None, "metric"
+        return out
+
 
 def subgroup_analysis(
     models: Mapping,

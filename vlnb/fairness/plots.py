@@ -12,7 +12,7 @@ from matplotlib.ticker import FuncFormatter
 
 
 def group_bars(table: pd.DataFrame, metrics: Sequence[str] | None = None, groupings: Sequence[str] | None = None,
-               title: str | None = None, width: float = 3.6, row_height: float = 0.22):
+               title: str | None = None, width: float = 3.2, row_height: float = 0.3, fontsize: float = 9):
     """One panel per (grouping, metric) of one model's :func:`~vlnb.fairness.group_table` rows.
 
     Bars are sorted best first; whiskers are the confidence intervals; flagged groups (too few images) are
@@ -51,17 +51,17 @@ def group_bars(table: pd.DataFrame, metrics: Sequence[str] | None = None, groupi
             err = np.vstack([d["value"] - d["ci_lo"], d["ci_hi"] - d["value"]]).clip(min=0)
             ax.errorbar(d["value"], y, xerr=err, fmt="none", ecolor="k", elinewidth=0.8, capsize=2)
             labels = [f"{g} (n={n})" for g, n in zip(d["group"], d["images"])]
-            ax.set_yticks(y, labels, fontsize=7)
+            ax.set_yticks(y, labels, fontsize=fontsize)
             pct = "unit" in d.columns and bool((d["unit"] == "%").all())
             lo, hi = (-1.0, 1.0) if "similarity" in metric else (0.0, 100.0 if pct else 1.0)
             ax.set_xlim(lo, hi)
             ax.axvline(0, color="0.3", lw=0.6) if lo < 0 else None
-            ax.set_xlabel("%" if pct else ("cosine" if lo < 0 else "proportion"), fontsize=7)
-            ax.tick_params(axis="x", labelsize=7)
-            ax.set_title(f"{metric} by {grouping}", fontsize=8)
+            ax.set_xlabel("%" if pct else ("cosine" if lo < 0 else "proportion"), fontsize=fontsize)
+            ax.tick_params(axis="x", labelsize=fontsize)
+            ax.set_title(f"{metric} by {grouping}", fontsize=fontsize + 1)
             ax.grid(axis="x", alpha=0.3)
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(title, fontsize=fontsize + 2)
     fig.tight_layout()
     return fig
 
