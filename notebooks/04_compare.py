@@ -330,7 +330,7 @@ probe, dropped, probe_pairs = world_probe(world_models, world_test, n_boot=cfg.n
                                           batch_size=cfg.batch_size)
 run.save_table(probe, "probe_world")
 run.save_table(dropped, "probe_world_dropped")
-dropped
+dropped.set_index("type").T  # one column per foil type: fits the page
 
 # %% [markdown]
 # Foils generated, and dropped because they were not false for their image (the same text as the true

@@ -65,7 +65,8 @@ def reference_model(name: str, profile: str = "offline", train_if_missing: bool 
                 "(run chapter 2, or call vlnb.zoo.train_reference)"
             )
         if progress:
-            print(f"[vlnb.zoo] {name}: no trained model at {folder}; training it now ({r.description})")
+            # the page says what is trained and why; the machine's folder is the artifacts folder's business
+            print(f"[vlnb.zoo] {name}: not trained yet for this recipe; training it now: {r.description}")
         model, _ = train_reference(name, profile, progress=progress, device=device)
 
         return model.to(resolve_device(device)).eval()
