@@ -313,6 +313,7 @@ from vlnb.eval.compositionality import (
     order_probe,
     probe_pivot,
     readable,
+    retrieval_diff_page,
     retrieval_with_ci,
     say,
     with_published_order,
@@ -385,7 +386,7 @@ if cfg.profile == "offline" and cfg.negclip:
     neg_ret = retrieval_with_ci({m: world_models[m] for m in trio}, world_test, "world", baseline="scratch-world",
                                 n_boot=cfg.n_boot, seed=cfg.seed, batch_size=cfg.batch_size)
     run.save_table(neg_ret, "negclip_retrieval")
-    display(neg_ret.round(1))
+    display(retrieval_diff_page(neg_ret))  # % (points vs scratch-world [95 % paired bootstrap CI])
     h = {m: zoo.reference_history(m) for m in ("negclip-world", "scratch-world-ft")}
     pn = pr.xs("ITC", level="head")
 

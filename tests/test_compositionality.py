@@ -379,3 +379,17 @@ def test_probe_and_cost_take_the_fusion_models(world_test):
     q = queries.set_index(["model", "protocol", "n_gallery"])["basis"]
     assert q[("vilt", "ITM on every image", 10)] == "measured"
     assert q[("vilt", "ITM on every image", 200)].startswith("extrapolated")
+
+
+def test_retrieval_diff_page_one_row_per_model_in_percent_and_points():
+    import pandas as pd
+
+    from vlnb.eval.compositionality import retrieval_diff_page
+
+    t = pd.DataFrame({"model": ["base", "base", "neg", "neg"], "direction": ["i2t", "t2i"] * 2, "k": [1, 1, 1, 1],
+                      "recall": [29.8, 13.0, 26.2, 11.3], "ci_lo": 0.0, "ci_hi": 0.0, "diff": [0, 0, -3.6, -1.6],
+                      "diff_lo": [0, 0, -7.8, -3.0], "diff_hi": [0, 0, 0.4, -0.2]})
+    page = retrieval_diff_page(t)
+    assert list(page.index) == ["base", "neg"] and list(page.columns) == ["I→T R@1", "T→I R@1"]
+    assert page.loc["base", "I→T R@1"] == "29.8"  # the baseline: its recall alone
+    assert page.loc["neg", "T→I R@1"] == "11.3 (-1.6 [-3.0, -0.2])"

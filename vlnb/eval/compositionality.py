@@ -325,6 +325,23 @@ def say(row) -> str:
             f"{verdict(row['accuracy'], row['ci_lo'], row['ci_hi'], row['chance'])}")
 
 
+def retrieval_diff_page(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`retrieval_with_ci`'s tidy table for a page: one row per model, one column per direction and K, each
+    cell "recall (difference [lo, hi])" in % and points against the baseline (the baseline's own cells: recall)."""
+    arrow = {"i2t": "I→T", "t2i": "T→I"}
+
+    def cell(r) -> str:
+        if r["diff"] == 0 and r["diff_lo"] == 0 and r["diff_hi"] == 0:
+            return f"{r['recall']:.1f}"
+        return f"{r['recall']:.1f} ({r['diff']:+.1f} [{r['diff_lo']:+.1f}, {r['diff_hi']:+.1f}])"
+
+    t = table.assign(column=[f"{arrow.get(d, d)} R@{int(k)}" for d, k in zip(table["direction"], table["k"])],
+                     cell=[cell(r) for _, r in table.iterrows()])
+    wide = t.pivot_table(index="model", columns="column", values="cell", aggfunc="first", sort=False)
+    wide.columns.name = None
+    return wide
+
+
 def probe_pivot(table: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
     """A wide display table: one row per (model, head), one "acc [lo, hi]" column per type, in percent (the
     tidy table and its CSV keep proportions in ``accuracy``/``ci_lo``/``ci_hi``)."""
@@ -344,6 +361,7 @@ __all__ = [
     "order_probe",
     "probe_pivot",
     "readable",
+    "retrieval_diff_page",
     "retrieval_with_ci",
     "say",
     "score_pairs",
