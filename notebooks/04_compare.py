@@ -309,9 +309,9 @@ else:
 from vlnb.data.images import open_rgb
 from vlnb.data.negatives import NEGATIVE_TYPES
 from vlnb.eval.compositionality import (
-    PUBLISHED_ORDER,
     order_probe,
     probe_pivot,
+    published_order_page,
     readable,
     retrieval_diff_page,
     retrieval_with_ci,
@@ -319,7 +319,7 @@ from vlnb.eval.compositionality import (
     with_published_order,
     world_probe,
 )
-from vlnb.eval.cost import cost_summary, measure_cost
+from vlnb.eval.cost import cost_page, measure_cost
 
 probe_models = dict(models)
 if cfg.profile == "offline" and cfg.negclip:
@@ -467,7 +467,7 @@ run.glue("order_n_cases", f"{order_cases['case'].nunique()}")
 # figure could not be checked here, so it is not transcribed).
 
 # %%
-PUBLISHED_ORDER
+published_order_page()
 
 # %% [markdown]
 # ## What each model costs
@@ -489,7 +489,7 @@ cost_models, queries = measure_cost(models, cost_images, cost_texts, gallery_siz
                                     rerank_k=16, batch_size=min(cfg.batch_size, 32))
 run.save_table(cost_models, "cost_models")
 run.save_table(queries, "cost_queries")
-cost_summary(cost_models, queries)
+cost_page(cost_models, queries)
 
 # %%
 fig, ax = plt.subplots(figsize=(8, 4.5))

@@ -393,3 +393,11 @@ def test_retrieval_diff_page_one_row_per_model_in_percent_and_points():
     assert list(page.index) == ["base", "neg"] and list(page.columns) == ["I→T R@1", "T→I R@1"]
     assert page.loc["base", "I→T R@1"] == "29.8"  # the baseline: its recall alone
     assert page.loc["neg", "T→I R@1"] == "11.3 (-1.6 [-3.0, -0.2])"
+
+
+def test_published_order_page_is_in_percent():
+    from vlnb.eval.compositionality import PUBLISHED_ORDER, published_order_page
+
+    page = published_order_page()
+    assert "accuracy" not in page.columns and (page["accuracy (%)"] == (100 * PUBLISHED_ORDER["accuracy"]).round(1)).all()
+    assert page.loc[page["hub_id"] == "openai/clip-vit-base-patch32", "accuracy (%)"].tolist() == [46.0, 59.0]

@@ -63,6 +63,12 @@ def test_cost_tables_columns_and_scaling(images):
     summary = cost_summary(models, queries)
     assert "query ms @ N=5000: ITM on every image" in summary.columns
     assert summary.loc["cross", "query ms @ N=5000: ITM on every image"].endswith("*")
+    from vlnb.eval.cost import cost_page
+
+    page = cost_page(models, queries)  # on its side: one column per model
+    assert list(page.columns) == list(summary.index) and page.loc["query ms @ N=5000: ITM on every image", "cross"] \
+        == summary.loc["cross", "query ms @ N=5000: ITM on every image"]
+    assert not page.isna().any().any()
 
 
 def test_itc_plus_itm_model_gets_all_three_protocols(tiny_blip_dir, images):

@@ -305,6 +305,12 @@ PUBLISHED_ORDER = pd.DataFrame(
 )
 
 
+def published_order_page() -> pd.DataFrame:
+    """:data:`PUBLISHED_ORDER` for a page: the accuracy in %, like every accuracy of the book."""
+    return PUBLISHED_ORDER.assign(accuracy=(100 * PUBLISHED_ORDER["accuracy"]).round(1)).rename(
+        columns={"accuracy": "accuracy (%)"})
+
+
 def with_published_order(table: pd.DataFrame, models: Mapping) -> pd.DataFrame:
     """``table`` (of :func:`order_probe`) with ARO's published 5-way accuracy beside each "ARO 5-way" row whose
     model was loaded from the published checkpoint (joined on hub id and data set; NaN elsewhere)."""
@@ -360,6 +366,7 @@ __all__ = [
     "heads",
     "order_probe",
     "probe_pivot",
+    "published_order_page",
     "readable",
     "retrieval_diff_page",
     "retrieval_with_ci",

@@ -271,7 +271,16 @@ def cost_summary(models: pd.DataFrame, queries: pd.DataFrame, n: int | None = No
         vals = {m: f"{s * 1e3:,.1f}{'*' if b != 'measured' else ''}" for m, s, b in zip(d["model"], d["query_s"],
                                                                                         d["basis"])}
         out[col] = [vals.get(m, "–") for m in out.index]
+    return out.astype(object).where(out.notna(), "–")
+
+
+def cost_page(models: pd.DataFrame, queries: pd.DataFrame, n: int | None = None) -> pd.DataFrame:
+    """:func:`cost_summary` for a page: one row per quantity, one column per model (five models fit a page's
+    width; a dozen quantity columns do not)."""
+    out = cost_summary(models, queries, n).T
+    out.index.name, out.columns.name = "quantity", None
     return out
 
 
-__all__ = ["GALLERY_SIZES", "MODEL_COLUMNS", "QUERY_COLUMNS", "cost_summary", "count_parameters", "measure_cost"]
+__all__ = ["GALLERY_SIZES", "MODEL_COLUMNS", "QUERY_COLUMNS", "cost_page", "cost_summary", "count_parameters",
+           "measure_cost"]
