@@ -129,25 +129,14 @@ pd.DataFrame([{"recipe": n, **{k: v for k, v in zoo.RECIPES[n].key().items() if 
 # (evaluation only reads the model, so how often it runs does not change the weights).
 
 # %%
-models, histories, ceilings, ambiguities = {}, {}, {}, {}
-pending = [n for n in cfg.recipes if cfg.retrain or not zoo.is_trained(n, cfg.profile)]
-# with nobody watching live curves (a batch run: vlnb run / vlnb book), a CPU trains them side by side, one thread
-# each, and the loop below loads them
+models, histories, ceilings, ambiguities, live = {}, {}, {}, {}, {}
+# with nobody watching live curves (a batch run: vlnb run / vlnb book), a CPU trains the missing models side by side,
+# one thread each, then loads them
 watched = cfg.live_plot and live_plots_drawn()
-trained_here = [] if watched else zoo.train_side_by_side(pending, cfg.profile, device=device)
-for name in cfg.recipes:
-    live = live_curves() if cfg.live_plot else None
-    if name in trained_here:
-        print(f"{name}: {zoo.RECIPES[name].description}")
-        models[name] = zoo.reference_model(name, cfg.profile, device=device)
-        histories[name] = zoo.reference_history(name, cfg.profile)
-    elif name in pending:
-        print(f"training {name}: {zoo.RECIPES[name].description}")
-        models[name], histories[name] = zoo.train_reference(name, cfg.profile, on_epoch_end=live, device=device)
-    else:
-        print(f"{name}: loading the trained model from {zoo.artifacts_dir(cfg.profile) / name}")
-        models[name] = zoo.reference_model(name, cfg.profile, device=device)
-        histories[name] = zoo.reference_history(name, cfg.profile)
+for name, model, history in zoo.train_or_load(
+        cfg.recipes, cfg.profile, device, retrain=cfg.retrain, side_by_side=not watched,
+        on_epoch_end=lambda n: live.setdefault(n, live_curves()) if cfg.live_plot else None):
+    models[name], histories[name] = model, history
     test = zoo.reference_data(name)["test"]
     if is_world(test):  # world captions can be true of several test images: the best recall any model can expect
         ambiguities[name] = caption_ambiguity(test)
@@ -156,8 +145,8 @@ for name in cfg.recipes:
     fig = plot_history(histories[name], ceiling=ceilings.get(name))
     fig.suptitle(name, y=1.02)
     run.savefig(fig, f"curves_{name}")
-    if live is not None:
-        live.replace_with(fig)  # the final curves take the live plot's place (one figure per model)
+    if name in live:
+        live[name].replace_with(fig)  # the final curves take the live plot's place (one figure per model)
 
 # %% [markdown]
 # ## Results on held-out data
@@ -227,20 +216,9 @@ recall_table(results)
 from vlnb.train.itm import fusion_glue, fusion_results
 
 fusion_histories = {}
-pending = [n for n in cfg.fusion_recipes if cfg.retrain or not zoo.is_trained(n, cfg.profile)]
-trained_here = zoo.train_side_by_side(pending, cfg.profile, device=device)  # no live curves here: side by side on a CPU
-for name in cfg.fusion_recipes:
-    if name in trained_here:
-        print(f"{name}: {zoo.RECIPES[name].description}")
-        models[name] = zoo.reference_model(name, cfg.profile, device=device)
-        fusion_histories[name] = zoo.reference_history(name, cfg.profile)
-    elif name in pending:
-        print(f"training {name}: {zoo.RECIPES[name].description}")
-        models[name], fusion_histories[name] = zoo.train_reference(name, cfg.profile, device=device)
-    else:
-        print(f"{name}: loading the trained model from {zoo.artifacts_dir(cfg.profile) / name}")
-        models[name] = zoo.reference_model(name, cfg.profile, device=device)
-        fusion_histories[name] = zoo.reference_history(name, cfg.profile)
+# no live curves here: on a CPU the missing ones train side by side
+for name, model, history in zoo.train_or_load(cfg.fusion_recipes, cfg.profile, device, retrain=cfg.retrain):
+    models[name], fusion_histories[name] = model, history
 if fusion_histories:
     fusion = fusion_results(fusion_histories, {n: zoo.reference_data(n)["test"] for n in fusion_histories},
                             first_stage={n: zoo.RECIPES[n].uses for n in fusion_histories})

@@ -77,3 +77,18 @@ def test_reference_models_train_side_by_side_like_one_at_a_time(make_tiny_recipe
         assert torch.allclose(v, side[k], atol=1e-5), k
     with pytest.raises(KeyError, match="unknown reference model"):
         train_side_by_side(["tiny-world", "no-such-model"], device="cpu")
+
+
+def test_train_or_load_trains_what_is_missing_and_loads_the_rest(tiny_recipe, capsys):
+    """Chapter 2's loop: a missing model is trained here (with its per-epoch callback), a finished one is loaded, and
+    retrain=True trains it again; every model comes back with its history, in the order asked."""
+    seen = []
+    out = list(zoo.train_or_load(["tiny-world"], device="cpu", on_epoch_end=lambda n: lambda h: seen.append(n)))
+    assert [n for n, _, _ in out] == ["tiny-world"] and seen == ["tiny-world"]  # 1 epoch, 1 callback
+    assert "training tiny-world" in capsys.readouterr().out
+    (_, model, history), = zoo.train_or_load(["tiny-world"], device="cpu")
+    assert "loading the trained model" in capsys.readouterr().out and len(history.epochs) == 1
+    trained = out[0][1].state_dict()
+    assert all(torch.equal(v.cpu(), trained[k].cpu()) for k, v in model.state_dict().items())
+    list(zoo.train_or_load(["tiny-world"], device="cpu", retrain=True, side_by_side=False))
+    assert "training tiny-world" in capsys.readouterr().out

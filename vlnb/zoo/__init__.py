@@ -19,12 +19,19 @@ below are re-exported here: ``from vlnb import zoo; zoo.reference_model(...)``.
 """
 
 from .data import reference_data
-from .load import chapter_models, is_trained, profile_models, reference_history, reference_model
+from .load import (
+    chapter_models,
+    is_trained,
+    profile_models,
+    reference_history,
+    reference_model,
+    train_or_load,
+)
 from .recipes import HUB_MODELS, PROFILE_RECIPES, RECIPES, Recipe, artifacts_dir, is_cross_recipe, recipe
 from .train import build_model, side_by_side_jobs, train_reference, train_side_by_side
 
 __all__ = [
     "HUB_MODELS", "PROFILE_RECIPES", "RECIPES", "Recipe", "artifacts_dir", "build_model", "chapter_models",
     "is_cross_recipe", "is_trained", "profile_models", "recipe", "reference_data", "reference_history",
-    "reference_model", "side_by_side_jobs", "train_reference", "train_side_by_side",
+    "reference_model", "side_by_side_jobs", "train_or_load", "train_reference", "train_side_by_side",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -14,7 +15,7 @@ from ..errors import ArtifactError, read_json_artifact
 from ..models import CrossEncoder, load_model
 from ..train.trainer import History
 from .recipes import HUB_MODELS, PROFILE_RECIPES, Recipe, artifacts_dir, is_cross_recipe, recipe
-from .train import train_reference
+from .train import train_reference, train_side_by_side
 
 
 def _load_saved(r: Recipe, folder: Path, device="auto"):
@@ -81,6 +82,29 @@ def reference_model(name: str, profile: str = "offline", train_if_missing: bool 
         model, _ = train_reference(name, profile, progress=progress, device=device)
 
         return model.to(resolve_device(device)).eval()
+
+
+def train_or_load(names, profile: str = "offline", device="auto", retrain: bool = False, side_by_side: bool = True,
+                  on_epoch_end: Callable | None = None):
+    """Yield ``(name, model, history)`` for the reference models ``names``, in order: each one trained now when it is
+    missing (or ``retrain``), else loaded, saying which on stdout.
+
+    With ``side_by_side`` the ones to train are first trained together (:func:`train_side_by_side`, which does
+    nothing where that cannot help) and then loaded; the others train one at a time here, with
+    ``on_epoch_end(name)`` (a callback or None) after every epoch -- e.g. live learning curves."""
+    pending = [n for n in names if retrain or not is_trained(n, profile)]
+    together = train_side_by_side(pending, profile, device=device) if side_by_side else []
+    for name in names:
+        r = recipe(name)
+        if name in pending and name not in together:
+            print(f"training {name}: {r.description}")
+            callback = on_epoch_end(name) if on_epoch_end is not None else None
+            model, history = train_reference(name, profile, on_epoch_end=callback, device=device)
+        else:
+            print(f"{name}: {r.description}" if name in together else
+                  f"{name}: loading the trained model from {artifacts_dir(profile) / name}")
+            model, history = reference_model(name, profile, device=device), reference_history(name, profile)
+        yield name, model, history
 
 
 def profile_models(profile: str, models: dict[str, str] | None = None, device="auto", progress: bool = True,
