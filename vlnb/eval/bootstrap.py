@@ -116,7 +116,7 @@ def bootstrap_ci(
 
 
 # ---------------------------------------------------------------------------------------------- Recall@K
-def _per_image_hits(ranks: Mapping, text_to_image: np.ndarray, n_images: int, ks) -> dict:
+def per_image_hits(ranks: Mapping, text_to_image: np.ndarray, n_images: int, ks) -> dict:
     """Per image: i2t hit (0/1) and number of its captions hit at each k, so a weighted mean is a recall."""
     t2i = np.asarray(text_to_image, dtype=np.int64)
     if len(ranks["t2i"]) != len(t2i):
@@ -162,7 +162,7 @@ def bootstrap_recall(
     if n_images is None:
         n = max(n, max(int(np.max(r["i2t_images"], initial=-1)) + 1 for r in many))
     _check(n, n_boot, level)
-    hits = [_per_image_hits(r, t2i, n, ks) for r in many]
+    hits = [per_image_hits(r, t2i, n, ks) for r in many]
     w = bootstrap_weights(n, n_boot, seed)
     full = np.ones((1, n))
     rows, draws = [], {}
@@ -198,7 +198,4 @@ def recall_difference(samples_a: Mapping, samples_b: Mapping, level: float = 0.9
     return pd.DataFrame(rows)
 
 
-__all__ = [
-    "BootstrapResult", "bootstrap_ci", "bootstrap_indices", "bootstrap_recall", "bootstrap_weights",
-    "percentile_interval", "recall_difference",
-]
+__all__ = ["BootstrapResult", "bootstrap_ci", "bootstrap_indices", "bootstrap_recall", "bootstrap_weights", "per_image_hits", "percentile_interval", "recall_difference"]

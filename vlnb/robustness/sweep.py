@@ -38,7 +38,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,7 @@ from ..eval import (
     zeroshot_classifier,
     zeroshot_scores,
 )
+from ..eval.bootstrap import per_image_hits
 from ..eval.chance import recall_chance, zeroshot_chance
 from ..eval.compare import WORLD_TEMPLATES, coco_category_names, rerank_label
 from ..eval.features import autocast_for, jsonable, model_device
@@ -185,12 +186,13 @@ def caption_task(manifest: pd.DataFrame, n_images: int | None = None, dataset: s
     return EvalTask(name, df, sets, retrieval)
 
 
-def make_task(dataset: str, manifest: pd.DataFrame, n_images: int | None = None, **kw) -> EvalTask:
-    """:func:`world_task` for world manifests, :func:`caption_task` for everything else."""
+def make_task(dataset: str, manifest: pd.DataFrame, n_images: int | None = None, templates=None, **kw) -> EvalTask:
+    """:func:`world_task` for world manifests, :func:`caption_task` for everything else; ``templates`` (None: the
+    default) are the photo data sets' prompts (the world has its own)."""
     kind = (manifest.attrs.get("vlnb") or {}).get("name")
     if kind == "world" or dataset == "world":
         return world_task(manifest, n_images, dataset=dataset, **kw)
-    return caption_task(manifest, n_images, dataset=dataset, **kw)
+    return caption_task(manifest, n_images, dataset=dataset, **({"templates": templates} if templates else {}), **kw)
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -222,18 +224,8 @@ def retrieval_hits(ranks: Mapping, text_to_image, n_images: int, ks) -> dict[str
     captions)}`` -- image->text: 1.0 when one of its captions is in the top k (weight 1.0 for an image with a
     caption); text->image: how many of its captions find it in the top k (weight: its number of captions). A
     Recall@K is ``100 * hit.sum() / weight.sum()``; a bootstrap over images re-weights both."""
-    t2i = np.asarray(text_to_image, dtype=np.int64)
-    n_caps = np.bincount(t2i, minlength=n_images).astype(np.float64)
-    has = np.zeros(n_images)
-    has[ranks["i2t_images"]] = 1.0
-    out = {}
-    for k in ks:
-        i2t = np.zeros(n_images)
-        i2t[ranks["i2t_images"]] = (np.asarray(ranks["i2t"]) < k).astype(np.float64)
-        out[f"i2t_R@{k}"] = (i2t, has)
-        out[f"t2i_R@{k}"] = (np.bincount(t2i, weights=(np.asarray(ranks["t2i"]) < k).astype(np.float64),
-                                         minlength=n_images), n_caps)
-    return out
+    h = per_image_hits(ranks, text_to_image, n_images, ks)  # {direction: ((len(ks), n) hits, weights)}
+    return {f"{d}_R@{k}": (h[d][0][a], h[d][1]) for d in DIRECTIONS for a, k in enumerate(ks)}
 
 
 def _retrieval(sims, t2i: np.ndarray, n_images: int, ks) -> tuple[dict[str, float], dict]:
@@ -593,9 +585,8 @@ def plan_sweep(models: Mapping[str, object], tasks: Mapping[str, Sequence[EvalTa
             else:
                 if len(task.manifest) > cross_max_images:
                     task = EvalTask(task.dataset, _head(task.manifest, cross_max_images),
-                                    {n: LabelSet(ls.classes, ls.targets[:cross_max_images], ls.templates, ls.prompts,
-                                                 ls.cross_template) for n, ls in task.label_sets.items()},
-                                    task.retrieval)
+                                    {n: replace(ls, targets=ls.targets[:cross_max_images])
+                                     for n, ls in task.label_sets.items()}, task.retrieval)
                 crosses.append(Evaluation(m, task, "cross"))
     return duals + crosses
 
@@ -947,10 +938,8 @@ def chapter_tasks(cfg, model_names: Sequence[str]) -> dict[str, list[EvalTask]]:
     templates = getattr(cfg, "coco_templates", None)
     for name in dict.fromkeys(d for ds in per_model.values() for d in ds):
         n = cfg.n_images.get(name) if isinstance(cfg.n_images, Mapping) else cfg.n_images
-        manifest = _manifest(name, cfg)
-        is_world = name == "world" or (manifest.attrs.get("vlnb") or {}).get("name") == "world"
         # photo data sets: chapter 4's template set (coco_templates), so a model scores the same on the same images
-        built[name] = make_task(name, manifest, n, **({"templates": templates} if templates and not is_world else {}))
+        built[name] = make_task(name, _manifest(name, cfg), n, templates=templates)
     return {m: [built[d] for d in ds] for m, ds in per_model.items()}
 
 
