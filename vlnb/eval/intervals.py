@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 
 from .bootstrap import bootstrap_recall
@@ -39,3 +40,16 @@ def interval_text(intervals: pd.DataFrame, model: str, dataset: str, direction: 
         return "no interval: not a dual encoder's own ranking"
     r = r.iloc[0]
     return f"{100 * r['level']:.0f} % CI {r['ci_lo']:.1f}–{r['ci_hi']:.1f}"
+
+
+def t_interval(values, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of ``values`` (e.g. one per training seed) and its Student-t interval at ``level``; the interval is
+    (nan, nan) for fewer than two values."""
+    from scipy import stats  # lazy: optional (scipy comes with the fairness extra)
+
+    v = np.asarray(values, dtype=float)
+    m = float(v.mean())
+    if len(v) < 2:
+        return m, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    return m, m - half, m + half

@@ -43,6 +43,7 @@ import torch
 from ..data.manifest import subset
 from ..data.world import WorldConfig, build_world_manifest
 from ..eval.compare import WORLD_TEMPLATES, ZeroShotTask, class_indices
+from ..eval.intervals import t_interval
 from ..models.scratch import ScratchDualEncoder
 from ..progress import tqdm
 from ..train import TrainConfig, train_contrastive
@@ -181,14 +182,11 @@ class RarityResult:
 
 def _t_interval(x, level: float) -> tuple[float, float]:
     """Student-t interval of the mean of ``x`` (NaN values dropped) at ``level``; NaN with fewer than two values."""
-    from scipy import stats  # lazy: scipy comes with the fairness extra
-
     x = np.asarray(x, dtype=float)
     x = x[~np.isnan(x)]
     if len(x) < 2:
         return float("nan"), float("nan")
-    half = stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
-    return float(x.mean() - half), float(x.mean() + half)
+    return t_interval(x, level)[1:]
 
 
 def _signed(x) -> str:

@@ -32,7 +32,7 @@ import torch
 
 from ..device import resolve_device
 from .base import CrossEncoder, hf_load_kwargs, load_hf_strict
-from .transforms import PIL_RESAMPLE_CODES, RESAMPLE, ImagePreprocess, read_preprocessor_config
+from .transforms import PIL_RESAMPLE_CODES, ImagePreprocess, read_preprocessor_config
 
 
 class PatchGridError(RuntimeError):
@@ -67,8 +67,9 @@ class ViltPreprocess(ImagePreprocess):
     def output_size(self):
         return None  # depends on each image's aspect ratio
 
-    def output_hw(self, height: int, width: int) -> tuple[int, int]:
-        """``(H, W)`` an ``height x width`` image is resized to (``get_resize_output_image_size`` of HF's ViLT)."""
+    def _resized_hw(self, height: int, width: int) -> tuple[int, int]:
+        """``(H, W)`` an ``height x width`` image is resized to (``get_resize_output_image_size`` of HF's ViLT); no
+        crop follows, so this is also :meth:`output_hw`, and the base class's resize and mask resize use it."""
         short, cap = self.resize, self.longest_edge
         scale = short / min(height, width)
         h, w = (short, scale * width) if height < width else (scale * height, short)
@@ -78,11 +79,6 @@ class ViltPreprocess(ImagePreprocess):
         h, w = int(h + 0.5), int(w + 0.5)
         d = self.size_divisor
         return h // d * d, w // d * d
-
-    def _resize(self, im, resample: str | None = None):
-        w, h = im.size
-        nh, nw = self.output_hw(h, w)
-        return im if (nw, nh) == (w, h) else im.resize((nw, nh), RESAMPLE[resample or self.resample])
 
     @staticmethod
     def _pad(arrays: list[torch.Tensor]) -> torch.Tensor:

@@ -36,12 +36,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 
-import numpy as np
 import pandas as pd
 import torch
 
 from ..data.manifest import subset, texts_and_targets
 from ..device import resolve_device, side_by_side_jobs
+from ..eval.intervals import t_interval
 from ..models.fusion import FusionConfig, create_fusion
 from ..models.scratch import ScratchConfig, ScratchDualEncoder
 from .itm import evaluate_fusion, train_fusion
@@ -266,18 +266,6 @@ def _cross_modal_variant(cfg, captions, seed: int):
     return create_fusion(fc, captions=captions, seed=seed, name="scratch-cross")
 
 
-def _t_interval(values, level: float) -> tuple[float, float, float]:
-    """Mean and Student-t interval of ``values`` (one per seed); the interval is (nan, nan) for one seed."""
-    from scipy import stats  # lazy: optional (scipy comes with the fairness extra)
-
-    v = np.asarray(values, dtype=float)
-    m = float(v.mean())
-    if len(v) < 2:
-        return m, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
-    return m, m - half, m + half
-
-
 def seed_summary(table: pd.DataFrame, metrics: Sequence[str] = ("t2i_R@1", "i2t_R@1", "t2i_R@5", "i2t_R@5"),
                  level: float = 0.95, baseline: str | None = "self") -> pd.DataFrame:
     """One row per (variant, metric) of a table with a ``seed`` column (several :func:`compare_text_attention`
@@ -289,12 +277,12 @@ def seed_summary(table: pd.DataFrame, metrics: Sequence[str] = ("t2i_R@1", "i2t_
     for v, t in table.groupby("variant", sort=False):
         t = t.set_index("seed")
         for metric in metrics:
-            m, lo, hi = _t_interval(t[metric], level)
+            m, lo, hi = t_interval(t[metric], level)
             row = {"variant": v, "metric": metric, "seeds": len(t), "mean": m, "ci_lo": lo, "ci_hi": hi,
                    "seed_sd": float(t[metric].std(ddof=1)) if len(t) > 1 else float("nan")}
             if base is not None and v != baseline:
                 common = t.index.intersection(base.index)
-                d, dlo, dhi = _t_interval(t.loc[common, metric] - base.loc[common, metric], level)
+                d, dlo, dhi = t_interval(t.loc[common, metric] - base.loc[common, metric], level)
                 row.update({f"diff_vs_{baseline}": d, "diff_lo": dlo, "diff_hi": dhi,
                             "distinguishable": bool(dlo > 0 or dhi < 0)})
             rows.append(row)
