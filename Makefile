@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	@mkdir -p $(dir $@) && touch $@
 
 test: $(STAMP)
-	$(PYTHON) -m pytest -q -p no:cacheprovider
+	$(PYTHON) -m pytest -q -p no:cacheprovider --durations=15
 
 book: $(STAMP)
 	$(PYTHON) -m vlnb book --profile $(PROFILE)

@@ -97,6 +97,7 @@ recipes = None               # reference recipes trained here (vlnb.zoo.RECIPES)
 retrain = None               # retrain even if a finished model of the same recipe exists
 live_plot = None             # redraw learning curves after every epoch
 fusion_recipes = None        # fusion encoders trained from scratch (ViLT-, BLIP-, BLIP-2-like)
+train_ahead = None           # recipes of later chapters trained with these (chapter 4's NegCLIP pair)
 attention_variants = None    # text attention variants compared (self, memory, cross, local)
 variant_n_train = None
 variant_n_test = None
@@ -131,10 +132,11 @@ pd.DataFrame([{"recipe": n, **{k: v for k, v in zoo.RECIPES[n].key().items() if 
 # %%
 models, histories, ceilings, ambiguities, live = {}, {}, {}, {}, {}
 # with nobody watching live curves (a batch run: vlnb run / vlnb book), a CPU trains the missing models side by side,
-# one thread each, then loads them
+# one thread each, then loads them; the fusion models below and chapter 4's NegCLIP pair train in the same run
 watched = cfg.live_plot and live_plots_drawn()
 for name, model, history in zoo.train_or_load(
         cfg.recipes, cfg.profile, device, retrain=cfg.retrain, side_by_side=not watched,
+        ahead=[*cfg.fusion_recipes, *cfg.train_ahead],
         on_epoch_end=lambda n: live.setdefault(n, live_curves()) if cfg.live_plot else None):
     models[name], histories[name] = model, history
     test = zoo.reference_data(name)["test"]
@@ -216,8 +218,8 @@ recall_table(results)
 from vlnb.train.itm import fusion_glue, fusion_results
 
 fusion_histories = {}
-# no live curves here: on a CPU the missing ones train side by side
-for name, model, history in zoo.train_or_load(cfg.fusion_recipes, cfg.profile, device, retrain=cfg.retrain):
+# trained (when missing, or retrain) with the models above, so loaded here
+for name, model, history in zoo.train_or_load(cfg.fusion_recipes, cfg.profile, device):
     models[name], fusion_histories[name] = model, history
 if fusion_histories:
     fusion = fusion_results(fusion_histories, {n: zoo.reference_data(n)["test"] for n in fusion_histories},

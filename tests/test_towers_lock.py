@@ -146,13 +146,13 @@ def test_feature_memo_gives_identical_outputs_and_skips_the_towers():
         fresh_img, fresh_txt = model.image_features(px), model.text_features(**tok)
         model.enable_feature_memo()
         try:
-            calls, real = [], model.image_tower.extract_features
-            model.image_tower.extract_features = lambda x: calls.append(len(x)) or real(x)
+            calls, real = [], model.feature_map  # the image tower's one entry point (folded copy or tower)
+            model.feature_map = lambda x: calls.append(len(x)) or real(x)
             try:
                 first = model.image_features(px)
                 again = model.image_features(px[[2, 0]])
             finally:
-                del model.image_tower.extract_features
+                del model.feature_map
             torch.testing.assert_close(first, fresh_img)
             torch.testing.assert_close(again, fresh_img[[2, 0]])
             assert calls == [3]  # the second call was served from the memo

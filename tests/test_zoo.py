@@ -79,7 +79,7 @@ def test_reference_models_train_side_by_side_like_one_at_a_time(make_tiny_recipe
         train_side_by_side(["tiny-world", "no-such-model"], device="cpu")
 
 
-def test_train_or_load_trains_what_is_missing_and_loads_the_rest(tiny_recipe, capsys):
+def test_train_or_load_trains_what_is_missing_and_loads_the_rest(tiny_recipe, capsys, monkeypatch):
     """Chapter 2's loop: a missing model is trained here (with its per-epoch callback), a finished one is loaded, and
     retrain=True trains it again; every model comes back with its history, in the order asked."""
     seen = []
@@ -87,8 +87,85 @@ def test_train_or_load_trains_what_is_missing_and_loads_the_rest(tiny_recipe, ca
     assert [n for n, _, _ in out] == ["tiny-world"] and seen == ["tiny-world"]  # 1 epoch, 1 callback
     assert "training tiny-world" in capsys.readouterr().out
     (_, model, history), = zoo.train_or_load(["tiny-world"], device="cpu")
-    assert "loading the trained model" in capsys.readouterr().out and len(history.epochs) == 1
+    assert "trained earlier in this run" in capsys.readouterr().out and len(history.epochs) == 1
+    monkeypatch.setattr("vlnb.zoo.load._TRAINED_HERE", set())  # a new session: it says where it loads from
+    zoo.train_or_load(["tiny-world"], device="cpu").__next__()
+    assert "loading the trained model from" in capsys.readouterr().out
     trained = out[0][1].state_dict()
     assert all(torch.equal(v.cpu(), trained[k].cpu()) for k, v in model.state_dict().items())
     list(zoo.train_or_load(["tiny-world"], device="cpu", retrain=True, side_by_side=False))
     assert "training tiny-world" in capsys.readouterr().out
+
+
+def test_side_by_side_starts_a_dependant_when_its_parent_is_saved(monkeypatch):
+    """No waves: with two workers, a fine-tune of the fast model starts when that one is saved, while the slow
+    independent one still trains (chapter 2: the fusion models after scratch-world, blip-world beside it)."""
+    import dataclasses
+    from concurrent.futures import Future
+
+    from vlnb.zoo import train as T
+
+    base = zoo.recipe("scratch-world")
+    recipes = {"slow": dataclasses.replace(base, name="slow"), "fast": dataclasses.replace(base, name="fast"),
+               "dep": dataclasses.replace(base, name="dep", init_from="fast")}
+    for r in recipes.values():
+        monkeypatch.setitem(zoo.RECIPES, r.name, r)
+    log = []
+
+    class Pool:
+        def __init__(self, *a, **k):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def submit(self, fn, name, *a):
+            log.append(f"start {name}")
+            f = Future()
+            f.name = name
+            return f
+
+    def wait(running, return_when):  # the simulated clock: "fast" and then "dep" finish before "slow"
+        order = ["fast", "dep", "slow"]
+        f = min(running, key=lambda f: order.index(f.name))
+        f.set_result(f.name)
+        log.append(f"done {f.name}")
+        return {f}, set(running) - {f}
+
+    monkeypatch.setattr(T, "ProcessPoolExecutor", Pool)
+    monkeypatch.setattr(T, "wait", wait)
+    assert T.train_side_by_side(["slow", "fast", "dep"], device="cpu", jobs=2) == ["slow", "fast", "dep"]
+    assert log == ["start slow", "start fast", "done fast", "start dep", "done dep", "done slow"]
+    cyc = dataclasses.replace(base, name="cyc", init_from="cyc2")
+    monkeypatch.setitem(zoo.RECIPES, "cyc", cyc)
+    monkeypatch.setitem(zoo.RECIPES, "cyc2", dataclasses.replace(base, name="cyc2", init_from="cyc"))
+    with pytest.raises(ValueError, match="cycle"):
+        T.train_side_by_side(["cyc", "cyc2"], device="cpu", jobs=2)
+
+
+def test_train_or_load_trains_ahead_without_yielding_them(make_tiny_recipe, monkeypatch, capsys):
+    """``ahead``: a later chapter's model, trained with the yielded ones (side by side where it helps, else after
+    them) and loaded later; one already trained is left alone."""
+    import dataclasses
+
+    from vlnb.zoo import load as L
+
+    a = make_tiny_recipe(epochs=1)
+    b = dataclasses.replace(a, name="tiny-world-b", model={**a.model, "seed": 1})
+    monkeypatch.setitem(zoo.RECIPES, b.name, b)
+    asked = []
+    monkeypatch.setattr(L, "train_side_by_side", lambda names, *a, **k: asked.append(list(names)) or [])
+    out = list(zoo.train_or_load(["tiny-world"], device="cpu", ahead=[b.name, "tiny-world"]))
+    assert [n for n, _, _ in out] == ["tiny-world"] and asked == [["tiny-world", b.name]]
+    assert zoo.is_trained(b.name) and f"training {b.name} (used later)" in capsys.readouterr().out
+    asked.clear()
+    list(zoo.train_or_load(["tiny-world"], device="cpu", ahead=[b.name]))
+    assert asked == [[]] and "used later" not in capsys.readouterr().out  # both trained: nothing to do
+    # a later call loads it, saying it was trained earlier in this run instead of printing the machine's folder
+    (name, _, _), = zoo.train_or_load([b.name], device="cpu")
+    assert name == b.name
+    out = capsys.readouterr().out
+    assert f"{b.name}: " in out and "trained earlier in this run" in out and "loading the trained model" not in out

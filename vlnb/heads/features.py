@@ -92,7 +92,7 @@ class FrozenFeatureExtractor:
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if self.family == "towers" and self.patches:
             m = self.model
-            return m.image_tower.extract_features(pixel_values.to(m.device, m.dtype)).flatten(2).transpose(1, 2)
+            return m.feature_map(pixel_values).flatten(2).transpose(1, 2)
         if self.family == "towers":
             return self.model.image_features(pixel_values)
         q = self.model.query_outputs(pixel_values)

@@ -22,6 +22,10 @@ class ClipTrainingParams(NotebookParams):
     live_plot: bool = True
     #: Fusion encoders trained from scratch here (vlnb.zoo.RECIPES of kind "fusion": ViLT-, BLIP-, BLIP-2-like).
     fusion_recipes: list[str] = ["vilt-world", "blip-world", "qformer-world"]
+    #: Recipes of later chapters trained with this chapter's (when missing, or retrain) but not shown here:
+    #: chapter 4's NegCLIP fine-tune and its control. Side by side on a CPU they fill the cores that would wait
+    #: while scratch-world trains; else chapter 4 trains them when it first loads them.
+    train_ahead: list[str] = ["negclip-world", "scratch-world-ft"]
     #: Text-encoder attention variants compared on a small world (empty list: skip the comparison).
     #: "memory" = learned memory slots (a dual encoder still); "cross" = text layers cross-attending to the image's
     #: patches (a BLIP-like fusion encoder, re-ranking its ITC top-k with its ITM head).
@@ -55,6 +59,7 @@ class ClipTrainingParams(NotebookParams):
     PROFILE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
         "full": {
             "fusion_recipes": [],  # world-sized CPU models; the full profile evaluates the hub's BLIP/BLIP-2/ViLT
+            "train_ahead": [],
             "recipes": ["scratch-coco", "towers-coco-full"],
             "variant_n_train": 20000,
             "variant_n_test": 2000,
@@ -69,7 +74,7 @@ class ClipTrainingParams(NotebookParams):
         }
     }
 
-    @field_validator("recipes", "fusion_recipes")
+    @field_validator("recipes", "fusion_recipes", "train_ahead")
     @classmethod
     def _known_recipes(cls, v: list[str]) -> list[str]:
         check_recipes(v, "recipe")

@@ -84,27 +84,47 @@ def reference_model(name: str, profile: str = "offline", train_if_missing: bool 
         return model.to(resolve_device(device)).eval()
 
 
+#: the folders of the reference models this process trained (with :func:`train_or_load`): a later call that loads
+#: one says so without printing the folder (chapter 2's fusion cell, after its first cell trained them)
+_TRAINED_HERE: set[Path] = set()
+
+
 def train_or_load(names, profile: str = "offline", device="auto", retrain: bool = False, side_by_side: bool = True,
-                  on_epoch_end: Callable | None = None):
+                  on_epoch_end: Callable | None = None, ahead=()):
     """Yield ``(name, model, history)`` for the reference models ``names``, in order: each one trained now when it is
     missing (or ``retrain``), else loaded, saying which on stdout.
 
     With ``side_by_side`` the ones to train are first trained together (:func:`train_side_by_side`, which does
     nothing where that cannot help) and then loaded; the others train one at a time here, with
-    ``on_epoch_end(name)`` (a callback or None) after every epoch -- e.g. live learning curves."""
+    ``on_epoch_end(name)`` (a callback or None) after every epoch -- e.g. live learning curves.
+
+    ``ahead``: more recipes that a later cell or chapter loads, trained here too when missing (or ``retrain``) but
+    not yielded: side by side with ``names`` where that helps (their training fills the cores that would wait while
+    the longest model trains: chapter 2's fusion models and chapter 4's NegCLIP pair beside scratch-world), else one
+    at a time after the last yielded model."""
     pending = [n for n in names if retrain or not is_trained(n, profile)]
-    together = train_side_by_side(pending, profile, device=device) if side_by_side else []
+    extra = [n for n in dict.fromkeys(ahead) if n not in names and (retrain or not is_trained(n, profile))]
+    together = train_side_by_side(pending + extra, profile, device=device) if side_by_side else []
+    _TRAINED_HERE.update(artifacts_dir(profile) / n for n in together)
     for name in names:
         r = recipe(name)
         if name in pending and name not in together:
             print(f"training {name}: {r.description}")
             callback = on_epoch_end(name) if on_epoch_end is not None else None
             model, history = train_reference(name, profile, on_epoch_end=callback, device=device)
+            _TRAINED_HERE.add(artifacts_dir(profile) / name)
         else:
-            print(f"{name}: {r.description}" if name in together else
-                  f"{name}: loading the trained model from {artifacts_dir(profile) / name}")
+            if name in together or artifacts_dir(profile) / name in _TRAINED_HERE:  # the page says what, not the machine's folder
+                print(f"{name}: {r.description}" + ("" if name in together else " (trained earlier in this run)"))
+            else:
+                print(f"{name}: loading the trained model from {artifacts_dir(profile) / name}")
             model, history = reference_model(name, profile, device=device), reference_history(name, profile)
         yield name, model, history
+    for name in extra:
+        if name not in together:
+            print(f"training {name} (used later): {recipe(name).description}")
+            train_reference(name, profile, progress=False, device=device)
+            _TRAINED_HERE.add(artifacts_dir(profile) / name)
 
 
 def profile_models(profile: str, models: dict[str, str] | None = None, device="auto", progress: bool = True,

@@ -8,7 +8,7 @@ import multiprocessing as mp
 import os
 import shutil
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import pandas as pd
@@ -159,7 +159,10 @@ def _train_in_worker(name: str, profile: str, device: str, recipes: dict[str, Re
 
 def train_side_by_side(names, profile: str = "offline", device: str = "auto", jobs: int | None = None) -> list[str]:
     """Train the reference models ``names`` (each with :func:`train_reference`, saved as usual) in processes side by
-    side, a model that needs another of ``names`` (``uses``/``init_from``) after it; returns the names trained.
+    side; returns the names trained. A model that needs another of ``names`` (``uses``/``init_from``) starts as
+    soon as that one is saved, so a core that finished its models early takes the next ready one instead of waiting
+    for a whole wave (chapter 2: towers-coco and blip-world train while scratch-world does; its four dependants
+    follow it).
 
     Returns ``[]`` without training anything when side by side cannot help (fewer than two models, a GPU, or
     ``jobs=1``): the caller trains them one at a time, as before. No progress or live curves are shown: the
@@ -172,13 +175,13 @@ def train_side_by_side(names, profile: str = "offline", device: str = "auto", jo
     n_jobs = side_by_side_jobs(len(names), device, jobs)
     if len(names) < 2 or n_jobs < 2:
         return []
-    waves, left = [], list(names)
-    while left:  # a model whose parent is still to be trained waits for the next wave
-        wave = [n for n in left if not ({recipe(n).uses, recipe(n).init_from} & (set(left) - {n}))]
-        if not wave:
-            raise ValueError(f"reference models {left} depend on each other in a cycle")
-        waves.append(wave)
-        left = [n for n in left if n not in wave]
+    parents = {n: {recipe(n).uses, recipe(n).init_from} & set(names) - {n} for n in names}
+    left, done = set(names), set()
+    while left:  # a cycle would never start: refuse it before any process does
+        ready = {n for n in left if not parents[n] & left}
+        if not ready:
+            raise ValueError(f"reference models {sorted(left)} depend on each other in a cycle")
+        left -= ready
     dev = str(resolve_device(device))
     needed = {n: recipe(n) for n in names}
     for r in list(needed.values()):
@@ -186,8 +189,14 @@ def train_side_by_side(names, profile: str = "offline", device: str = "auto", jo
             if parent:
                 needed[parent] = recipe(parent)
     print(f"training {', '.join(names)} side by side ({n_jobs} processes, one thread each) ...", flush=True)
+    waiting, running = list(names), {}
     with ProcessPoolExecutor(n_jobs, mp_context=mp.get_context("spawn")) as pool:
-        for wave in waves:
-            for f in [pool.submit(_train_in_worker, n, profile, dev, needed) for n in wave]:
+        while waiting or running:
+            for n in [n for n in waiting if parents[n] <= done]:  # in the caller's order: longest first pays
+                running[pool.submit(_train_in_worker, n, profile, dev, needed)] = n
+                waiting.remove(n)
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for f in finished:
                 f.result()  # a failure raises here, naming the model's own error
+                done.add(running.pop(f))
     return names
