@@ -93,3 +93,15 @@ def test_fold_refuses_a_network_in_train_mode(model):
             fold_lite0_batchnorm(tower)
     finally:
         tower.eval()
+
+
+def test_heads_start_from_their_seed_not_from_the_global_generator():
+    """torch seeds its global generator differently in every process: an unseeded head initialisation made
+    towers-coco's numbers change from one book build to the next."""
+    torch.manual_seed(1)
+    a = TowersDualEncoder(embed_dim=8)
+    torch.manual_seed(2)
+    b = TowersDualEncoder(embed_dim=8)
+    c = TowersDualEncoder(embed_dim=8, seed=1)
+    assert torch.equal(a.image_head.weight, b.image_head.weight) and torch.equal(a.text_head.bias, b.text_head.bias)
+    assert not torch.equal(a.image_head.weight, c.image_head.weight)

@@ -139,7 +139,8 @@ def text_to_image_experiment(
     ``model, dataset, protocol, direction="t2i", k, recall, chance``.
     """
     train, test = split_manifest(manifest, test_fraction, seed)
-    baseline = TowersDualEncoder(embed_dim=256, head="mlp", name="BERT+CNN baseline (MiniLM + EfficientNet-Lite0)")
+    baseline = TowersDualEncoder(embed_dim=256, head="mlp", name="BERT+CNN baseline (MiniLM + EfficientNet-Lite0)",
+                                 seed=seed)
     train_batch = min(64, len(train))
     warmup = capped_warmup(5, len(train), train_batch, baseline_epochs)
     cfg = TrainConfig(epochs=baseline_epochs, batch_size=train_batch, lr=1e-3, warmup_steps=warmup, seed=seed,

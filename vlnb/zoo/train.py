@@ -36,7 +36,7 @@ def build_model(r: Recipe, train: pd.DataFrame):
         return ScratchDualEncoder.create(config, captions=captions, name=r.name,
                                          tokenizer=clip_tokenizer(tok) if tok else None, **kw)
     if r.kind == "towers":
-        return TowersDualEncoder(name=r.name, **r.model)
+        return TowersDualEncoder(name=r.name, **{"seed": r.train.get("seed", 0), **r.model})
     raise ValueError(f"recipe {r.name!r}: unknown kind {r.kind!r}")
 
 
