@@ -97,9 +97,9 @@ def test_train_or_load_trains_what_is_missing_and_loads_the_rest(tiny_recipe, ca
     assert "training tiny-world" in capsys.readouterr().out
 
 
-def test_side_by_side_starts_a_dependant_when_its_parent_is_saved(monkeypatch):
-    """No waves: with two workers, a fine-tune of the fast model starts when that one is saved, while the slow
-    independent one still trains (chapter 2: the fusion models after scratch-world, blip-world beside it)."""
+def test_side_by_side_trains_a_parent_first_with_every_thread(monkeypatch):
+    """A model that another waits for trains first, alone, with every thread; then the rest side by side with one
+    thread each (chapter 2: scratch-world, then its dependants beside towers-coco and blip-world)."""
     import dataclasses
     from concurrent.futures import Future
 
@@ -123,12 +123,12 @@ def test_side_by_side_starts_a_dependant_when_its_parent_is_saved(monkeypatch):
             return False
 
         def submit(self, fn, name, *a):
-            log.append(f"start {name}")
+            log.append(f"start {name} ({a[-1]} thread{'s' if a[-1] > 1 else ''})")
             f = Future()
             f.name = name
             return f
 
-    def wait(running, return_when):  # the simulated clock: "fast" and then "dep" finish before "slow"
+    def wait(running, return_when):  # the simulated clock: "dep" finishes before "slow"
         order = ["fast", "dep", "slow"]
         f = min(running, key=lambda f: order.index(f.name))
         f.set_result(f.name)
@@ -138,7 +138,9 @@ def test_side_by_side_starts_a_dependant_when_its_parent_is_saved(monkeypatch):
     monkeypatch.setattr(T, "ProcessPoolExecutor", Pool)
     monkeypatch.setattr(T, "wait", wait)
     assert T.train_side_by_side(["slow", "fast", "dep"], device="cpu", jobs=2) == ["slow", "fast", "dep"]
-    assert log == ["start slow", "start fast", "done fast", "start dep", "done dep", "done slow"]
+    # "fast" feeds "dep": it trains first, alone, with both threads; then the others side by side, one thread each
+    assert log == ["start fast (2 threads)", "done fast", "start slow (1 thread)", "start dep (1 thread)",
+                   "done dep", "done slow"]
     cyc = dataclasses.replace(base, name="cyc", init_from="cyc2")
     monkeypatch.setitem(zoo.RECIPES, "cyc", cyc)
     monkeypatch.setitem(zoo.RECIPES, "cyc2", dataclasses.replace(base, name="cyc2", init_from="cyc"))

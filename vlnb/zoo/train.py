@@ -145,12 +145,12 @@ def trained_parent(name: str, profile: str, progress: bool):
     return reference_model(name, profile, progress=progress, device="cpu")
 
 
-def _train_in_worker(name: str, profile: str, device: str, recipes: dict[str, Recipe]) -> str:
+def _train_in_worker(name: str, profile: str, device: str, recipes: dict[str, Recipe], threads: int = 1) -> str:
     import torch  # lazy: the worker process sets its own thread count before any work
 
     from .recipes import RECIPES  # lazy: the registry of the fresh worker process, completed below
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     os.environ.setdefault("TQDM_DISABLE", "1")
     RECIPES.update(recipes)  # recipes registered at run time in the caller (a spawned worker only has the built-in ones)
     train_reference(name, profile, progress=False, device=device)
@@ -159,10 +159,11 @@ def _train_in_worker(name: str, profile: str, device: str, recipes: dict[str, Re
 
 def train_side_by_side(names, profile: str = "offline", device: str = "auto", jobs: int | None = None) -> list[str]:
     """Train the reference models ``names`` (each with :func:`train_reference`, saved as usual) in processes side by
-    side; returns the names trained. A model that needs another of ``names`` (``uses``/``init_from``) starts as
-    soon as that one is saved, so a core that finished its models early takes the next ready one instead of waiting
-    for a whole wave (chapter 2: towers-coco and blip-world train while scratch-world does; its four dependants
-    follow it).
+    side; returns the names trained. A model that others of ``names`` need (``uses``/``init_from``) trains first,
+    alone, with one thread per job: the ones waiting for it start sooner than if it shared the cores (chapter 2:
+    scratch-world, whose four dependants then train side by side with towers-coco and blip-world). The others
+    start as soon as their parent is saved, one thread each, so a core that finished its models early takes the
+    next ready one instead of waiting for a whole wave.
 
     Returns ``[]`` without training anything when side by side cannot help (fewer than two models, a GPU, or
     ``jobs=1``): the caller trains them one at a time, as before. No progress or live curves are shown: the
@@ -188,12 +189,23 @@ def train_side_by_side(names, profile: str = "offline", device: str = "auto", jo
         for parent in (r.uses, r.init_from):
             if parent:
                 needed[parent] = recipe(parent)
-    print(f"training {', '.join(names)} side by side ({n_jobs} processes, one thread each) ...", flush=True)
+    feeds = {p for n in names for p in parents[n]}  # models that others wait for
+    lead = [n for n in names if n in feeds]
+    rest = [n for n in names if n not in feeds]
+    print(f"training {', '.join(lead)} first ({n_jobs} threads), then " if lead else "training ", end="")
+    print(f"{', '.join(rest)} side by side ({n_jobs} processes, one thread each) ...", flush=True)
     waiting, running = list(names), {}
     with ProcessPoolExecutor(n_jobs, mp_context=mp.get_context("spawn")) as pool:
         while waiting or running:
-            for n in [n for n in waiting if parents[n] <= done]:  # in the caller's order: longest first pays
-                running[pool.submit(_train_in_worker, n, profile, dev, needed)] = n
+            ready = [n for n in waiting if parents[n] <= done]  # in the caller's order
+            first = [n for n in ready if n in feeds]
+            if first:  # alone, with every thread, once what is running has finished
+                start = first[:1] if not running else []
+            else:
+                start = [] if any(running[f] in feeds for f in running) else ready
+            for n in start:
+                threads = n_jobs if n in feeds else 1
+                running[pool.submit(_train_in_worker, n, profile, dev, needed, threads)] = n
                 waiting.remove(n)
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for f in finished:
