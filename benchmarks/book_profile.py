@@ -93,7 +93,8 @@ def main(argv=None) -> None:
         for name, a, b in (("wall", w, w2), ("kernel CPU", c, c2)):
             if a is None or b is None:
                 continue
-            both = a[["total"]].join(b[["total"]], lsuffix=" before", rsuffix=" after", how="outer")
+            both = a[["total"]].rename(columns={"total": "total before"}).join(
+                b[["total"]].rename(columns={"total": "total after"}), how="outer")
             both["after / before"] = (both["total after"] / both["total before"]).round(2)
             print(f"\n{name} seconds, {args.build_dir} (before) vs {args.compare} (after):")
             print(both.to_string())
