@@ -105,26 +105,27 @@ def train_or_load(names, profile: str = "offline", device="auto", retrain: bool 
     pending = [n for n in names if retrain or not is_trained(n, profile)]
     extra = [n for n in dict.fromkeys(ahead) if n not in names and (retrain or not is_trained(n, profile))]
     together = train_side_by_side(pending + extra, profile, device=device) if side_by_side else []
-    _TRAINED_HERE.update(artifacts_dir(profile) / n for n in together)
+    folder = artifacts_dir(profile)
+    _TRAINED_HERE.update(folder / n for n in together)
     for name in names:
         r = recipe(name)
         if name in pending and name not in together:
             print(f"training {name}: {r.description}")
             callback = on_epoch_end(name) if on_epoch_end is not None else None
             model, history = train_reference(name, profile, on_epoch_end=callback, device=device)
-            _TRAINED_HERE.add(artifacts_dir(profile) / name)
+            _TRAINED_HERE.add(folder / name)
         else:
-            if name in together or artifacts_dir(profile) / name in _TRAINED_HERE:  # the page says what, not the machine's folder
+            if name in together or folder / name in _TRAINED_HERE:  # the page says what, not the machine's folder
                 print(f"{name}: {r.description}" + ("" if name in together else " (trained earlier in this run)"))
             else:
-                print(f"{name}: loading the trained model from {artifacts_dir(profile) / name}")
+                print(f"{name}: loading the trained model from {folder / name}")
             model, history = reference_model(name, profile, device=device), reference_history(name, profile)
         yield name, model, history
     for name in extra:
         if name not in together:
             print(f"training {name} (used later): {recipe(name).description}")
             train_reference(name, profile, progress=False, device=device)
-            _TRAINED_HERE.add(artifacts_dir(profile) / name)
+            _TRAINED_HERE.add(folder / name)
 
 
 def profile_models(profile: str, models: dict[str, str] | None = None, device="auto", progress: bool = True,

@@ -160,8 +160,9 @@ def _train_in_worker(name: str, profile: str, device: str, recipes: dict[str, Re
 def train_side_by_side(names, profile: str = "offline", device: str = "auto", jobs: int | None = None) -> list[str]:
     """Train the reference models ``names`` (each with :func:`train_reference`, saved as usual) in processes side by
     side; returns the names trained. A model that others of ``names`` need (``uses``/``init_from``) trains first,
-    alone, with one thread per job: the ones waiting for it start sooner than if it shared the cores (chapter 2:
-    scratch-world, whose four dependants then train side by side with towers-coco and blip-world). The others
+    alone, with as many threads as there are jobs: the ones waiting for it start sooner than if it shared the
+    cores (chapter 2: scratch-world, whose four dependants then train side by side with towers-coco and
+    blip-world). The others
     start as soon as their parent is saved, one thread each, so a core that finished its models early takes the
     next ready one instead of waiting for a whole wave.
 
