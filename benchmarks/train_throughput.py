@@ -5,12 +5,14 @@ transformers, 77 tokens, 49,408-token BPE vocabulary, 512-d space), random weigh
 batch: seeded random pixels and real COCO captions tokenised by the real CLIP tokenizer, padded to 77 tokens.
 
 - vlnb: ``ScratchDualEncoder.create("vit_b32")`` and one optimizer step of vlnb's trainer
-  (``vlnb.train.trainer._Trainer``: symmetric InfoNCE, AdamW without decay on norms/biases/embeddings/scale,
-  gradient clipping, logit-scale clamp, bf16 autocast on CUDA). A second vlnb row pads to the longest caption
+  (``vlnb.train.trainer._Trainer``: symmetric InfoNCE, PyTorch's fused AdamW kernel without decay on
+  norms/biases/embeddings/scale, gradient clipping, logit-scale clamp, bf16 autocast on CUDA). A second vlnb row pads to the longest caption
   of the batch, as ``train_contrastive`` does, instead of to 77.
 - open_clip: ``open_clip.create_model("ViT-B-32")`` and the step of ``open_clip_train`` (``--precision
   amp_bf16`` on CUDA): ``ClipLoss``, AdamW with the same groups (no decay on ndim < 2, biases, norms, scale),
-  the same clipping and clamp.
+  the same clipping and clamp. Its AdamW is PyTorch's default kernel, as in ``open_clip_train``: per tensor on a
+  CPU (a chain of element-wise ops, each with a temporary as large as the tensor), ``foreach`` on CUDA. That
+  kernel is most of the difference on a CPU: the models' forward and backward passes cost the same.
 
 open_clip is only for this benchmark, never a vlnb dependency: ``pip install open_clip_torch --no-deps``
 (it must not pull a CUDA torch in). Its package imports torchvision (transforms, FrozenBatchNorm2d) and ftfy

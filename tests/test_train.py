@@ -34,7 +34,7 @@ from vlnb.train import (
 )
 from vlnb.train.distributed import DistInfo, average_gradients
 from vlnb.train.loss import MAX_LOGIT_SCALE
-from vlnb.train.trainer import CHECKPOINT_NAME, _Trainer
+from vlnb.train.trainer import CHECKPOINT_NAME, _Trainer, adamw, load_optimizer_state
 
 COLORS = ("red", "blue", "green", "pink", "gray", "black")
 SMALL = {
@@ -209,6 +209,28 @@ def test_no_weight_decay_on_norms_biases_embeddings_and_logit_scale():
     assert not kept & {id(p) for p in m.visual.parameters()} and kept == {
         id(p) for p in m.parameters() if p.requires_grad
     }
+
+
+def test_adamw_is_the_fused_kernel_and_steps_like_the_default_one():
+    cfg = TrainConfig(lr=1e-2, weight_decay=0.1)
+    a, b = scratch(), scratch()
+    fused = adamw(a, cfg)
+    plain = torch.optim.AdamW(param_groups(b, 0.1), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    assert all(g["fused"] for g in fused.param_groups) and not any(g["fused"] for g in plain.param_groups)
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(4, 20, (4, 6), generator=torch.Generator().manual_seed(1))
+    for m, opt in ((a, fused), (b, plain)):  # one step: equal weights, so equal gradients
+        img, txt = m(x, ids)
+        (img @ txt.T).pow(2).mean().backward()
+        opt.step()
+    # the same update rule (decoupled weight decay, bias correction): equal up to float rounding
+    for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-5, msg=n)
+    # a state saved by the default kernel (an older checkpoint) loads into the fused optimizer, which stays fused
+    again = adamw(scratch(), cfg)
+    load_optimizer_state(again, plain.state_dict())
+    assert all(g["fused"] for g in again.param_groups)
+    assert again.state_dict()["state"][0]["exp_avg"].equal(plain.state_dict()["state"][0]["exp_avg"])
 
 
 def test_lr_schedule_warmup_then_cosine():

@@ -21,7 +21,7 @@ sees easy pairs; :func:`itm_loss` is the cross-entropy over the positives and al
 - Q-Former (:class:`~vlnb.models.fusion.ScratchQFormer`): ITC with the max over queries + ITM; the frozen
   tower's patch tokens are computed once for the whole training set.
 
-Same optimiser recipe as :func:`vlnb.train.train_contrastive` (AdamW with :func:`param_groups`, warmup +
+Same optimiser recipe as :func:`vlnb.train.train_contrastive` (:func:`~vlnb.train.trainer.adamw`, warmup +
 cosine, clipping, the temperature clamped) and the same reproducible data order and caption choice per
 ``(seed, epoch)``. :func:`evaluate_fusion` measures retrieval: the ITC ranking (own, or the miner's for ViLT)
 and its top-``k`` re-ranked by the ITM head (:mod:`vlnb.eval.rerank`).
@@ -48,7 +48,7 @@ from ..progress import tqdm
 from .checkpoint import seed_everything
 from .loss import MAX_LOGIT_SCALE, clip_loss
 from .schedule import warmup_cosine_scheduler
-from .trainer import History, ImageDataset, TrainConfig, caption_choice, epoch_batches, param_groups
+from .trainer import History, ImageDataset, TrainConfig, adamw, caption_choice, epoch_batches
 
 
 # ---------------------------------------------------------------------------------------------- negatives
@@ -211,7 +211,7 @@ def train_fusion(model, train: pd.DataFrame, config: TrainConfig | dict | None =
         m_scale = float(miner.logit_scale or 1 / 0.07)
 
     steps_per_epoch = n // cfg.batch_size
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    opt = adamw(model, cfg)
     sched = warmup_cosine_scheduler(opt, cfg.warmup_steps, steps_per_epoch * cfg.epochs, cfg.min_lr_ratio)
     scale_param = getattr(model, "log_logit_scale", None)
     params = [p for p in model.parameters() if p.requires_grad]

