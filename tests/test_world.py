@@ -376,3 +376,39 @@ def test_background_phrases_name_their_background_only():
             words = set(re.findall(r"[a-z]+", p))
             assert any(w.startswith(bg) for w in words), (bg, p)
             assert not words & (set(WORLD_BACKGROUNDS) - {bg}) and not words & set(COLOUR_RGB), (bg, p)
+
+
+def test_a_rendered_world_is_cached_and_read_back_identical(tmp_path, monkeypatch):
+    import json
+    import warnings
+
+    from vlnb.data.world import build_world_manifest
+
+    monkeypatch.setenv("VLNB_CACHE", str(tmp_path))
+    kw = dict(n_train=12, n_test=5, image_size=32, seed=3)
+    fresh, _ = build_world_manifest(**kw, cache=False)
+    assert not (tmp_path / "worlds").exists()
+    first, _ = build_world_manifest(**kw)  # renders and writes the cache
+    (path,) = (tmp_path / "worlds").glob("*.json")
+    second, _ = build_world_manifest(**kw)  # reads it back
+    for df in (first, second):
+        assert df.equals(fresh) and df.attrs == fresh.attrs
+        assert [type(v) for v in df.iloc[0]] == [type(v) for v in fresh.iloc[0]]
+    # read back, not rendered: a changed record in the file shows up
+    saved = json.loads(path.read_text())
+    saved["records"][0]["captions"] = ["edited in the cache"]
+    path.write_text(json.dumps(saved))
+    assert build_world_manifest(**kw)[0]["captions"][0] == ["edited in the cache"]
+    # another world (config or size) has another file
+    build_world_manifest(**{**kw, "seed": 4})
+    build_world_manifest(**{**kw, "n_test": 6})
+    assert len(list((tmp_path / "worlds").glob("*.json"))) == 3
+    # an unreadable file, or one that belongs to another world, is rendered again and replaced
+    for bad in ("{not json", json.dumps({"spec": {**saved["spec"], "n_train": 99}, "records": []})):
+        path.write_text(bad)
+        with pytest.warns(UserWarning, match="unreadable"):
+            again, _ = build_world_manifest(**kw)
+        assert again.equals(fresh)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert build_world_manifest(**kw)[0].equals(fresh)

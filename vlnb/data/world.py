@@ -37,17 +37,23 @@ Design decisions (what the tests check):
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import random
 import re
+import warnings
 import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..paths import atomic_write_text, cache_dir
 from ..progress import tqdm
 from .annotations import ObjectAnnotation, register_provider
 from .images import empty_report, encode_png
@@ -670,9 +676,13 @@ def build_world_manifest(
     spurious: tuple[str, str, str] | None = None,
     spurious_strength: float = 0.0,
     progress: bool = False,
+    cache: bool = True,
     **kw,
 ):
     """The world as a manifest ``(df, empty bad-image report)``: PNG bytes, 5 captions, shape labels.
+
+    ``cache``: keep the rendered records in vlnb's cache and read them back when the same world (config, sizes
+    and this module's code) is asked for again, by any process (:func:`_world_records`).
 
     Extra keyword arguments are :class:`WorldConfig` fields (``shapes``, ``max_objects`` ...).
     Metadata columns: ``background``, ``n_objects``, ``colours`` / ``shapes`` / ``sizes`` (sorted unique
@@ -697,14 +707,58 @@ def build_world_manifest(
         spurious_strength=spurious_strength,
         **kw,
     )
-    records = [
-        _record(sc, cfg)
-        for split, n in (("train", n_train), ("test", n_test))
-        for sc in generate(cfg, split, n, progress=progress)
-    ]
+    records = _world_records(cfg, n_train, n_test, progress, cache)
     spec = cfg.to_dict()
     df = make_manifest(records, name="world", meta={"annotations": {"kind": "world", **spec}, "config": spec})
     return df, empty_report()
+
+
+#: Format tag of the cached world records (:func:`_world_records`); a file of another format is rendered again.
+WORLD_CACHE_FORMAT = "vlnb-world-records/1"
+
+
+@lru_cache(maxsize=1)
+def _code_digest() -> str:
+    """Digest of this module's source: the scenes, captions and records are all made here, so an edit to it
+    invalidates every cached world."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
+def _world_records(cfg: WorldConfig, n_train: int, n_test: int, progress: bool, cache: bool) -> list[dict]:
+    """The manifest records of a world: read back from ``<vlnb cache>/worlds/<key>.json`` when that world was
+    rendered before (by this or any other process: the chapters of a book build and their training workers all
+    ask for the reference world), else rendered and written there. The file is JSON (the PNG bytes in base64), so
+    reading it back runs nothing; the key covers the config, the sizes and :func:`_code_digest`. A file that cannot
+    be read back is rendered again and replaced (it is a cache, not the user's data); a cache that cannot be
+    written is skipped."""
+
+    def render_all() -> list[dict]:
+        return [_record(sc, cfg) for split, n in (("train", n_train), ("test", n_test))
+                for sc in generate(cfg, split, n, progress=progress)]
+
+    if not cache:
+        return render_all()
+    spec = {"format": WORLD_CACHE_FORMAT, "config": cfg.to_dict(), "n_train": n_train, "n_test": n_test,
+            "code": _code_digest()}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
+    path = cache_dir() / "worlds" / f"{key}.json"
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+            if saved.get("spec") != spec:
+                raise ValueError("it belongs to another world")
+            return [{**r, "image": base64.b64decode(r["image"], validate=True)} for r in saved["records"]]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            warnings.warn(f"cached world {path} is unreadable ({e}); rendering it again", stacklevel=3)
+    records = render_all()
+    text = json.dumps({"spec": spec, "records": [
+        {**r, "image": base64.b64encode(r["image"]).decode("ascii")} for r in records]})
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
+    except OSError as e:
+        warnings.warn(f"could not cache the rendered world in {path.parent} ({e})", stacklevel=3)
+    return records
 
 
 @register_provider("world")
