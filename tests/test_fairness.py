@@ -681,7 +681,7 @@ def test_rarity_spread_sentence_compares_seed_spread_with_one_models_interval():
 
 
 def test_torch_threads_restores_the_setting():
-    from vlnb.fairness.controlled import torch_threads
+    from vlnb.device import torch_threads
 
     outer = torch.get_num_threads()
     torch.set_num_threads(2)

@@ -385,7 +385,7 @@ def test_a_rendered_world_is_cached_and_read_back_identical(tmp_path, monkeypatc
     from vlnb.data.world import build_world_manifest
 
     monkeypatch.setenv("VLNB_CACHE", str(tmp_path))
-    kw = dict(n_train=12, n_test=5, image_size=32, seed=3)
+    kw = {"n_train": 12, "n_test": 5, "image_size": 32, "seed": 3}
     fresh, _ = build_world_manifest(**kw, cache=False)
     assert not (tmp_path / "worlds").exists()
     first, _ = build_world_manifest(**kw)  # renders and writes the cache

@@ -117,3 +117,24 @@ def side_by_side_jobs(n_runs: int, device: str | torch.device | None = AUTO, job
         return 1
     cores = available_cores()
     return max(1, min(n_runs, cores if jobs is None else jobs, cores))
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run the block with ``n`` torch CPU threads and restore the previous number after it (None: no change)."""
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def start_worker(threads: int = 1) -> None:
+    """Start-up of a process that trains or evaluates beside others (:func:`side_by_side_jobs`): ``threads``
+    torch threads, and no progress bars (nobody watches a worker's; ``TQDM_DISABLE`` unless already set)."""
+    torch.set_num_threads(threads)
+    os.environ.setdefault("TQDM_DISABLE", "1")

@@ -33,15 +33,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..data.manifest import subset
 from ..data.world import WorldConfig, build_world_manifest
+from ..device import torch_threads
 from ..eval.compare import WORLD_TEMPLATES, ZeroShotTask, class_indices
 from ..eval.intervals import t_interval
 from ..models.scratch import ScratchDualEncoder
@@ -94,20 +93,6 @@ def train_world_model(train: pd.DataFrame, seed: int = 0, model: dict | None = N
     pairs = PairDataset(train, net.preprocess, cfg.caption_sampling, cfg.seed, cache=True)
     history = train_contrastive(net, pairs, config=cfg, progress=progress)
     return net.eval(), history
-
-
-@contextmanager
-def torch_threads(n: int | None):
-    """Run the block with ``n`` torch CPU threads and restore the previous number after it (None: no change)."""
-    if n is None:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 @dataclass

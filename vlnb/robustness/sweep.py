@@ -51,7 +51,10 @@ from ..data.manifest import subset, texts_and_targets
 from ..data.pixels import cacheable, decoded_pixels
 from ..data.profiles import evaluation_manifest
 from ..data.world import WorldConfig, world_class_names
-from ..device import resolve_device  # the chapter's device resolver, re-exported
+from ..device import (
+    resolve_device,  # the chapter's device resolver, re-exported
+    torch_threads,
+)
 from ..eval import (
     classification_metrics,
     image_features,
@@ -688,19 +691,15 @@ def run_sweep(
             for ev in chain:
                 rows += _evaluate(ev, models[ev.model], corruptions, **kw)
     else:
-        n_threads = torch.get_num_threads()
-        torch.set_num_threads(max(1, n_threads // workers))  # the same threads in all, shared among the workers
-
         def run_chain(chain):
             with untimed():  # the waiting thread times the whole pool once, as encoding
                 return [r for ev in chain for r in _evaluate(ev, models[ev.model], corruptions, **kw)]
 
-        try:
-            with timed("encoding"), ThreadPoolExecutor(max_workers=workers) as ex:
-                for part in [ex.submit(run_chain, c) for c in chains]:
-                    rows += part.result()
-        finally:
-            torch.set_num_threads(n_threads)
+        # the same threads in all, shared among the workers
+        with torch_threads(max(1, torch.get_num_threads() // workers)), timed("encoding"), \
+                ThreadPoolExecutor(max_workers=workers) as ex:
+            for part in [ex.submit(run_chain, c) for c in chains]:
+                rows += part.result()
     if bar is not None:
         bar.close()
     df = pd.DataFrame(rows, columns=RESULT_COLUMNS)

@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 
 from ..data.manifest import subset, texts_and_targets
-from ..device import resolve_device, side_by_side_jobs
+from ..device import resolve_device, side_by_side_jobs, start_worker
 from ..eval.intervals import t_interval
 from ..models.fusion import FusionConfig, create_fusion
 from ..models.scratch import ScratchConfig, ScratchDualEncoder
@@ -246,11 +246,6 @@ def _one_variant_run(train, test, variant: str, seed: int, kwargs: dict) -> pd.D
     return compare_text_attention(train, test, variants=(variant,), seed=seed, **kwargs).assign(seed=seed)
 
 
-def _one_thread_worker() -> None:
-    torch.set_num_threads(1)
-    os.environ["TQDM_DISABLE"] = "1"
-
-
 #: Processes that train variants side by side (:func:`vlnb.device.side_by_side_jobs`).
 variant_jobs = side_by_side_jobs
 
@@ -275,7 +270,7 @@ def compare_text_attention_seeds(train: pd.DataFrame, test: pd.DataFrame, seeds:
         return pd.concat([compare_text_attention(train, test, variants=variants, seed=s, **kwargs).assign(seed=s)
                           for s in seeds], ignore_index=True)
     kwargs = {**kwargs, "progress": False}
-    with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_one_thread_worker) as pool:
+    with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=start_worker) as pool:
         runs = [(s, v) for s in seeds for v in variants]
         # the "cross" runs (a fusion model: about 2.5x a dual encoder's time) start first, so the short runs fill
         # the cores at the end instead of one long run finishing alone

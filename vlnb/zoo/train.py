@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..device import resolve_device, side_by_side_jobs
+from ..device import resolve_device, side_by_side_jobs, start_worker
 from ..models.fusion import FusionConfig, create_fusion, qformer_config
 from ..models.scratch import ScratchDualEncoder, clip_tokenizer
 from ..models.towers import TowersDualEncoder
@@ -146,12 +146,9 @@ def trained_parent(name: str, profile: str, progress: bool):
 
 
 def _train_in_worker(name: str, profile: str, device: str, recipes: dict[str, Recipe], threads: int = 1) -> str:
-    import torch  # lazy: the worker process sets its own thread count before any work
-
     from .recipes import RECIPES  # lazy: the registry of the fresh worker process, completed below
 
-    torch.set_num_threads(threads)
-    os.environ.setdefault("TQDM_DISABLE", "1")
+    start_worker(threads)
     RECIPES.update(recipes)  # recipes registered at run time in the caller (a spawned worker only has the built-in ones)
     train_reference(name, profile, progress=False, device=device)
     return name
