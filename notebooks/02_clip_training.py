@@ -254,9 +254,10 @@ if fusion_histories:
 # %% [markdown]
 # ## Text-encoder attention: self, memory, cross or local?
 #
-# One of the seed projects compared self-, cross- and sparse-attention text encoders. Here the three
-# variants of vlnb's text transformer are trained with the same recipe on a small world and compared on
-# held-out retrieval, training time and peak memory:
+# One of the seed projects compared self-, cross- and sparse-attention text encoders. Here four
+# variants of vlnb's text transformer are trained with the same recipe on a small world (its images read at
+# the size they were rendered, `variant_image_size`) and compared on held-out retrieval, training time and
+# peak memory:
 #
 # * **self**: causal self-attention over the caption's tokens (CLIP's text encoder);
 # * **memory**: each block also attends to a small set of learned memory slots (a cross-attention layer whose
@@ -282,6 +283,7 @@ if cfg.attention_variants:
     variants = compare_text_attention_seeds(  # on a CPU: one run per core side by side, one thread each
         small[small["split"] == "train"], small[small["split"] == "test"], seeds=cfg.variant_seeds,
         variants=tuple(cfg.attention_variants), jobs=cfg.variant_jobs, epochs=cfg.variant_epochs, device=device,
+        image_size=cfg.variant_image_size,  # the model reads the world at the size it was rendered
         progress=False, train_config={"warmup_steps": cfg.variant_warmup_steps, "batch_size": cfg.variant_batch_size})
     run.save_table(variants, "attention_variants")
     variant_summary = seed_summary(variants, baseline=cfg.attention_variants[0])

@@ -22,6 +22,8 @@ def test_chapter2_offline(offline_book):
     # text-encoder attention variants: one row per (variant, seed), in the order asked for
     var = offline_book.results(STEM, "attention_variants")
     assert list(var["variant"].unique()) == cfg.attention_variants and (var["train_time_s"] > 0).all()
+    # the models read the small world at the size it was rendered (not upsampled: 4x the patches, same pixels)
+    assert (var["image_size"] == cfg.variant_image_size).all()
     pairs = list(zip(var["variant"], var["seed"]))
     assert len(pairs) == len(set(pairs)) and set(pairs) == set(itertools.product(cfg.attention_variants,
                                                                                   cfg.variant_seeds))

@@ -76,6 +76,7 @@ ABSURD = [
     ("02_clip_training", "variant_n_train", True),
     ("02_clip_training", "attention_variants", ["sideways"]),
     ("02_clip_training", "variant_image_size", 0),
+    ("02_clip_training", "variant_image_size", 28),  # not a multiple of the 8-px patches
     ("03_blip2_heads", "batch_size", 0),
     ("03_blip2_heads", "epochs", -1),
     ("03_blip2_heads", "seeds", []),

@@ -32,7 +32,9 @@ class ClipTrainingParams(NotebookParams):
     attention_variants: list[Literal["self", "memory", "cross", "local"]] = ["self", "memory", "cross", "local"]
     variant_n_train: int = Field(600, ge=2)
     variant_n_test: int = Field(200, ge=2)
-    variant_image_size: int = Field(32, ge=24)
+    #: Side of the small world's images in pixels, and the variants' model input (tiny preset: 8-px patches, so a
+    #: multiple of 8; 32 -> a 4x4 grid of patches).
+    variant_image_size: int = Field(32, ge=24, multiple_of=8)
     variant_epochs: int = Field(5, ge=1)
     #: Training seeds per variant (initialisation and data order): the table reports means with intervals.
     variant_seeds: list[int] = [0, 1, 2]

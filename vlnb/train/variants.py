@@ -51,7 +51,7 @@ from .trainer import TrainConfig, evaluate_retrieval, train_contrastive
 VARIANTS = ("self", "memory", "cross", "local")
 RECALL_COLUMNS = [f"{d}_R@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)]
 COLUMNS = ["variant", "protocol", *RECALL_COLUMNS, "train_time_s", "peak_memory_mb", "memory_measure", "params",
-           "text_params", "final_train_loss", "epochs", "n_test_images", "device"]
+           "text_params", "final_train_loss", "epochs", "image_size", "n_test_images", "device"]
 PROTOCOL_ITC = "ITC (dual encoder)"
 
 
@@ -232,7 +232,7 @@ def compare_text_attention(
             "train_time_s": elapsed, "peak_memory_mb": meter.peak_mb, "memory_measure": meter.measure,
             "params": _n_params(model), "text_params": text_params,
             "final_train_loss": history.epochs[-1]["train_loss"], "epochs": len(history.epochs),
-            "n_test_images": n_test, "device": str(dev),
+            "image_size": cfg.image_size, "n_test_images": n_test, "device": str(dev),
         })
         if return_models:
             models[v] = model.eval()
