@@ -6,8 +6,8 @@ batch: seeded random pixels and real COCO captions tokenised by the real CLIP to
 
 - vlnb: ``ScratchDualEncoder.create("vit_b32")`` and one optimizer step of vlnb's trainer
   (``vlnb.train.trainer._Trainer``: symmetric InfoNCE, PyTorch's fused AdamW kernel without decay on
-  norms/biases/embeddings/scale, gradient clipping, logit-scale clamp, bf16 autocast on CUDA). A second vlnb row pads to the longest caption
-  of the batch, as ``train_contrastive`` does, instead of to 77.
+  norms/biases/embeddings/scale, gradient clipping, logit-scale clamp, bf16 autocast on CUDA). A second vlnb row
+  pads to the longest caption of the batch, as ``train_contrastive`` does, instead of to 77.
 - open_clip: ``open_clip.create_model("ViT-B-32")`` and the step of ``open_clip_train`` (``--precision
   amp_bf16`` on CUDA): ``ClipLoss``, AdamW with the same groups (no decay on ndim < 2, biases, norms, scale),
   the same clipping and clamp. Its AdamW is PyTorch's default kernel, as in ``open_clip_train``: per tensor on a

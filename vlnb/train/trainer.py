@@ -298,8 +298,9 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 def adamw(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups` with ``cfg``'s lr, betas, eps and weight decay, using PyTorch's fused
     kernel wherever it exists (floating-point parameters on a CPU or a CUDA GPU): one pass over each tensor
-    instead of a chain of element-wise ops, each with a temporary as large as the tensor. On 2 CPU threads this
-    takes ViT-B/32's training step from 0.94x to 1.2x open_clip's (``benchmarks/train_throughput.py``)."""
+    instead of a chain of element-wise ops, each with a temporary as large as the tensor. On one CPU thread this
+    took ViT-B/32's training step from 0.94x to 1.03-1.07x open_clip's (medians of two runs of
+    ``benchmarks/train_throughput.py --device cpu --batch-size 8 --steps 1 --repeats 15``)."""
     groups = param_groups(model, cfg.weight_decay)
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=True if fused else None)

@@ -17,9 +17,9 @@ Peak memory is what training adds on top of the built model (weights): on CUDA `
 above the allocation at the start; on CPU the process's peak resident set size (RSS) above its value at the start
 (after ``gc`` and ``malloc_trim``, so memory freed by a previous variant is returned to the system first): the
 kernel's own high-water mark on Linux (``VmHWM``, reset at the start through ``/proc/self/clear_refs``), exact and
-free; elsewhere RSS sampled every 2 ms by a thread (which wakes 500 times a second beside the training). ``tracemalloc`` is no use here: it sees Python objects, not the tensors' memory. RSS also counts
-allocator caching and is coarse for tiny models (a few MiB of noise); the ``memory_measure`` column says which
-measure a row used. An untimed one-step warm-up run comes first, so the first variant does not pay one-off
+free; elsewhere RSS sampled every 2 ms by a thread (which wakes 500 times a second beside the training).
+``tracemalloc`` is no use here: it sees Python objects, not the tensors' memory. RSS also counts allocator caching
+and is coarse for tiny models (a few MiB of noise); the ``memory_measure`` column says which measure a row used. An untimed one-step warm-up run comes first, so the first variant does not pay one-off
 start-up costs (lazy initialisation, thread pools, CUDA context) that the others would not.
 """
 

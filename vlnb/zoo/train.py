@@ -159,9 +159,8 @@ def train_side_by_side(names, profile: str = "offline", device: str = "auto", jo
     side; returns the names trained. A model that others of ``names`` need (``uses``/``init_from``) trains first,
     alone, with as many threads as there are jobs: the ones waiting for it start sooner than if it shared the
     cores (chapter 2: scratch-world, whose four dependants then train side by side with towers-coco and
-    blip-world). The others
-    start as soon as their parent is saved, one thread each, so a core that finished its models early takes the
-    next ready one instead of waiting for a whole wave.
+    blip-world). The others start as soon as their parent is saved, one thread each, so a core that finished its
+    models early takes the next ready one instead of waiting for a whole wave.
 
     Returns ``[]`` without training anything when side by side cannot help (fewer than two models, a GPU, or
     ``jobs=1``): the caller trains them one at a time, as before. No progress or live curves are shown: the
