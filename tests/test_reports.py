@@ -162,3 +162,5 @@ def test_chapter_pages_pivot_the_right_values():
                         "peak_memory_mb": [10.0, 10.0, 20.0], "params": [100, 100, 200]})
     costs = variant_costs(var)
     assert list(costs.index) == ["self", "cross"] and costs.loc["self", "train_time_s"] == 2.0
+    # the parameter count is a count, not a mean over seeds shown as "100.0"
+    assert costs["params"].tolist() == [100, 200] and pd.api.types.is_integer_dtype(costs["params"])
