@@ -12,6 +12,10 @@ folder; :func:`vlnb.runs.run_notebook` adds papermill's per-cell durations and t
 
 ``--cold`` points ``VLNB_CACHE`` (features, decoded pixels, the reference models) at an empty folder inside the
 build folder first, so nothing computed earlier is reused. The load average is printed with every report.
+
+A shared machine's speed drifts by 10-20 % between builds of the same code. ``--run`` therefore times a fixed
+probe before and after the build (``machine_probe.json``): one training step of the tiny scratch CLIP on a fixed
+batch, one thread, median of 20, in a fresh process. Two builds compare fairly only beside their probes.
 """
 
 from __future__ import annotations
@@ -22,6 +26,35 @@ import os
 import sys
 import time
 from pathlib import Path
+
+
+PROBE = """
+import statistics, time, torch
+torch.set_num_threads(1)
+torch.manual_seed(0)
+from vlnb.models.scratch import ScratchDualEncoder
+caps = [f"a {c} {s} left of a {s} {c}" for c in ("red", "blue", "green", "purple") for s in ("circle", "square")]
+m = ScratchDualEncoder.create("tiny", captions=caps, seed=0)
+x, tok = torch.rand(32, 3, 64, 64), m.tokenize((caps * 4)[:32])
+def step():
+    loss = m.encode_image(x).sum() + m.encode_text(**tok).sum()
+    loss.backward()
+for _ in range(3):
+    step()
+ts = []
+for _ in range(20):
+    t = time.perf_counter(); step(); ts.append(time.perf_counter() - t)
+print(round(1000 * statistics.median(ts), 2))
+"""
+
+
+def machine_probe() -> float:
+    """Milliseconds of the fixed probe (module docstring), in a fresh one-thread process."""
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True, env=env)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def read_build(build: Path) -> tuple[dict, dict, dict]:
@@ -53,6 +86,8 @@ def report(build: Path) -> tuple:
             extra += f"; the middle chapters side by side: {t['parallel chapters (wall)']} s wall"
         if "book (wall)" in t:
             extra += f"; whole book {t['book (wall)']} s wall"
+    if (build / "machine_probe.json").is_file():
+        extra += f"; machine probe (ms, before/after) {json.loads((build / 'machine_probe.json').read_text())}"
     print(f"\n== {build}: chapters {sum(v or 0 for v in secs.values()):.0f} s wall (sum over chapters){extra}")
     w = breakdown_table(wall) if wall else None
     c = breakdown_table(cpu) if cpu else None
@@ -84,9 +119,14 @@ def main(argv=None) -> None:
         nbs = list_notebooks()
         if args.chapters:
             nbs = [nb for nb in nbs if any(nb.stem.startswith(p) for p in args.chapters)]
+        before = machine_probe()
+        print(f"machine probe before the build: {before} ms per step")
         t = time.time()
         build_book("offline", build_dir=args.build_dir, notebooks=nbs, progress=False, jobs=args.jobs)
         print(f"book built in {time.time() - t:.0f} s (wall, including jupyter-book); load {os.getloadavg()}")
+        after = machine_probe()
+        print(f"machine probe after the build: {after} ms per step")
+        (args.build_dir / "machine_probe.json").write_text(json.dumps({"before_ms": before, "after_ms": after}))
     w, c = report(args.build_dir)
     if args.compare is not None:
         w2, c2 = report(args.compare)

@@ -136,7 +136,7 @@ def _check_built_book(build, html_dir, tracked):
 
 
 def test_book_jobs_split_the_cores_and_never_exceed_them(monkeypatch):
-    from vlnb.runs import BOOK_FIRST, BOOK_LAST, BOOK_LONGEST_FIRST, book_jobs, longest_first
+    from vlnb.runs import BOOK_FIRST, BOOK_LAST, BOOK_LONGEST_FIRST, book_first, book_jobs, longest_first
 
     monkeypatch.delenv("VLNB_BOOK_JOBS", raising=False)
     assert book_jobs(5, cores=2) == (2, 1)          # default: one chapter per core, one thread each
@@ -155,6 +155,8 @@ def test_book_jobs_split_the_cores_and_never_exceed_them(monkeypatch):
     stems = [nb.stem for nb in list_notebooks()]
     assert set(BOOK_FIRST) <= set(stems) and set(BOOK_LAST) <= set(stems)
     assert max(stems.index(s) for s in BOOK_FIRST) < min(stems.index(s) for s in BOOK_LAST)
+    # offline, chapter 1 (local data only) runs beside the middle chapters; the full profile's downloads go first
+    assert book_first("full") == BOOK_FIRST and book_first("offline") == ("02_clip_training",)
     # side by side, the longest middle chapters start first; every chapter is still run once
     middle = [nb for nb in list_notebooks() if nb.stem not in BOOK_FIRST + BOOK_LAST]
     order = [nb.stem for nb in longest_first(middle)]

@@ -148,6 +148,51 @@ def test_side_by_side_trains_a_parent_first_with_every_thread(monkeypatch):
         T.train_side_by_side(["cyc", "cyc2"], device="cpu", jobs=2)
 
 
+def test_side_by_side_starts_the_longest_models_first(monkeypatch):
+    """Of the models ready to train, the one with the largest Recipe.cost starts first (ties: the caller's order),
+    so the short ones fill the end; the cost is not part of the recipe's key (it never retrains a model)."""
+    import dataclasses
+    from concurrent.futures import Future
+
+    from vlnb.zoo import train as T
+
+    base = zoo.recipe("scratch-world")
+    costs = {"short": 5.0, "long": 50.0, "mid": 20.0, "mid2": 20.0, "parent": 10.0}
+    for name, cost in costs.items():
+        monkeypatch.setitem(zoo.RECIPES, name, dataclasses.replace(base, name=name, cost=cost))
+    monkeypatch.setitem(zoo.RECIPES, "child", dataclasses.replace(base, name="child", init_from="parent", cost=1.0))
+    started = []
+
+    class Pool:
+        def __init__(self, *a, **k):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def submit(self, fn, name, *a):
+            started.append(name)
+            f = Future()
+            f.name = name
+            return f
+
+    def wait(running, return_when):  # every submitted model finishes, in submission order
+        f = min(running, key=lambda f: started.index(f.name))
+        f.set_result(f.name)
+        return {f}, set(running) - {f}
+
+    monkeypatch.setattr(T, "ProcessPoolExecutor", Pool)
+    monkeypatch.setattr(T, "wait", wait)
+    names = ["short", "mid", "child", "long", "mid2", "parent"]
+    assert T.train_side_by_side(names, device="cpu", jobs=2) == names
+    # "parent" feeds "child": alone first; then the rest longest first, "mid" before "mid2" as the caller listed them
+    assert started == ["parent", "long", "mid", "mid2", "short", "child"]
+    assert zoo.recipe("long").key() == dataclasses.replace(zoo.recipe("long"), cost=0.0).key()
+
+
 def test_train_or_load_trains_ahead_without_yielding_them(make_tiny_recipe, monkeypatch, capsys):
     """``ahead``: a later chapter's model, trained with the yielded ones (side by side where it helps, else after
     them) and loaded later; one already trained is left alone."""

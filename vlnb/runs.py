@@ -266,6 +266,16 @@ def claim_build_dir(build: Path, default: bool = False) -> Path:
 
 #: Chapters the others read: data preparation, and the reference models chapter 2 trains.
 BOOK_FIRST = ("01_data_prep", "02_clip_training")
+#: Offline, chapter 1 only reports on local data (the shared files, the generated world) that every chapter
+#: builds its own manifests from, through the same caches; nothing reads its run but the synthesis chapter. So
+#: it runs with the middle chapters there, not alone before chapter 2 with a core idle. The full profile keeps it
+#: first: its manifests download the hub data sets the later chapters read.
+BOOK_FIRST_OFFLINE = ("02_clip_training",)
+
+
+def book_first(profile: str) -> tuple[str, ...]:
+    """The chapters a book build of ``profile`` runs first, one at a time, before the others."""
+    return BOOK_FIRST_OFFLINE if profile == "offline" else BOOK_FIRST
 #: The synthesis chapter reads every other chapter's run folder.
 BOOK_LAST = ("08_synthesis",)
 #: The middle chapters that take longest start first when they run side by side, so the short ones fill the gaps at
@@ -320,7 +330,7 @@ def build_book(
 ) -> Path:
     """Execute every notebook in order, then ``jupyter-book build`` the executed copies.
 
-    :data:`BOOK_FIRST` chapters run first (they train the reference models the others load), :data:`BOOK_LAST`
+    :func:`book_first` chapters run first (they train the reference models the others load), :data:`BOOK_LAST`
     last (it reads the other runs); the chapters in between only read, so ``jobs`` of them run side by side,
     the cores split between their kernels (:func:`book_jobs`; ``jobs=1``: one at a time, every core each).
 
@@ -346,7 +356,7 @@ def build_book(
     (src / "notebooks").mkdir()
     timings, parts, cpu_parts = {}, {}, {}
     todo = list(notebooks or list_notebooks())
-    first = [nb for nb in todo if nb.stem in BOOK_FIRST]
+    first = [nb for nb in todo if nb.stem in book_first(profile)]
     last = [nb for nb in todo if nb.stem in BOOK_LAST]
     middle = [nb for nb in todo if nb not in first and nb not in last]
     jobs, threads = book_jobs(len(middle), jobs)

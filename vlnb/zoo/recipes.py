@@ -39,12 +39,17 @@ class Recipe:
     #: Fusion models: the trained recipe they build on (ViLT-like: the dual encoder its hard negatives are mined
     #: from and that it re-ranks; Q-Former: the frozen image tower). Changing that recipe retrains this one.
     uses: str = ""
+    #: Seconds the training takes with one thread on a 2-core CPU, its final evaluation included (measured:
+    #: ``epoch_time_s`` and the timing log of a cold offline book). Only the order in which models trained side
+    #: by side start depends on it: the longest first (:func:`vlnb.zoo.train_side_by_side`). A wrong value costs
+    #: time, never changes the weights; it is not part of :meth:`key`.
+    cost: float = 0.0
 
     def key(self) -> dict:
         """What identifies the trained weights (empty ``negatives`` / ``init_from`` are left out, so older
         recipes keep their keys; a parent recipe's own key is nested, so changing it retrains the child)."""
         key = {k: v for k, v in asdict(self).items()
-               if k != "description" and not (k in ("negatives", "init_from", "uses") and not v)}
+               if k not in ("description", "cost") and not (k in ("negatives", "init_from", "uses") and not v)}
         if self.init_from:
             key["init_from"] = {"name": self.init_from, **recipe(self.init_from).key()}
         if self.uses:
@@ -62,6 +67,7 @@ RECIPES: dict[str, Recipe] = {
         # (tests/test_book_time.py), 10 fewer evaluations of 500 images x 2,500 captions
         train={"epochs": 15, "batch_size": 64, "lr": 1e-3, "warmup_steps": 30, "seed": 0, "eval_every": 3},
         data_kwargs=dict(REFERENCE_WORLD),
+        cost=150,
         description="from-scratch ViT + text transformer (tiny preset), trained on the offline world",
     ),
     # NegCLIP (Yuksekgonul et al. 2023) fine-tunes a trained CLIP with composition-aware hard negatives; here:
@@ -76,6 +82,7 @@ RECIPES: dict[str, Recipe] = {
         data_kwargs=dict(REFERENCE_WORLD),
         negatives="world-swaps",
         init_from="scratch-world",
+        cost=21,
         description="scratch-world fine-tuned with NegCLIP's hard negatives: each caption's grammar-checked swap "
         "foil (relation arguments, or two phrases' colours/sizes) as an extra text negative",
     ),
@@ -87,6 +94,7 @@ RECIPES: dict[str, Recipe] = {
         train={"epochs": 2, "batch_size": 64, "lr": 1e-3, "warmup_steps": 10, "eval_every": 2, "seed": 1},
         data_kwargs=dict(REFERENCE_WORLD),
         init_from="scratch-world",
+        cost=19,
         description="control for negclip-world: scratch-world fine-tuned the same way without the hard negatives",
     ),
     # fusion encoders from scratch (vlnb.models.fusion, trained by vlnb.train.itm) on the same world split; sized
@@ -99,6 +107,7 @@ RECIPES: dict[str, Recipe] = {
         train={"epochs": 4, "batch_size": 64, "lr": 1e-3, "warmup_steps": 20, "seed": 0},
         data_kwargs=dict(REFERENCE_WORLD),
         uses="scratch-world",
+        cost=33,
         description="ViLT-like single-stream transformer over word + patch tokens with an ITM head, trained on "
         "hard negatives mined from scratch-world's similarities; retrieval re-ranks scratch-world's top-k",
     ),
@@ -110,6 +119,7 @@ RECIPES: dict[str, Recipe] = {
                "heads": 4, "embed_dim": 64, "seed": 0},
         train={"epochs": 10, "batch_size": 64, "lr": 2e-3, "warmup_steps": 30, "seed": 0},
         data_kwargs=dict(REFERENCE_WORLD),
+        cost=50,
         description="BLIP-like (ALBEF-style): ITC dual encoder + image-grounded text encoder (cross-attention to "
         "patch tokens) with an ITM head, trained jointly on its own hard negatives",
     ),
@@ -121,6 +131,7 @@ RECIPES: dict[str, Recipe] = {
         train={"epochs": 6, "batch_size": 64, "lr": 1e-3, "warmup_steps": 20, "seed": 0},
         data_kwargs=dict(REFERENCE_WORLD),
         uses="scratch-world",
+        cost=53,
         description="BLIP-2-like Q-Former: learned queries over scratch-world's frozen ViT patch tokens, ITC (max "
         "over queries) + ITM",
     ),
@@ -131,6 +142,7 @@ RECIPES: dict[str, Recipe] = {
         model={"embed_dim": 256, "head": "linear", "freeze_towers": True},
         train={"epochs": 10, "batch_size": 40, "lr": 1e-3, "warmup_steps": 4, "weight_decay": 0.1, "eval_every": 2,
                "seed": 0},
+        cost=13,
         description="frozen EfficientNet-Lite0 + all-MiniLM-L6-v2 with linear heads (LiT-style), trained on "
         "coco-mini train2017",
     ),

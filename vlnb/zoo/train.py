@@ -160,7 +160,8 @@ def train_side_by_side(names, profile: str = "offline", device: str = "auto", jo
     alone, with as many threads as there are jobs: the ones waiting for it start sooner than if it shared the
     cores (chapter 2: scratch-world, whose four dependants then train side by side with towers-coco and
     blip-world). The others start as soon as their parent is saved, one thread each, so a core that finished its
-    models early takes the next ready one instead of waiting for a whole wave.
+    models early takes the next ready one instead of waiting for a whole wave; of the ready ones, the longest
+    (:attr:`Recipe.cost`) starts first.
 
     Returns ``[]`` without training anything when side by side cannot help (fewer than two models, a GPU, or
     ``jobs=1``): the caller trains them one at a time, as before. No progress or live curves are shown: the
@@ -194,7 +195,9 @@ def train_side_by_side(names, profile: str = "offline", device: str = "auto", jo
     waiting, running = list(names), {}
     with ProcessPoolExecutor(n_jobs, mp_context=mp.get_context("spawn")) as pool:
         while waiting or running:
-            ready = [n for n in waiting if parents[n] <= done]  # in the caller's order
+            # the longest first (Recipe.cost; ties in the caller's order): the last to start are the short ones, so
+            # the processes finish together instead of one waiting for the other's long model
+            ready = sorted((n for n in waiting if parents[n] <= done), key=lambda n: -needed[n].cost)
             first = [n for n in ready if n in feeds]
             if first:  # alone, with every thread, once what is running has finished
                 start = first[:1] if not running else []
