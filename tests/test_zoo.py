@@ -97,20 +97,10 @@ def test_train_or_load_trains_what_is_missing_and_loads_the_rest(tiny_recipe, ca
     assert "training tiny-world" in capsys.readouterr().out
 
 
-def test_side_by_side_trains_a_parent_first_with_every_thread(monkeypatch):
-    """A model that another waits for trains first, alone, with every thread; then the rest side by side with one
-    thread each (chapter 2: scratch-world, then its dependants beside towers-coco and blip-world)."""
-    import dataclasses
+def _fake_pool(on_submit):
+    """A stand-in for ProcessPoolExecutor that starts nothing: ``submit`` calls ``on_submit(name, threads)`` and
+    returns an unfinished Future named after the model (a test's fake ``wait`` finishes it)."""
     from concurrent.futures import Future
-
-    from vlnb.zoo import train as T
-
-    base = zoo.recipe("scratch-world")
-    recipes = {"slow": dataclasses.replace(base, name="slow"), "fast": dataclasses.replace(base, name="fast"),
-               "dep": dataclasses.replace(base, name="dep", init_from="fast")}
-    for r in recipes.values():
-        monkeypatch.setitem(zoo.RECIPES, r.name, r)
-    log = []
 
     class Pool:
         def __init__(self, *a, **k):
@@ -123,10 +113,28 @@ def test_side_by_side_trains_a_parent_first_with_every_thread(monkeypatch):
             return False
 
         def submit(self, fn, name, *a):
-            log.append(f"start {name} ({a[-1]} thread{'s' if a[-1] > 1 else ''})")
+            on_submit(name, a[-1])
             f = Future()
             f.name = name
             return f
+
+    return Pool
+
+
+def test_side_by_side_trains_a_parent_first_with_every_thread(monkeypatch):
+    """A model that another waits for trains first, alone, with every thread; then the rest side by side with one
+    thread each (chapter 2: scratch-world, then its dependants beside towers-coco and blip-world)."""
+    import dataclasses
+
+    from vlnb.zoo import train as T
+
+    base = zoo.recipe("scratch-world")
+    recipes = {"slow": dataclasses.replace(base, name="slow"), "fast": dataclasses.replace(base, name="fast"),
+               "dep": dataclasses.replace(base, name="dep", init_from="fast")}
+    for r in recipes.values():
+        monkeypatch.setitem(zoo.RECIPES, r.name, r)
+    log = []
+    Pool = _fake_pool(lambda name, threads: log.append(f"start {name} ({threads} thread{'s' if threads > 1 else ''})"))
 
     def wait(running, return_when):  # the simulated clock: "dep" finishes before "slow"
         order = ["fast", "dep", "slow"]
@@ -152,7 +160,6 @@ def test_side_by_side_starts_the_longest_models_first(monkeypatch):
     """Of the models ready to train, the one with the largest Recipe.cost starts first (ties: the caller's order),
     so the short ones fill the end; the cost is not part of the recipe's key (it never retrains a model)."""
     import dataclasses
-    from concurrent.futures import Future
 
     from vlnb.zoo import train as T
 
@@ -162,22 +169,7 @@ def test_side_by_side_starts_the_longest_models_first(monkeypatch):
         monkeypatch.setitem(zoo.RECIPES, name, dataclasses.replace(base, name=name, cost=cost))
     monkeypatch.setitem(zoo.RECIPES, "child", dataclasses.replace(base, name="child", init_from="parent", cost=1.0))
     started = []
-
-    class Pool:
-        def __init__(self, *a, **k):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *a):
-            return False
-
-        def submit(self, fn, name, *a):
-            started.append(name)
-            f = Future()
-            f.name = name
-            return f
+    Pool = _fake_pool(lambda name, threads: started.append(name))
 
     def wait(running, return_when):  # every submitted model finishes, in submission order
         f = min(running, key=lambda f: started.index(f.name))
