@@ -36,7 +36,6 @@ if "google.colab" in sys.modules:
 
 # %%
 import matplotlib.pyplot as plt
-import pandas as pd
 
 import vlnb
 from vlnb import plots
@@ -69,7 +68,7 @@ device = None                 # "auto": CUDA when available, else CPU (this chap
 
 # %%
 cfg = run.params(globals())
-pd.Series(cfg.model_dump(), name="value").to_frame()
+run.params_table()
 
 # %% [markdown]
 # ## The data sets

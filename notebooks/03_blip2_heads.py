@@ -103,7 +103,7 @@ device = None               # "auto": CUDA when available, else CPU | "cpu" | "c
 # %%
 cfg = run.params(globals())
 device = resolve_device(cfg.device)
-pd.Series(cfg.model_dump(), name="value").to_frame()
+run.params_table()
 
 # %% [markdown]
 # ## The experiment

@@ -112,7 +112,7 @@ n_boot = None            # bootstrap draws of the probes' intervals
 
 # %%
 cfg = run.params(globals())
-pd.Series(cfg.model_dump(), name="value").to_frame()
+run.params_table()
 
 # %% [markdown]
 # ## Models and data

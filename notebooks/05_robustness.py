@@ -92,7 +92,7 @@ cache_dir = None             # feature cache folder (None: vlnb's cache)
 cfg = run.params(globals())
 CORRUPTIONS = cfg.resolved_corruptions()
 run.glue("n_boot", str(cfg.n_boot))
-pd.Series(cfg.model_dump(), name="value").to_frame()
+run.params_table()
 
 # %% [markdown]
 # ### A sweep is a set of papermill runs

@@ -99,7 +99,7 @@ cfg = run.params(globals())
 t_start = time.perf_counter()
 torch.manual_seed(cfg.seed)
 device = pick_device(cfg.device)
-pd.Series(cfg.model_dump(), name="value").to_frame()
+run.params_table()
 
 # %% [markdown]
 # ## Models, data and their patch grids

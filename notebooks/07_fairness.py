@@ -48,7 +48,6 @@ if "google.colab" in sys.modules:
 import time
 
 import matplotlib.pyplot as plt
-import pandas as pd
 from IPython.display import display
 
 from vlnb import fairness as F
@@ -105,7 +104,7 @@ cache_dir = None             # feature cache folder (None: vlnb's cache)
 cfg = run.params(globals())
 device = A.resolve_device(cfg.device)
 run.glue("rare_value_name", cfg.rare_value)
-pd.Series(cfg.model_dump(), name="value").to_frame()
+run.params_table()
 
 # %% [markdown]
 # ## Who is in the data? Perceived gender from captions

@@ -1,5 +1,7 @@
 """Parameter validation: unknown names and wrong types fail fast, naming the parameter."""
 
+from pathlib import Path
+
 import pytest
 
 from vlnb import config
@@ -56,10 +58,22 @@ def test_notebook_namespace_validation(tmp_path):
     cfg = run.params(ns)
     assert cfg.n_grid == 4 and cfg.world_n_train == resolve("01_data_prep").world_n_train
     assert run.out_dir == tmp_path.resolve()
+    # the page's parameter table shows no absolute path of the building machine
+    table = run.params_table()
+    assert table.loc["n_grid", "value"] == 4 and table.loc["out_dir", "value"] == str(Path("…", *tmp_path.parts[-2:]))
     # a name injected by papermill that the notebook does not know about
     ns["n_gird"] = 4
     with pytest.raises(ParameterError, match="'n_gird'"):
         run.params(ns)
+
+
+def test_parameter_table_shows_a_run_folder_below_the_working_directory_relative(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ns = {}
+    run = NotebookRun.start("01_data_prep", ns)
+    ns.update(profile="offline", out_dir=str(tmp_path / "runs" / "dp"))
+    run.params(ns)
+    assert run.params_table().loc["out_dir", "value"] == str(Path("runs", "dp"))
 
 
 # -- issue 12: every field has its range / choices; absurd values fail at resolve(), naming the parameter

@@ -281,6 +281,22 @@ class NotebookRun:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         return self.cfg
 
+    def params_table(self):
+        """The validated parameters as a one-column table (``value``) for the page. ``out_dir`` is shown relative
+        to the working directory when it lies below it, else as its last two parts (``…/runs/04_compare``): the
+        rendered book shows no absolute path of the machine that built it."""
+        import pandas as pd  # lazy: the CLI imports this module before it needs pandas
+
+        if self.cfg is None:
+            raise RuntimeError("call run.params(globals()) first")
+        shown = self.cfg.model_dump()
+        if "out_dir" in shown:
+            try:
+                shown["out_dir"] = str(self.out_dir.relative_to(Path.cwd().resolve()))
+            except ValueError:
+                shown["out_dir"] = str(Path("…", *self.out_dir.parts[-2:]))
+        return pd.Series(shown, name="value").to_frame()
+
     @property
     def out_dir(self) -> Path:
         base = self.cfg.out_dir if self.cfg else "."
