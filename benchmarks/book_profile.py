@@ -27,7 +27,6 @@ import sys
 import time
 from pathlib import Path
 
-
 PROBE = """
 import statistics, time, torch
 torch.set_num_threads(1)
