@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from .sweep import RERANK_TASK, monotonicity
+from .sweep import RERANK_TASK, monotonicity, noise_tolerance
 
 KEYS = ["model", "dataset", "task", "metric"]
 
@@ -198,8 +198,8 @@ def monotonicity_report(results: pd.DataFrame, metrics: Sequence[tuple[str, str]
     ``top``; and the glue ``n_curves``, ``n_monotone``, ``mono_tolerance`` (that tolerance, or its range)."""
     sel = results[results.set_index(["task", "metric"]).index.isin(list(metrics))]
     parts, tols = [], []
-    for n, g in sel.groupby("n_images", sort=True):
-        tol = 100.0 / n if n else 0.0
+    for _, g in sel.groupby("n_images", sort=True):
+        tol = noise_tolerance(g)
         tols.append(tol)
         parts.append(monotonicity(g, tolerance=tol).assign(tolerance=tol))
     mono = pd.concat(parts, ignore_index=True) if parts else monotonicity(sel)

@@ -307,10 +307,10 @@ class _Cell:
     image_ids: dict = field(default_factory=dict)
     first_stage: tuple | None = None  #: (ITC similarities, image ids, texts, text->image) on the re-rank subset
 
-    def add(self, dataset: str, image_ids: list, values: dict, chance: dict, hits: dict, task: str | None = None):
+    def add(self, dataset: str, image_ids: list, values: dict, chance: dict, hits: dict):
         self.image_ids[dataset] = list(image_ids)
         for (t, m), v in values.items():
-            key = (dataset, task or t, m)
+            key = (dataset, t, m)
             self.values[key], self.chance[key], self.hits[key] = v, chance[(t, m)], hits[(t, m)]
 
 
