@@ -71,6 +71,14 @@ class HitTable:
     def __contains__(self, key) -> bool:
         return tuple(key) in self._data
 
+    def __iter__(self):
+        """Every ``(model, dataset, task, metric)`` with hits."""
+        return iter(list(self._data))
+
+    def cells(self, key: Sequence) -> list[str]:
+        """The cells with hits for ``key``: ``"clean"`` and ``"<corruption>@<severity>"`` (not the weights)."""
+        return [c for c in self._data[tuple(key)] if c not in ("n", "evaluated")]
+
     def vector(self, key: Sequence, cell: str) -> np.ndarray:
         """Hits of ``key`` = (model, dataset, task, metric) in ``cell`` (or its weights, ``cell="n"``)."""
         try:
@@ -224,9 +232,9 @@ def mce_intervals(hits: pd.DataFrame | HitTable, summary: pd.DataFrame, baseline
     table = hits if isinstance(hits, HitTable) else HitTable(hits)
     draws = _Draws(table, n_boot, seed)
     cells_of: dict[tuple, dict[str, list[str]]] = {}
-    for key, vecs in table._data.items():
+    for key in table:
         per: dict[str, list[str]] = {}
-        for cell in vecs:
+        for cell in table.cells(key):
             if "@" in cell:
                 per.setdefault(cell.split("@")[0], []).append(cell)
         cells_of[key] = per

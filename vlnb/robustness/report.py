@@ -13,9 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from .intervals import KEYS
 from .sweep import RERANK_TASK, monotonicity, noise_tolerance
-
-KEYS = ["model", "dataset", "task", "metric"]
 
 
 def clean_table(results: pd.DataFrame, missing: str | None = None) -> pd.DataFrame:
