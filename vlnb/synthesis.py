@@ -224,6 +224,11 @@ def _recall(df: pd.DataFrame | None, model: str, dataset: str | None, direction:
     return float(df.loc[sel, "recall"].iloc[0]) if sel.any() else math.nan
 
 
+def _agree(a: float, b: float) -> bool | None:
+    """Whether two chapters' values of one quantity are equal to 0.05 points (None: one of them is missing)."""
+    return None if math.isnan(a) or math.isnan(b) else bool(np.isclose(a, b, atol=0.05))
+
+
 def consistency(runs: str | Path) -> pd.DataFrame:
     """Numbers two chapters measure independently, side by side (``agree``: equal to 0.05 points).
 
@@ -247,13 +252,13 @@ def consistency(runs: str | Path) -> pd.DataFrame:
             b = _recall(r3.assign(model="towers-coco"), "towers-coco", "coco-mini", d, method="pretrained head")
             rows.append({"quantity": f"towers-coco on coco-mini: {d} R@1", "chapter A": "2", "value A": a,
                          "chapter B": "3 (pretrained head)", "value B": b,
-                         "agree": bool(np.isclose(a, b, atol=0.05)) if not (math.isnan(a) or math.isnan(b)) else None})
+                         "agree": _agree(a, b)})
     for model, ds in (("scratch-world", "world"), ("towers-coco", "coco-mini")):
         for d in ("i2t", "t2i"):
             a, b = _recall(r2, model, None, d), _recall(r4, model, ds, d)
             rows.append({"quantity": f"{model} on {ds}: {d} R@1", "chapter A": "2", "value A": a,
                          "chapter B": "4", "value B": b,
-                         "agree": bool(np.isclose(a, b, atol=0.05)) if not (math.isnan(a) or math.isnan(b)) else None})
+                         "agree": _agree(a, b)})
     # zero-shot shape of scratch-world on the world test set: chapter 4's "any object" variant (proportion in its
     # CSV) vs chapter 5's clean cell (percent); same 500 images, 6 shapes, WORLD_TEMPLATES, any-object label rule
     zs4, r5 = read(runs, "04_compare", "zeroshot"), read(runs, "05_robustness", "robustness_results")
@@ -262,7 +267,7 @@ def consistency(runs: str | Path) -> pd.DataFrame:
         b = clean_value(r5, "scratch-world", "world", "zeroshot:shape", "top1")
         rows.append({"quantity": "scratch-world on world: zero-shot shape top-1 (any object, 5 prompts)",
                      "chapter A": "4", "value A": a, "chapter B": "5 (clean)", "value B": b,
-                     "agree": bool(np.isclose(a, b, atol=0.05)) if not (math.isnan(a) or math.isnan(b)) else None})
+                     "agree": _agree(a, b)})
     # chapter 7 evaluates the world models again, per image, on the same test images: its overall table (percent)
     # against chapter 4's zero-shot shape accuracy ("primary": the largest object, the label rule chapter 7 groups
     # by) and ITC retrieval, for the dual encoder and the two fusion models it reads through their ITC heads
@@ -278,7 +283,7 @@ def consistency(runs: str | Path) -> pd.DataFrame:
                           overall_value(ov7, model, "world", "i2t R@1")))
         for quantity, a, b in pairs:
             rows.append({"quantity": quantity, "chapter A": "4", "value A": a, "chapter B": "7", "value B": b,
-                         "agree": bool(np.isclose(a, b, atol=0.05)) if not (math.isnan(a) or math.isnan(b)) else None})
+                         "agree": _agree(a, b)})
     return pd.DataFrame(rows)
 
 
