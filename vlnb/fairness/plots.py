@@ -79,11 +79,9 @@ def rarity_plot(contrasts: pd.DataFrame, metric: str, training: pd.DataFrame | N
     pct = "unit" in d.columns and bool((d["unit"] == "%").all())
     top = 100.0 if pct else 1.0
     if training is not None:
-        share = "train_rare_pct" if "train_rare_pct" in training.columns else "train_share_rare"
-        d = d.merge(training[["fraction", "seed", share]], on=["fraction", "seed"])
-        d["x"] = d[share].clip(lower=1e-4 * (100 if share == "train_rare_pct" else 1))
-        xlabel = (f"{'%' if share == 'train_rare_pct' else 'share'} of training images showing "
-                  f"{target or 'the rare value'}")
+        d = d.merge(training[["fraction", "seed", "train_rare_pct"]], on=["fraction", "seed"])
+        d["x"] = d["train_rare_pct"].clip(lower=1e-2)  # a log axis: a share of 0 % sits at 0.01 %
+        xlabel = f"% of training images showing {target or 'the rare value'}"
     else:
         d["x"] = d["fraction"]
         xlabel = "rare fraction (1 = control)"
