@@ -74,6 +74,8 @@ def test_parameter_table_shows_a_run_folder_below_the_working_directory_relative
     ns.update(profile="offline", out_dir=str(tmp_path / "runs" / "dp"))
     run.params(ns)
     assert run.params_table().loc["out_dir", "value"] == str(Path("runs", "dp"))
+    monkeypatch.chdir(tmp_path / "runs" / "dp")  # a book build's kernel works in its run folder: not "."
+    assert run.params_table().loc["out_dir", "value"] == str(Path("…", "runs", "dp"))
 
 
 # -- issue 12: every field has its range / choices; absurd values fail at resolve(), naming the parameter

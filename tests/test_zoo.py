@@ -13,6 +13,17 @@ def tiny_recipe(make_tiny_recipe):
     return make_tiny_recipe(epochs=1)
 
 
+def test_a_loaded_reference_model_is_named_after_its_recipe(monkeypatch, tmp_path):
+    """A saved towers model is read from a cache folder; pages and tables name it by its recipe, not that path."""
+    from vlnb.zoo import load as L
+
+    class Saved:
+        name = str(tmp_path / "artifacts" / "offline" / "towers-coco" / "model")  # what TowersDualEncoder.load sets
+
+    monkeypatch.setattr(L, "load_model", lambda *a, **k: Saved())
+    assert L._load_saved(zoo.recipe("towers-coco"), tmp_path / "towers-coco").name == "towers-coco"
+
+
 def test_train_save_load_roundtrip(tiny_recipe):
     assert not zoo.is_trained("tiny-world")
     with pytest.raises(FileNotFoundError, match="not trained"):

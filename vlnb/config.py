@@ -283,18 +283,18 @@ class NotebookRun:
 
     def params_table(self):
         """The validated parameters as a one-column table (``value``) for the page. ``out_dir`` is shown relative
-        to the working directory when it lies below it, else as its last two parts (``…/runs/04_compare``): the
-        rendered book shows no absolute path of the machine that built it."""
+        to the working directory when it lies below it, else as its last two parts (``…/runs/04_compare``; also
+        when it *is* the working directory, as in a book build): the rendered book shows no absolute path of the
+        machine that built it."""
         import pandas as pd  # lazy: the CLI imports this module before it needs pandas
 
         if self.cfg is None:
             raise RuntimeError("call run.params(globals()) first")
         shown = self.cfg.model_dump()
         if "out_dir" in shown:
-            try:
-                shown["out_dir"] = str(self.out_dir.relative_to(Path.cwd().resolve()))
-            except ValueError:
-                shown["out_dir"] = str(Path("…", *self.out_dir.parts[-2:]))
+            cwd = Path.cwd().resolve()
+            below = self.out_dir != cwd and self.out_dir.is_relative_to(cwd)
+            shown["out_dir"] = str(self.out_dir.relative_to(cwd) if below else Path("…", *self.out_dir.parts[-2:]))
         return pd.Series(shown, name="value").to_frame()
 
     @property

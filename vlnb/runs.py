@@ -362,7 +362,12 @@ def build_book(
     jobs, threads = book_jobs(len(middle), jobs)
 
     def done(nb: Path, executed: Path, t0: float) -> None:
-        shutil.copy2(executed, src / "notebooks" / nb.name)
+        # the book's copy: paths under the build folder as "…/runs/<chapter>/…" (papermill's injected out_dir,
+        # printed output folders), not the absolute path of the machine that built it; the run folder keeps its own
+        text = executed.read_text(encoding="utf-8")
+        for prefix in dict.fromkeys([str(build.resolve()), str(build.absolute())]):
+            text = text.replace(prefix, "…")
+        (src / "notebooks" / nb.name).write_text(text, encoding="utf-8")
         timings[nb.stem] = round(time.time() - t0, 1)
         try:
             rec = json.loads((executed.parent / "run.json").read_text())

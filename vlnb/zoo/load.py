@@ -20,7 +20,9 @@ from .train import train_reference, train_side_by_side
 
 def _load_saved(r: Recipe, folder: Path, device="auto"):
     try:
-        return load_model(str(folder / "model"), family=r.kind, device=device)
+        model = load_model(str(folder / "model"), family=r.kind, device=device)
+        model.name = r.name  # the recipe's name on pages and in tables, not the cache folder it was read from
+        return model
     except ArtifactError:
         raise
     except (SafetensorError, UnicodeDecodeError, ValueError, KeyError) as e:  # a loader that names no file
