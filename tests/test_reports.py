@@ -164,3 +164,14 @@ def test_chapter_pages_pivot_the_right_values():
     assert list(costs.index) == ["self", "cross"] and costs.loc["self", "train_time_s"] == 2.0
     # the parameter count is a count, not a mean over seeds shown as "100.0"
     assert costs["params"].tolist() == [100, 200] and pd.api.types.is_integer_dtype(costs["params"])
+
+
+def test_models_table_says_what_each_model_is():
+    """Chapter 4's model table: cross encoder, dual encoder with an ITM head, or plain dual encoder (it printed the
+    first base class, a private name for the fusion models)."""
+    from vlnb.comparison.report import model_kind
+    from vlnb.models.fusion import ScratchBLIP, ScratchQFormer, ScratchViLT
+    from vlnb.models.scratch import ScratchDualEncoder
+
+    kinds = [model_kind(object.__new__(c)) for c in (ScratchViLT, ScratchBLIP, ScratchQFormer, ScratchDualEncoder)]
+    assert kinds == ["cross encoder", "dual encoder + ITM head", "dual encoder + ITM head", "dual encoder"]

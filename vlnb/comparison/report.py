@@ -15,6 +15,7 @@ import seaborn as sns
 import torch
 
 from ..device import precision_name
+from ..models import CrossEncoder
 
 ZEROSHOT_COLUMNS = ["top1", "top5", "mean_per_class_recall", "chance_top1", "n_classes", "n_templates", "n"]
 #: the accuracy-type columns of the zero-shot table: proportions in the experiment's tidy table (and its CSV,
@@ -23,9 +24,17 @@ ZEROSHOT_PCT = {"top1": "top-1 (%)", "top5": "top-5 (%)", "mean_per_class_recall
                 "chance_top1": "chance top-1 (%)"}
 
 
+def model_kind(model) -> str:
+    """What a model is, for a table: "cross encoder" (ITM only: it scores pairs), "dual encoder + ITM head" (its
+    own embeddings, and an ITM head that re-ranks them: BLIP, BLIP-2) or "dual encoder"."""
+    if isinstance(model, CrossEncoder):
+        return "cross encoder"
+    return "dual encoder + ITM head" if callable(getattr(model, "cross_encoder", None)) else "dual encoder"
+
+
 def models_table(models: Mapping[str, object]) -> pd.DataFrame:
     """One row per evaluated model: checkpoint, family, dual or cross encoder, device, precision, fingerprint."""
-    return pd.DataFrame([{"model": n, "checkpoint": m.name, "family": m.family, "kind": type(m).__bases__[0].__name__,
+    return pd.DataFrame([{"model": n, "checkpoint": m.name, "family": m.family, "kind": model_kind(m),
                           "device": str(m.device), "precision": precision_name(m.device) if m.dtype == torch.float32
                           else str(m.dtype), "fingerprint": m.fingerprint()[:12]} for n, m in models.items()])
 
@@ -92,7 +101,7 @@ def zeroshot_bars(zeroshot: pd.DataFrame):
     return fig
 
 
-__all__ = ["ZEROSHOT_COLUMNS", "ZEROSHOT_PCT", "best_r1_glue", "datasets_table", "models_table", "published_wide", "retrieval_wide",
+__all__ = ["ZEROSHOT_COLUMNS", "ZEROSHOT_PCT", "best_r1_glue", "datasets_table", "model_kind", "models_table", "published_wide", "retrieval_wide",
            "zeroshot_bars", "zeroshot_table"]
 
 
