@@ -170,8 +170,16 @@ def test_models_table_says_what_each_model_is():
     """Chapter 4's model table: cross encoder, dual encoder with an ITM head, or plain dual encoder (it printed the
     first base class, a private name for the fusion models)."""
     from vlnb.comparison.report import model_kind
-    from vlnb.models.fusion import ScratchBLIP, ScratchQFormer, ScratchViLT
+    from vlnb.models.fusion import FusionConfig, create_fusion, qformer_config
     from vlnb.models.scratch import ScratchDualEncoder
 
-    kinds = [model_kind(object.__new__(c)) for c in (ScratchViLT, ScratchBLIP, ScratchQFormer, ScratchDualEncoder)]
+    dual = ScratchDualEncoder.create("tiny", captions=["a red circle", "two blue squares"], seed=0, image_size=16,
+                                     patch_size=8, width=16, layers=1, heads=2, embed_dim=8, text_width=16,
+                                     text_layers=1, text_heads=2)
+    tiny = {"width": 16, "layers": 1, "text_layers": 1, "heads": 2, "embed_dim": 8, "image_size": 16, "patch_size": 8}
+    vilt = create_fusion(FusionConfig(arch="vilt", **tiny), tokenizer=dual.tokenizer, seed=0)
+    blip = create_fusion(FusionConfig(arch="blip", **tiny), tokenizer=dual.tokenizer, seed=0)
+    qformer = create_fusion(qformer_config(dual.config, width=16, layers=1, heads=2, embed_dim=8, n_queries=2),
+                            tokenizer=dual.tokenizer, seed=0, backbone=dual.visual)
+    kinds = [model_kind(m) for m in (vilt, blip, qformer, dual)]
     assert kinds == ["cross encoder", "dual encoder + ITM head", "dual encoder + ITM head", "dual encoder"]

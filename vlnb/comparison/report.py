@@ -15,7 +15,7 @@ import seaborn as sns
 import torch
 
 from ..device import precision_name
-from ..models import CrossEncoder
+from ..eval.compositionality import heads
 
 ZEROSHOT_COLUMNS = ["top1", "top5", "mean_per_class_recall", "chance_top1", "n_classes", "n_templates", "n"]
 #: the accuracy-type columns of the zero-shot table: proportions in the experiment's tidy table (and its CSV,
@@ -25,11 +25,13 @@ ZEROSHOT_PCT = {"top1": "top-1 (%)", "top5": "top-5 (%)", "mean_per_class_recall
 
 
 def model_kind(model) -> str:
-    """What a model is, for a table: "cross encoder" (ITM only: it scores pairs), "dual encoder + ITM head" (its
-    own embeddings, and an ITM head that re-ranks them: BLIP, BLIP-2) or "dual encoder"."""
-    if isinstance(model, CrossEncoder):
+    """What a model is, for a table, from the heads it offers (:func:`vlnb.eval.compositionality.heads`, the rule
+    the cost table's ``ITC+ITM`` also reads): "cross encoder" (ITM only: it scores pairs), "dual encoder + ITM
+    head" (its own embeddings, and an ITM head that re-ranks them: BLIP, BLIP-2) or "dual encoder"."""
+    hs = heads(model)
+    if "ITC" not in hs:
         return "cross encoder"
-    return "dual encoder + ITM head" if callable(getattr(model, "cross_encoder", None)) else "dual encoder"
+    return "dual encoder + ITM head" if "ITM" in hs else "dual encoder"
 
 
 def models_table(models: Mapping[str, object]) -> pd.DataFrame:
