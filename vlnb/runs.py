@@ -271,23 +271,25 @@ BOOK_FIRST = ("01_data_prep", "02_clip_training")
 #: it runs with the middle chapters there, not alone before chapter 2 with a core idle. The full profile keeps it
 #: first: its manifests download the hub data sets the later chapters read.
 BOOK_FIRST_OFFLINE = ("02_clip_training",)
+#: The synthesis chapter reads every other chapter's run folder.
+BOOK_LAST = ("08_synthesis",)
+#: The middle chapters that take longest start first when they run side by side, so the short ones fill the gaps at
+#: the end (a cold build's seconds, benchmarks/book_profile.py: chapters 4, 5 and 7 take 100-190 s each, 5 usually
+#: a little longer than 4; 1, 3 and 6 take 10-70 s); the others follow in book order.
+BOOK_LONGEST_FIRST = ("04_compare", "05_robustness", "07_fairness")
 
 
 def book_first(profile: str) -> tuple[str, ...]:
     """The chapters a book build of ``profile`` runs first, one at a time, before the others."""
     return BOOK_FIRST_OFFLINE if profile == "offline" else BOOK_FIRST
-#: The synthesis chapter reads every other chapter's run folder.
-BOOK_LAST = ("08_synthesis",)
-#: The middle chapters that take longest start first when they run side by side, so the short ones fill the gaps at
-#: the end (a cold build's seconds, benchmarks/book_profile.py: chapter 4 > 5 > 7 > 3 > 6); the others follow in
-#: book order.
-BOOK_LONGEST_FIRST = ("04_compare", "05_robustness", "07_fairness")
 
 
 def longest_first(notebooks: list[Path]) -> list[Path]:
     """``notebooks`` with :data:`BOOK_LONGEST_FIRST` first (in that order), the rest after them in book order."""
     rank = {stem: i for i, stem in enumerate(BOOK_LONGEST_FIRST)}
     return sorted(notebooks, key=lambda nb: rank.get(nb.stem, len(rank)))
+
+
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
