@@ -103,8 +103,8 @@ def zeroshot_bars(zeroshot: pd.DataFrame):
     return fig
 
 
-__all__ = ["ZEROSHOT_COLUMNS", "ZEROSHOT_PCT", "best_r1_glue", "datasets_table", "model_kind", "models_table", "published_wide", "retrieval_wide",
-           "zeroshot_bars", "zeroshot_table"]
+__all__ = ["ZEROSHOT_COLUMNS", "ZEROSHOT_PCT", "best_r1_glue", "datasets_table", "model_kind", "models_table",
+           "published_wide", "retrieval_wide", "zeroshot_bars", "zeroshot_table"]
 
 
 def r1_interval_page(intervals: pd.DataFrame) -> pd.DataFrame:

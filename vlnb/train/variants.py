@@ -19,8 +19,9 @@ above the allocation at the start; on CPU the process's peak resident set size (
 kernel's own high-water mark on Linux (``VmHWM``, reset at the start through ``/proc/self/clear_refs``), exact and
 free; elsewhere RSS sampled every 2 ms by a thread (which wakes 500 times a second beside the training).
 ``tracemalloc`` is no use here: it sees Python objects, not the tensors' memory. RSS also counts allocator caching
-and is coarse for tiny models (a few MiB of noise); the ``memory_measure`` column says which measure a row used. An untimed one-step warm-up run comes first, so the first variant does not pay one-off
-start-up costs (lazy initialisation, thread pools, CUDA context) that the others would not.
+and is coarse for tiny models (a few MiB of noise); the ``memory_measure`` column says which measure a row used.
+An untimed one-step warm-up run comes first, so the first variant does not pay one-off start-up costs (lazy
+initialisation, thread pools, CUDA context) that the others would not.
 """
 
 from __future__ import annotations
