@@ -13,9 +13,11 @@ folder; :func:`vlnb.runs.run_notebook` adds papermill's per-cell durations and t
 ``--cold`` points ``VLNB_CACHE`` (features, decoded pixels, the reference models) at an empty folder inside the
 build folder first, so nothing computed earlier is reused. The load average is printed with every report.
 
-A shared machine's speed drifts by 10-20 % between builds of the same code. ``--run`` therefore times a fixed
+A shared machine's speed drifts by 10-20 % between builds of the same code. ``--run`` therefore records a fixed
 probe before and after the build (``machine_probe.json``): one training step of the tiny scratch CLIP on a fixed
-batch, one thread, median of 20, in a fresh process. Two builds compare fairly only beside their probes.
+batch, one thread, median of 20, in a fresh process. It is a record, not a normaliser: on the 2-core machine it
+read 136-137 ms around a build whose unchanged chapters ran 9-19 % slower than in another (the slow phases show
+while both cores are loaded, not in a one-thread probe on an idle machine).
 """
 
 from __future__ import annotations
