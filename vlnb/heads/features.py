@@ -15,9 +15,8 @@ from torch import nn
 
 from ..data.manifest import subset_ids, texts_and_targets
 from ..eval.features import image_features, text_features
-from ..models.base import tokenizer_id, weights_fingerprint
+from ..models.base import encode_texts_batched, tokenizer_id, weights_fingerprint
 from ..models.towers import IMAGE_DIM, TEXT_DIM
-from ..progress import tqdm
 
 FEATURE_FAMILIES = ("towers", "blip2")
 
@@ -104,13 +103,8 @@ class FrozenFeatureExtractor:
         return self.model.text_cls(**tokens)
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256, progress: bool = False) -> torch.Tensor:
-        texts = list(texts)
-        starts = range(0, len(texts), batch_size)
-        if progress:
-            starts = tqdm(starts, desc="encoding texts", leave=False)
-        with torch.inference_mode():
-            out = [self.encode_text(**self.tokenize(texts[s : s + batch_size])).float().cpu() for s in starts]
-        return torch.cat(out) if out else torch.empty(0, self.text_dim)
+        return encode_texts_batched(lambda batch: self.encode_text(**self.tokenize(batch)), texts, batch_size,
+                                    progress, self.text_dim)
 
 
 @dataclass

@@ -55,6 +55,35 @@ def weights_fingerprint(module: nn.Module, extra: dict | None = None, sample: in
     return h.hexdigest()
 
 
+def encode_texts_batched(encode, texts: Sequence[str], batch_size: int = 256, progress: bool = False,
+                         dim: int | None = None) -> torch.Tensor:
+    """``encode(batch of texts) -> (B, ...)`` over ``texts`` in batches of ``batch_size``, under
+    ``torch.inference_mode``; ``(len(texts), ...)`` float32 CPU rows in the order of ``texts``.
+
+    Each distinct text is encoded once (a world test set repeats a fifth of its captions; a probe repeats the
+    originals beside their foils), and the distinct texts go in order of length, so a batch is padded to about
+    its own texts' length instead of the longest text in a random batch: on chapter 4's 2,500 world captions, MiniLM
+    took 4.6 s instead of 9.8 s on one thread. A row's value does not depend on its batch beyond float rounding
+    (about 3e-7 measured: the padding is masked out). ``dim``: the row width of the empty result."""
+    texts = list(texts)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    distinct = list(dict.fromkeys(texts))
+    order = sorted(range(len(distinct)), key=lambda i: len(distinct[i]))  # stable: ties keep their order
+    starts = range(0, len(order), batch_size)
+    if progress:
+        starts = tqdm(starts, desc="encoding texts", leave=False)
+    with torch.inference_mode():
+        out = [encode([distinct[i] for i in order[s : s + batch_size]]).float().cpu() for s in starts]
+    if not out:
+        return torch.empty(0, dim or 0)
+    encoded = torch.cat(out)
+    rows = torch.empty_like(encoded)
+    rows[torch.tensor(order)] = encoded  # row i of `rows` is distinct[i]
+    where = {t: i for i, t in enumerate(distinct)}
+    return rows[torch.tensor([where[t] for t in texts])]
+
+
 class VLModel(nn.Module):
     """Common base of every vlnb model adapter (an ``nn.Module`` holding the real network)."""
 
@@ -159,18 +188,10 @@ class DualEncoder(TextMixin, VLModel):
                           for i in range(0, len(image_emb), step)])
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256, progress: bool = False) -> torch.Tensor:
-        """``(len(texts), D)`` float32 CPU embeddings, batched under ``torch.inference_mode``."""
-        texts = list(texts)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        starts = range(0, len(texts), batch_size)
-        if progress:
-            starts = tqdm(starts, desc="encoding texts", leave=False)
-        out = []
-        with torch.inference_mode():
-            for s in starts:
-                out.append(self.encode_text(**self.tokenize(texts[s : s + batch_size])).float().cpu())
-        return torch.cat(out) if out else torch.empty(0, self.embed_dim)
+        """``(len(texts), D)`` float32 CPU embeddings, batched under ``torch.inference_mode``
+        (:func:`encode_texts_batched`: each distinct text once, batches of similar lengths)."""
+        return encode_texts_batched(lambda batch: self.encode_text(**self.tokenize(batch)), texts, batch_size,
+                                    progress, self.embed_dim)
 
     def tokens_on_device(self, tokens: dict) -> dict:
         return {k: v.to(self.device) for k, v in tokens.items() if k in self.text_input_names}
