@@ -235,6 +235,38 @@ def test_rerank_moves_correct_pair_from_rank_k_minus_1_to_top(combine):
     assert res["i2t_R@1"] == pytest.approx(100 / n)
 
 
+def test_rerank_scores_a_text_written_twice_once_per_image():
+    k = 4
+    sim, t2i, images, texts = _rerank_setup(k)
+    n, m = sim.shape
+    sim = sim.copy()
+    copies = {3: 0, 7: 0, 9: 8}  # text 3 and 7 say what text 0 says, text 9 what text 8 says
+    for j, same in copies.items():
+        sim[:, j] = sim[:, same]  # the same string has the same embedding, so the same ITC column
+    written = [texts[copies.get(j, j)] for j in range(m)]
+
+    class Recorder(FakeCross):  # scores by the written string, as a real cross encoder would
+        def score(self, pixel_values, batch_texts):
+            imgs = pixel_values[:, 0, 0, 0].round().long().tolist()
+            self.pairs += list(zip(imgs, batch_texts))
+            return torch.tensor([float(10 * i + int(t[1:])) for i, t in zip(imgs, batch_texts)])
+
+    for combine in ("itm+itc", "itm"):
+        fake = Recorder(t2i)
+        rr, n_pairs = rerank_similarity(sim, fake, images, written, k=k, batch_size=5, combine=combine,
+                                        progress=False)
+        assert len(fake.pairs) == len(set(fake.pairs)) == n_pairs  # each (image, string) once
+        wanted = {(int(i), written[j]) for i in range(n) for j in np.argsort(-sim[i], kind="stable")[:k]}
+        wanted |= {(int(i), written[j]) for j in range(m) for i in np.argsort(-sim[:, j], kind="stable")[:k]}
+        assert set(fake.pairs) == wanted
+        # every candidate, copies included, holds its pair's score (+ its own ITC similarity)
+        for d in ("i2t", "t2i"):
+            for i, j in torch.isfinite(rr[d]).nonzero().tolist():
+                expected = 10 * i + int(written[j][1:]) + (float(sim[i, j]) if combine == "itm+itc" else 0.0)
+                assert rr[d][i, j].item() == pytest.approx(expected)
+        assert (torch.isfinite(rr["i2t"]).sum(1) == k).all() and (torch.isfinite(rr["t2i"]).sum(0) == k).all()
+
+
 def test_rerank_t2i_and_loader_callable():
     k = 3
     sim, t2i, images, texts = _rerank_setup(k)

@@ -11,7 +11,9 @@ pairs is out of reach. As in LAVIS' ``compute_sim_matrix``:
 
 The two directions get separate matrices, each usable with :func:`vlnb.eval.recall_at_k` unchanged
 (:func:`reranked_recall` takes the right half of each). A pair that is a candidate in both directions is
-scored once; the returned pair count (at most ``(N + M) * k``) is the cost. Recall@K is meaningful for
+scored once, and so is an image with a text that occurs twice (the world's test set writes a fifth of its
+captions more than once: the same pair, the same score); the returned count of distinct pairs scored (at most
+``(N + M) * k``) is the cost. Recall@K is meaningful for
 ``K <= k`` only. Ties in the dual similarity at the k-th place are cut by ``torch.topk``'s order.
 """
 
@@ -87,7 +89,7 @@ def rerank_similarity(
     their ``(B, 3, H, W)`` pixels (for data sets too big to hold in memory); ``texts``: the M texts.
 
     Returns ``({"i2t": (N, M), "t2i": (N, M)}, n_pairs)``: float32 CPU matrices (re-ranked scores where
-    scored, ``-inf`` elsewhere) and the number of distinct pairs scored.
+    scored, ``-inf`` elsewhere) and the number of distinct (image, text) pairs scored.
     """
     if combine not in COMBINE:
         raise ValueError(f"combine must be one of {COMBINE}, got {combine!r}")
@@ -109,14 +111,19 @@ def rerank_similarity(
         "i2t": (torch.arange(n)[:, None] * m + top_texts).flatten(),
         "t2i": (top_images * m + torch.arange(m)[None, :]).flatten(),
     }
-    pairs, inverse = torch.unique(torch.cat([flat["i2t"], flat["t2i"]]), return_inverse=True)
+    candidates = torch.cat([flat["i2t"], flat["t2i"]])
+    first: dict[str, int] = {}
+    same_text = torch.tensor([first.setdefault(t, j) for j, t in enumerate(texts)], dtype=torch.long)
+    # one pair per (image, distinct text): a caption written twice for an image's neighbours is scored once
+    pairs, inverse = torch.unique(candidates // m * m + same_text[candidates % m], return_inverse=True)
     scores = score_pixel_text_pairs(cross_encoder, load, list(texts), pairs // m, pairs % m, batch_size, progress)
+    scores = scores[inverse]  # one per candidate, in the order of `candidates`
     if combine == "itm+itc":
-        scores = scores + sim.flatten()[pairs]
+        scores = scores + sim.flatten()[candidates]
     out, offset = {}, 0
     for d in DIRECTIONS:
         mat = torch.full((n, m), float("-inf"))
-        mat.view(-1)[flat[d]] = scores[inverse[offset : offset + len(flat[d])]]
+        mat.view(-1)[flat[d]] = scores[offset : offset + len(flat[d])]
         offset += len(flat[d])
         out[d] = mat
     return out, len(pairs)
