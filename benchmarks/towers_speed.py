@@ -8,8 +8,8 @@ thread, interleaved and repeated (median and interquartile range of ms per image
 - **folded**: :meth:`vlnb.models.towers.TowersDualEncoder.feature_map` without ONNX Runtime
   (``VLNB_CPU_BACKEND=torch``), i.e. the BatchNorm-folded channels-last copy
   (:func:`vlnb.models.towers.fold_lite0_batchnorm`) in chunks of ``CPU_CHUNK`` images;
-- **onnxruntime**: what vlnb runs where ONNX Runtime is installed: that folded copy exported to ONNX and run by
-  ONNX Runtime (:mod:`vlnb.models.onnx_cpu`) in chunks of ``ORT_CHUNK`` (other sizes: ``--ort-chunks``);
+- **onnxruntime**: what vlnb runs where ONNX Runtime is installed: that folded copy exported to ONNX and run
+  by ONNX Runtime (:mod:`vlnb.models.onnx_cpu`) in chunks of ``ORT_CHUNK`` (other sizes: ``--ort-chunks``);
 - **as loaded, chunked**: the tower itself in chunks of ``CPU_CHUNK`` (the chunking alone);
 - the folded copy at other chunk sizes (``--chunks``), to see where the CPU caches stop holding a chunk.
 
@@ -24,6 +24,7 @@ import argparse
 import os
 import statistics
 import time
+from unittest import mock
 
 
 def main(argv=None) -> int:
@@ -47,21 +48,13 @@ def main(argv=None) -> int:
     ort_default = model.ORT_CHUNK
 
     def path(chunk, backend):
-        """feature_map with ``chunk`` images per call of the PyTorch folded copy or of its ONNX Runtime copy"""
+        """feature_map with ``chunk`` images per call of the PyTorch folded copy or its ONNX Runtime copy"""
         attr = "ORT_CHUNK" if backend == "onnxruntime" else "CPU_CHUNK"
 
         def f():
-            before, env = getattr(model, attr), os.environ.get("VLNB_CPU_BACKEND")
-            setattr(model, attr, chunk)
-            os.environ["VLNB_CPU_BACKEND"] = backend
-            try:
+            with mock.patch.object(model, attr, chunk), \
+                    mock.patch.dict(os.environ, {"VLNB_CPU_BACKEND": backend}):
                 return model.feature_map(x)
-            finally:
-                setattr(model, attr, before)
-                if env is None:
-                    os.environ.pop("VLNB_CPU_BACKEND")
-                else:
-                    os.environ["VLNB_CPU_BACKEND"] = env
         return f
 
     runs = {"as loaded (whole batch)": lambda: model.image_tower.extract_features(x),

@@ -53,7 +53,8 @@ def _git_commit() -> str | None:
 
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    # onnxruntime computes the towers' image features on a CPU (vlnb.models.onnx_cpu): float rounding differs from torch's
+    # onnxruntime computes the towers' image features on a CPU (vlnb.models.onnx_cpu): its float rounding
+    # differs from torch's
     for mod in ("torch", "transformers", "numpy", "pandas", "papermill", "onnxruntime"):
         try:
             out[mod] = __import__(mod).__version__

@@ -115,7 +115,8 @@ _ONNX_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class _FeatureMap(nn.Module):
-    """``net.extract_features`` as a module's forward (what :func:`vlnb.models.onnx_cpu.onnx_copy` exports)."""
+    """``net.extract_features`` as a module's forward (what :func:`vlnb.models.onnx_cpu.onnx_copy`
+    exports)."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
@@ -280,14 +281,14 @@ class TowersDualEncoder(DualEncoder):
         return cached[1]
 
     def _onnx_tower(self, folded: nn.Module, px: torch.Tensor):
-        """An ONNX Runtime copy of the folded tower (:func:`vlnb.models.onnx_cpu.onnx_copy`) for inputs of ``px``'s
-        image shape and this process's torch thread count, built once per folded copy; None where ONNX Runtime is
-        not installed or ``VLNB_CPU_BACKEND=torch``."""
+        """An ONNX Runtime copy of the folded tower (:func:`vlnb.models.onnx_cpu.onnx_copy`) for inputs of
+        ``px``'s image shape and this process's torch thread count, built once per folded copy; None where
+        ONNX Runtime is not installed or ``VLNB_CPU_BACKEND=torch``."""
         if cpu_backend() != "onnxruntime":
             return None
         key = (tuple(px.shape[1:]), torch.get_num_threads())
-        # held beside the folded copy, not in the model: a session is never saved, moved, copied or pickled with
-        # the model, and it goes when its copy goes (a refolded tower gets new sessions)
+        # held beside the folded copy, not in the model: a session is never saved, moved, copied or pickled
+        # with the model, and it goes when its copy goes (a refolded tower gets new sessions)
         cache = _ONNX_COPIES.setdefault(folded, {})
         if key not in cache:
             cache.clear()  # another image size or thread count: the old session is not used again
@@ -295,10 +296,10 @@ class TowersDualEncoder(DualEncoder):
         return cache[key]
 
     def feature_map(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """EfficientNet-Lite0's last feature map ``(B, 1280, H/32, W/32)``. Where the folded inference copy may stand
-        in (:meth:`_inference_tower`), its ONNX Runtime copy computes it in chunks of :attr:`ORT_CHUNK`
-        (:meth:`_onnx_tower`), or without ONNX Runtime the folded copy in chunks of :attr:`CPU_CHUNK`; else the
-        tower itself."""
+        """EfficientNet-Lite0's last feature map ``(B, 1280, H/32, W/32)``. Where the folded inference copy
+        may stand in (:meth:`_inference_tower`), its ONNX Runtime copy computes it in chunks of
+        :attr:`ORT_CHUNK` (:meth:`_onnx_tower`), or without ONNX Runtime the folded copy in chunks of
+        :attr:`CPU_CHUNK`; else the tower itself."""
         px = pixel_values.to(self.device, self.dtype)
         fast = self._inference_tower(px)
         if fast is None:
