@@ -104,12 +104,22 @@ def test_itm_scores_depend_on_the_image_and_the_text(tok, backbone):
 
 
 def test_indexed_itm_scores_equal_per_pair(tok, backbone):
-    px, texts = _pixels(2), CAPTIONS[:3]
-    idx = torch.tensor([0, 1, 0])
+    """Each distinct image's cross-attention keys/values are projected once (IndexedContext), and the scores
+    are those of one image copy per pair, to the bit."""
+    px, texts = _pixels(2), CAPTIONS[:5]
+    idx = torch.tensor([0, 1, 0, 0, 1])
     for arch in ("blip", "qformer"):
-        cross = _model(arch, tok, backbone).eval().cross_encoder()
+        m = _model(arch, tok, backbone).eval()
+        cross = m.cross_encoder()
+        blocks = m.text.blocks if arch == "blip" else m.blocks
+        rows = []
+        hook = blocks[0].cross_attn.kv.register_forward_hook(lambda mod, inp, out, rows=rows: rows.append(len(inp[0])))
         with torch.no_grad():
-            torch.testing.assert_close(cross.score_indexed(px, idx, texts), cross.score(px[idx], texts))
+            indexed = cross.score_indexed(px, idx, texts)
+            per_pair = cross.score(px[idx], texts)
+        hook.remove()
+        assert torch.equal(indexed, per_pair), arch
+        assert rows == [2, 5], arch  # two distinct images projected once each; then one copy per pair
 
 
 def test_qformer_itc_is_max_over_queries(tok, backbone):

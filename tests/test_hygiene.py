@@ -7,6 +7,8 @@ import base64
 from pathlib import Path
 
 import nbformat
+import pandas as pd
+import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from vlnb.hygiene import bibliography_problems, external_scripts, scan_notebook
@@ -250,3 +252,25 @@ def test_a_run_that_saved_figures_but_shows_none_is_found(tmp_path):
     assert "saved 1 figure(s)" in missing_figures(blind, tmp_path / "figures")
     assert missing_figures(shown, tmp_path / "figures") is None
     assert missing_figures(blind, tmp_path / "no-figures") is None  # a chapter without figures shows none: fine
+
+
+@pytest.mark.parametrize("display", [False, True])
+def test_glue_writes_what_myst_nb_glue_writes(monkeypatch, tmp_path, display):
+    """vlnb writes the glue output itself (myst_nb.ext.glue's import costs a kernel ~2 s): the same display
+    call, for a number and a table, shown or not."""
+    myst_glue = pytest.importorskip("myst_nb.ext.glue")
+    import IPython.display
+
+    from vlnb.config import GLUE_PREFIX, NotebookRun
+
+    assert GLUE_PREFIX == myst_glue.GLUE_PREFIX
+    monkeypatch.setenv("VLNB_RUN_DIR", str(tmp_path))
+    run = NotebookRun("01_data_prep", set())
+    for value in (12.5, pd.DataFrame({"a": [1, 2]})):
+        calls = {}
+        monkeypatch.setattr(myst_glue, "ipy_display", lambda *a, calls=calls, **k: calls.setdefault("myst_nb", (a, k)))
+        monkeypatch.setattr(IPython.display, "display", lambda *a, calls=calls, **k: calls.setdefault("vlnb", (a, k)))
+        myst_glue.glue("v", value, display=display)
+        assert run.glue("v", value, display=display) is None
+        assert calls["vlnb"] == calls["myst_nb"]
+        assert calls["vlnb"][1]["metadata"]["scrapbook"]["name"] == "v"

@@ -15,6 +15,7 @@ In a notebook::
 from __future__ import annotations
 
 import html
+import importlib.util
 import json
 import math
 import os
@@ -29,6 +30,8 @@ from .errors import ParameterError
 from .paths import atomic_write, atomic_write_text
 
 Profile = Literal["offline", "full"]
+#: The MIME-type prefix of a glued value that is not shown where it is glued (``myst_nb.ext.glue.GLUE_PREFIX``).
+GLUE_PREFIX = "application/papermill.record/"
 PROFILES = ("offline", "full")
 
 
@@ -364,11 +367,21 @@ class NotebookRun:
 
     def glue(self, name: str, value, display: bool = False) -> None:
         """Publish a value for the prose (myst-nb ``{glue}``); numbers in text come from the run. Returns None,
-        so that a cell ending with a glue shows no stray ``'0.2'`` on the page."""
-        try:
-            from myst_nb import glue  # lazy: the book extra; only a notebook glues
-        except ImportError:  # plain Jupyter without the book tools: show it instead
+        so that a cell ending with a glue shows no stray ``'0.2'`` on the page.
+
+        It writes the output that ``myst_nb.glue`` writes (the value's display data, its MIME types under
+        :data:`GLUE_PREFIX`, the name in ``scrapbook`` metadata: ``tests/test_hygiene.py`` compares the two)
+        without importing ``myst_nb.ext.glue``: that module imports nbformat's validator, whose jsonschema
+        loads ``rfc3987_syntax``, about 2 s of every chapter's kernel. Without myst-nb installed (plain
+        Jupyter, no book tools) nothing is published; ``display=True`` prints the value instead."""
+        if importlib.util.find_spec("myst_nb") is None:
             if display:
                 print(f"{name} = {value}")
             return
-        glue(name, value, display=display)
+        from IPython.core.formatters import format_display_data  # lazy: IPython is slow to import
+        from IPython.display import display as ipy_display  # lazy: as above
+
+        bundle, metadata = format_display_data(value)
+        prefix = "" if display else GLUE_PREFIX
+        metadata["scrapbook"] = {"name": name, "mime_prefix": prefix}
+        ipy_display({prefix + k: v for k, v in bundle.items()}, raw=True, metadata=metadata)

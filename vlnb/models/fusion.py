@@ -47,6 +47,7 @@ from ..device import resolve_device
 from .base import CrossEncoder, DualEncoder, ITMView
 from .scratch import (
     Block,
+    IndexedContext,
     ScratchConfig,
     VisionTransformer,
     WordTokenizer,
@@ -305,18 +306,21 @@ class ScratchBLIP(_FusionBase, DualEncoder):
         am = None if attention_mask is None else attention_mask.to(self.device)
         return F.normalize(self.text_proj(self.text(input_ids.to(self.device), am)[:, 0]), dim=-1)
 
-    def itm_logits_from_tokens(self, image_tokens: torch.Tensor, input_ids, attention_mask=None) -> torch.Tensor:
-        """``(B, 2)`` ITM logits of aligned pairs from precomputed image tokens."""
+    def itm_logits_from_tokens(self, image_tokens: torch.Tensor | IndexedContext, input_ids,
+                               attention_mask=None) -> torch.Tensor:
+        """``(B, 2)`` ITM logits of aligned pairs from precomputed image tokens (``(B, N, width)``, or an
+        :class:`IndexedContext` of each distinct image's tokens and an image row per pair)."""
         am = None if attention_mask is None else attention_mask.to(self.device)
         h = self.text(input_ids.to(self.device), am, image_tokens=image_tokens)
         return self.itm_head(h[:, 0])
 
     def itm_score(self, pixel_values: torch.Tensor, texts: list[str], output: str = "logit",
                   pair_index: torch.Tensor | None = None) -> torch.Tensor:
-        """ITM scores ``(B,)`` of aligned pairs; with ``pair_index`` each distinct image is encoded once."""
+        """ITM scores ``(B,)`` of aligned pairs; with ``pair_index`` each distinct image is encoded, and its
+        cross-attention keys and values projected, once."""
         img = self.image_tokens(pixel_values)
         if pair_index is not None:
-            img = img[pair_index.to(img.device)]
+            img = IndexedContext(img, pair_index.to(img.device))
         return _itm_output(self.itm_logits_from_tokens(img, **self._texts_to_tokens(texts)), output)
 
     def cross_encoder(self, output: str = "logit") -> ITMView:
@@ -403,12 +407,16 @@ class ScratchQFormer(_FusionBase, DualEncoder):
             x = block_forward(blk, x, mask=mask)
         return F.normalize(self.text_proj(self.ln_final(x)[:, 0]), dim=-1)
 
-    def itm_logits_from_features(self, features: torch.Tensor, input_ids, attention_mask=None) -> torch.Tensor:
+    def itm_logits_from_features(self, features: torch.Tensor, input_ids, attention_mask=None,
+                                 pair_index: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, 2)`` ITM logits: queries + text in one bidirectional pass, queries cross-attend to the
-        frozen features, the head's logits averaged over the query outputs (BLIP-2)."""
+        frozen features, the head's logits averaged over the query outputs (BLIP-2). With ``pair_index``,
+        ``features`` holds each distinct image once and pair ``i`` reads row ``pair_index[i]``."""
         input_ids = input_ids.to(self.device)
         am = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self.device)
         ctx = self.image_in(features.to(self.device, self.dtype))
+        if pair_index is not None:
+            ctx = IndexedContext(ctx, pair_index.to(ctx.device))
         b, q = len(ctx), self.config.n_queries
         x = torch.cat([self.query_tokens.expand(b, -1, -1), self._embed_text(input_ids)], dim=1)
         keys = torch.cat([torch.ones(b, q, dtype=torch.bool, device=x.device), am.bool()], dim=1)
@@ -421,9 +429,8 @@ class ScratchQFormer(_FusionBase, DualEncoder):
     def itm_score(self, pixel_values: torch.Tensor, texts: list[str], output: str = "logit",
                   pair_index: torch.Tensor | None = None) -> torch.Tensor:
         feats = self.frozen_features(pixel_values)
-        if pair_index is not None:
-            feats = feats[pair_index.to(feats.device)]
-        return _itm_output(self.itm_logits_from_features(feats, **self._texts_to_tokens(texts)), output)
+        logits = self.itm_logits_from_features(feats, **self._texts_to_tokens(texts), pair_index=pair_index)
+        return _itm_output(logits, output)
 
     def cross_encoder(self, output: str = "logit") -> ITMView:
         return ITMView(self, output)

@@ -235,9 +235,9 @@ class WordTokenizer:
         texts = [texts] if isinstance(texts, str) else list(texts)
         seqs = [self.encode(t, max_length if truncation else None) for t in texts]
         length = max_length if padding == "max_length" and max_length else max(map(len, seqs), default=2)
-        ids = torch.full((len(seqs), length), self.PAD, dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s[:length])
+        # one tensor from padded lists: a copy per row cost a fifth of re-ranking's time
+        rows = [s[:length] + [self.PAD] * (length - len(s[:length])) for s in seqs]
+        ids = torch.tensor(rows, dtype=torch.long).reshape(len(seqs), length)
         return {"input_ids": ids, "attention_mask": (ids != self.PAD).long()}
 
     def save(self, path: str | Path) -> None:
@@ -268,6 +268,22 @@ def clip_tokenizer(path: str | Path | None = None):
 
 
 # ---------------------------------------------------------------------------------------------- layers
+@dataclass(frozen=True)
+class IndexedContext:
+    """Cross-attention keys/values shared between rows of a batch: row ``i`` attends to ``tokens[index[i]]``.
+
+    Re-ranking scores many (image, text) pairs per image; with the image's tokens given once and an index per
+    pair, :class:`Attention` projects each image's keys and values once instead of once per pair (a row's
+    projection does not depend on the other rows, so the scores are the same to the bit:
+    ``tests/test_fusion.py``)."""
+
+    tokens: torch.Tensor  # (n distinct, S, width)
+    index: torch.Tensor  # (B,) row of `tokens` for each row of the batch
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
 class Attention(nn.Module):
     """Multi-head attention; ``context`` gives keys/values (cross-attention), ``mask`` is boolean
     ``(B or 1, 1, L, S)`` with True where a query may attend.
@@ -287,9 +303,12 @@ class Attention(nn.Module):
 
     def forward(self, x, context=None, mask=None):
         b, n, w = x.shape
-        context = x if context is None else context
+        if isinstance(context, IndexedContext):  # each distinct context projected once, then one per row
+            kv = self.kv(context.tokens)[context.index.to(x.device)]
+        else:
+            kv = self.kv(x if context is None else context)
         q = self.q(x).view(b, n, self.heads, -1).transpose(1, 2)
-        k, v = self.kv(context).view(b, context.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+        k, v = kv.view(b, kv.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
         if self.keep_weights:
             scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
             if mask is not None:
