@@ -83,6 +83,7 @@ from vlnb.eval.ambiguity import ambiguity_glue, caption_ambiguity, is_world, ret
 from vlnb.train.plots import live_plot as live_curves
 from vlnb.train.plots import live_plots_drawn, plot_history
 from vlnb.train.report import fusion_page, held_out_glue, held_out_results, recall_table, variant_costs
+from vlnb.train.variants import ahead_runs, chapter_variants
 
 run = NotebookRun.start("02_clip_training", globals())
 
@@ -134,9 +135,13 @@ models, histories, ceilings, ambiguities, live = {}, {}, {}, {}, {}
 # with nobody watching live curves (a batch run: vlnb run / vlnb book), a CPU trains the missing models side by side,
 # one thread each, then loads them; the fusion models below and chapter 4's NegCLIP pair train in the same run
 watched = cfg.live_plot and live_plots_drawn()
+# the text-attention variants' runs (a section below) are independent of these models: side by side, they train on
+# the core beside scratch-world, one thread each, and that section then shows them
+variant_args = chapter_variants(cfg, device) if cfg.attention_variants else None
 for name, model, history in zoo.train_or_load(
         cfg.recipes, cfg.profile, device, retrain=cfg.retrain, side_by_side=not watched,
         ahead=[*cfg.fusion_recipes, *cfg.train_ahead],
+        side_jobs=ahead_runs(**variant_args) if variant_args and not watched else [],
         on_epoch_end=lambda n: live.setdefault(n, live_curves()) if cfg.live_plot else None):
     models[name], histories[name] = model, history
     test = zoo.reference_data(name)["test"]
@@ -270,7 +275,6 @@ if fusion_histories:
 
 # %%
 if cfg.attention_variants:
-    from vlnb.data import build_manifest
     from vlnb.train.variants import (
         compare_text_attention_seeds,
         seed_summary,
@@ -278,13 +282,8 @@ if cfg.attention_variants:
         variant_verdict,
     )
 
-    small, _ = build_manifest("world", n_train=cfg.variant_n_train, n_test=cfg.variant_n_test,
-                              image_size=cfg.variant_image_size, seed=cfg.seed + 1)
-    variants = compare_text_attention_seeds(  # on a CPU: one run per core side by side, one thread each
-        small[small["split"] == "train"], small[small["split"] == "test"], seeds=cfg.variant_seeds,
-        variants=tuple(cfg.attention_variants), jobs=cfg.variant_jobs, epochs=cfg.variant_epochs, device=device,
-        image_size=cfg.variant_image_size,  # the model reads the world at the size it was rendered
-        progress=False, train_config={"warmup_steps": cfg.variant_warmup_steps, "batch_size": cfg.variant_batch_size})
+    # on a CPU: one run per core side by side, one thread each (in a batch run, trained with the models above)
+    variants = compare_text_attention_seeds(**variant_args)
     run.save_table(variants, "attention_variants")
     variant_summary = seed_summary(variants, baseline=cfg.attention_variants[0])
     run.save_table(variant_summary, "attention_variants_summary")

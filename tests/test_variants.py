@@ -153,3 +153,33 @@ def test_seeds_side_by_side_equal_one_at_a_time():
         variant_jobs(4, "cpu", jobs=0)
     with pytest.raises(ValueError, match="seeds is empty"):
         compare_text_attention_seeds(train, test, seeds=[], **kw)
+
+
+def test_runs_trained_ahead_are_taken_not_trained_again(monkeypatch):
+    """Chapter 2 hands the variant runs to the pool that trains its reference models (ahead_runs); the variants
+    cell then gets exactly those tables, with nothing trained again; a second call trains afresh."""
+    import vlnb.train.variants as V
+
+    train, test = manifest(24, 0, "train"), manifest(8, 1, "test")
+    kw = {"epochs": 1, "device": "cpu", "progress": False, "rerank_k": 4,
+          "train_config": {"batch_size": 8, "warmup_steps": 1, "lr": 1e-3}, **TINY}
+    assert V.ahead_runs(train, test, seeds=[0, 1], variants=["self"], jobs=1, **kw) == []  # one at a time: itself
+    jobs = V.ahead_runs(train, test, seeds=[0, 1], variants=["self", "local"], jobs=2, **kw)
+    assert [j.name for j in jobs] == ["self variant, seed 0", "local variant, seed 0", "self variant, seed 1",
+                                      "local variant, seed 1"]
+    ahead = {}
+    for j in jobs:  # what the pool does: the run in a process, then done() here
+        ahead[j.name] = j.fn(*j.args)
+        j.done(ahead[j.name])
+    calls = []
+    real = V.compare_text_attention
+    monkeypatch.setattr(V, "compare_text_attention", lambda *a, **k: calls.append(k) or real(*a, **k))
+    table = V.compare_text_attention_seeds(train, test, seeds=[0, 1], variants=["self", "local"], jobs=2, **kw)
+    assert calls == [] and table[["variant", "seed"]].values.tolist() == [["self", 0], ["local", 0], ["self", 1],
+                                                                         ["local", 1]]
+    pd.testing.assert_frame_equal(table.iloc[[3]].reset_index(drop=True), ahead["local variant, seed 1"])
+    other = {**kw, "epochs": 2}  # other arguments: a different run, trained here
+    assert len(V.ahead_runs(train, test, seeds=[0, 1], variants=["self"], jobs=2, **other)) == 2
+    V._FINISHED.clear()
+    V.compare_text_attention_seeds(train, test, seeds=[0], variants=["self"], jobs=1, **kw)  # taken once only
+    assert len(calls) == 1

@@ -1,6 +1,7 @@
 """Reference models: trained once, saved, loaded back identically; a changed recipe is never loaded stale."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -90,6 +91,34 @@ def test_reference_models_train_side_by_side_like_one_at_a_time(make_tiny_recipe
         train_side_by_side(["tiny-world", "no-such-model"], device="cpu")
 
 
+def test_side_jobs_fill_the_cores_beside_the_first_model(make_tiny_recipe, monkeypatch, capsys):
+    """Independent runs (SideJob) train in the same pool as the models, their results handed to done() here; with
+    enough of them to fill the other core, the model others wait for trains on one thread beside them, else alone
+    with every thread first (as without side jobs)."""
+    import dataclasses
+
+    from vlnb.device import SideJob
+    from vlnb.zoo.train import train_side_by_side
+
+    a = make_tiny_recipe(epochs=1)
+    ft = dataclasses.replace(a, name="tiny-world-ft", init_from="tiny-world", train={**a.train, "epochs": 1})
+    monkeypatch.setitem(zoo.RECIPES, ft.name, ft)
+    monkeypatch.setitem(zoo.RECIPES, a.name, dataclasses.replace(a, cost=10.0))
+    got = []
+    side = [SideJob(f"sum {i}", cost, sum, ([i, 1],), done=got.append) for i, cost in enumerate([3.0, 4.0])]
+    assert train_side_by_side([a.name, ft.name], device="cpu", jobs=2, side_jobs=side) == [a.name, ft.name]
+    assert sorted(got) == [1, 2] and "first (2 threads)" in capsys.readouterr().out  # 7 s beside: less than its 10 s
+    got.clear()
+    side = [dataclasses.replace(j, cost=20.0) for j in side]  # enough work beside it: one thread each
+    for n in (a.name, ft.name):
+        shutil.rmtree(zoo.artifacts_dir() / n)
+    assert train_side_by_side([a.name, ft.name], device="cpu", jobs=2, side_jobs=side) == [a.name, ft.name]
+    out = capsys.readouterr().out
+    assert sorted(got) == [1, 2] and "first" not in out and "2 independent runs on the free cores" in out
+    assert all(zoo.is_trained(n) for n in (a.name, ft.name))
+    assert train_side_by_side([], device="cpu", jobs=2, side_jobs=side) == []  # no model: the runs stay theirs
+
+
 def test_train_or_load_trains_what_is_missing_and_loads_the_rest(tiny_recipe, capsys, monkeypatch):
     """Chapter 2's loop: a missing model is trained here (with its per-epoch callback), a finished one is loaded, and
     retrain=True trains it again; every model comes back with its history, in the order asked."""
@@ -140,8 +169,10 @@ def test_side_by_side_trains_a_parent_first_with_every_thread(monkeypatch):
     from vlnb.zoo import train as T
 
     base = zoo.recipe("scratch-world")
-    recipes = {"slow": dataclasses.replace(base, name="slow"), "fast": dataclasses.replace(base, name="fast"),
-               "dep": dataclasses.replace(base, name="dep", init_from="fast")}
+    # "slow" alone beside "fast" (100 < 150 one-thread seconds) cannot keep the other core busy while "fast"
+    # trains on one thread: "fast" takes every thread
+    recipes = {"slow": dataclasses.replace(base, name="slow", cost=100), "fast": dataclasses.replace(base, name="fast"),
+               "dep": dataclasses.replace(base, name="dep", init_from="fast", cost=100)}
     for r in recipes.values():
         monkeypatch.setitem(zoo.RECIPES, r.name, r)
     log = []
@@ -165,6 +196,48 @@ def test_side_by_side_trains_a_parent_first_with_every_thread(monkeypatch):
     monkeypatch.setitem(zoo.RECIPES, "cyc2", dataclasses.replace(base, name="cyc2", init_from="cyc"))
     with pytest.raises(ValueError, match="cycle"):
         T.train_side_by_side(["cyc", "cyc2"], device="cpu", jobs=2)
+
+
+def test_side_jobs_let_the_parent_train_on_one_thread_and_its_dependant_start_next(monkeypatch):
+    """With side jobs that hold enough work for the other core, the model others wait for starts at once on one
+    thread beside the longest of them; each free process then takes the longest ready run, so the dependant
+    starts as soon as its parent is saved, before the shorter side jobs (chapter 2: qformer-world right after
+    scratch-world, the short variant runs last)."""
+    import dataclasses
+
+    from vlnb.device import SideJob
+    from vlnb.zoo import train as T
+
+    base = zoo.recipe("scratch-world")  # cost 150
+    monkeypatch.setitem(zoo.RECIPES, "fast", dataclasses.replace(base, name="fast"))
+    monkeypatch.setitem(zoo.RECIPES, "dep", dataclasses.replace(base, name="dep", init_from="fast", cost=53))
+
+    def s1(): ...
+    def s2(): ...
+    def s3(): ...
+
+    got = []
+    side = [SideJob(f.__name__, c, f, done=got.append) for f, c in ((s3, 10), (s1, 100), (s2, 60))]
+    log = []
+
+    def name(n):  # a side job's future is named after its function
+        return getattr(n, "__name__", n)
+
+    Pool = _fake_pool(lambda n, threads: log.append(f"start {name(n)} ({threads})"))
+
+    def wait(running, return_when):
+        order = ["s1", "fast", "s2", "dep", "s3"]
+        f = min(running, key=lambda f: order.index(name(f.name)))
+        f.set_result(name(f.name))
+        log.append(f"done {name(f.name)}")
+        return {f}, set(running) - {f}
+
+    monkeypatch.setattr(T, "ProcessPoolExecutor", Pool)
+    monkeypatch.setattr(T, "wait", wait)
+    assert T.train_side_by_side(["fast", "dep"], device="cpu", jobs=2, side_jobs=side) == ["fast", "dep"]
+    assert log == ["start fast (1)", "start s1 (1)", "done s1", "start s2 (1)", "done fast", "start dep (1)",
+                   "done s2", "start s3 (1)", "done dep", "done s3"]
+    assert got == ["s1", "s2", "s3"]  # each side job's result reached its done()
 
 
 def test_side_by_side_starts_the_longest_models_first(monkeypatch):

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
@@ -138,3 +140,24 @@ def start_worker(threads: int = 1) -> None:
     torch threads, and no progress bars (nobody watches a worker's; ``TQDM_DISABLE`` unless already set)."""
     torch.set_num_threads(threads)
     os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+@dataclass(frozen=True)
+class SideJob:
+    """An independent one-thread run that a pool of side-by-side trainings may take on a core that would
+    otherwise wait (:func:`vlnb.zoo.train_side_by_side`; chapter 2: the attention variants' runs beside
+    scratch-world). ``fn(*args)`` runs in the pool's process (so both must pickle); ``done(result)`` runs in
+    the caller's process with what it returned. ``cost``: its rough one-thread seconds, for the order in which
+    the pool starts its work (the longest first)."""
+
+    name: str
+    cost: float
+    fn: Callable
+    args: tuple = ()
+    done: Callable = field(default=lambda result: None, compare=False)
+
+
+def run_side_job(fn: Callable, args: tuple, threads: int = 1):
+    """A :class:`SideJob`'s body in a pool's process: :func:`start_worker` with ``threads``, then ``fn(*args)``."""
+    start_worker(threads)
+    return fn(*args)

@@ -29,6 +29,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import hashlib
+import json
 import multiprocessing as mp
 import os
 import threading
@@ -41,8 +43,10 @@ from dataclasses import replace
 import pandas as pd
 import torch
 
+from ..data import build_manifest
+from ..data.manifest import fingerprint as manifest_fingerprint
 from ..data.manifest import subset, texts_and_targets
-from ..device import resolve_device, side_by_side_jobs, start_worker
+from ..device import SideJob, resolve_device, side_by_side_jobs, start_worker
 from ..eval.intervals import t_interval
 from ..models.fusion import FusionConfig, create_fusion
 from ..models.scratch import ScratchConfig, ScratchDualEncoder
@@ -250,6 +254,48 @@ def _one_variant_run(train, test, variant: str, seed: int, kwargs: dict) -> pd.D
 #: Processes that train variants side by side (:func:`vlnb.device.side_by_side_jobs`).
 variant_jobs = side_by_side_jobs
 
+#: (variant, seed) runs trained ahead, in another pool (:func:`ahead_runs`), by :func:`_run_key`: the next
+#: :func:`compare_text_attention_seeds` with the same arguments takes them instead of training them again.
+_FINISHED: dict[str, pd.DataFrame] = {}
+#: Rough one-thread seconds of a run of the offline variants (chapter 2's sizes), for the order a pool starts them
+#: in: a "cross" run (ITC + ITM, then re-ranking) takes about four times a dual encoder's.
+_RUN_COST = {"cross": 25.0}
+_DEFAULT_RUN_COST = 6.5
+
+
+def _run_key(train: pd.DataFrame, test: pd.DataFrame, variant: str, seed: int, kwargs: dict) -> str:
+    """Everything a run's table depends on: both manifests' content, the variant, the seed and the arguments."""
+    args = {k: v for k, v in kwargs.items() if k != "progress"}
+    payload = {"train": manifest_fingerprint(train), "test": manifest_fingerprint(test), "variant": variant,
+               "seed": int(seed), "kwargs": args}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=repr).encode()).hexdigest()
+
+
+def _record(key: str) -> Callable[[pd.DataFrame], None]:
+    def done(table: pd.DataFrame) -> None:
+        _FINISHED[key] = table
+    return done
+
+
+def ahead_runs(train: pd.DataFrame, test: pd.DataFrame, seeds: Sequence[int], variants: Sequence[str] = VARIANTS,
+               jobs: int | None = None, **kwargs) -> list[SideJob]:
+    """The runs :func:`compare_text_attention_seeds` with these arguments would train side by side, as one-thread
+    :class:`~vlnb.device.SideJob` s for another pool (chapter 2 hands them to the pool that trains its reference
+    models: they fill the core beside scratch-world). Each finished run is kept in this process until the next
+    :func:`compare_text_attention_seeds` with the same arguments takes it instead of training it again. Empty
+    where that would train them one at a time (a GPU, one core, ``jobs=1``): it trains them itself."""
+    if variant_jobs(len(seeds) * len(variants), kwargs.get("device"), jobs) < 2:
+        return []
+    kwargs = {**kwargs, "progress": False}
+    jobs = []
+    for s in seeds:
+        for v in variants:
+            key = _run_key(train, test, v, s, kwargs)
+            if key not in _FINISHED:
+                jobs.append(SideJob(f"{v} variant, seed {s}", _RUN_COST.get(v, _DEFAULT_RUN_COST), _one_variant_run,
+                                    (train, test, v, s, kwargs), done=_record(key)))
+    return jobs
+
 
 def compare_text_attention_seeds(train: pd.DataFrame, test: pd.DataFrame, seeds: Sequence[int],
                                  variants: Sequence[str] = VARIANTS, jobs: int | None = None,
@@ -266,19 +312,40 @@ def compare_text_attention_seeds(train: pd.DataFrame, test: pd.DataFrame, seeds:
     variants, seeds = list(variants), list(seeds)
     if not seeds:
         raise ValueError("seeds is empty: give at least one training seed")
-    n = variant_jobs(len(variants) * len(seeds), kwargs.get("device"), jobs)
-    if n == 1:
-        return pd.concat([compare_text_attention(train, test, variants=variants, seed=s, **kwargs).assign(seed=s)
-                          for s in seeds], ignore_index=True)
-    kwargs = {**kwargs, "progress": False}
-    with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=start_worker) as pool:
-        runs = [(s, v) for s in seeds for v in variants]
-        # the "cross" runs (a fusion model: about 2.5x a dual encoder's time) start first, so the short runs fill
-        # the cores at the end instead of one long run finishing alone
-        futures = {run: pool.submit(_one_variant_run, train, test, run[1], run[0], kwargs)
-                   for run in sorted(runs, key=lambda r: r[1] != "cross")}
-        tables = [futures[run].result() for run in runs]  # rows by seed, then variant
-    return pd.concat(tables, ignore_index=True)
+    runs = [(s, v) for s in seeds for v in variants]
+    n = variant_jobs(len(runs), kwargs.get("device"), jobs)
+    if n > 1:
+        kwargs = {**kwargs, "progress": False}  # (as ahead_runs has it: the same key)
+    keys = {run: _run_key(train, test, run[1], run[0], kwargs) for run in runs}
+    tables = {run: _FINISHED.pop(keys[run]) for run in runs if keys[run] in _FINISHED}  # trained ahead: ahead_runs
+    todo = [run for run in runs if run not in tables]
+    if n == 1:  # one process: a seed's variants in one call (one warm-up), as before
+        for s in seeds:
+            missing = [v for v in variants if (s, v) not in tables]
+            if missing:
+                table = compare_text_attention(train, test, variants=missing, seed=s, **kwargs).assign(seed=s)
+                tables.update({(s, v): table[table["variant"] == v] for v in missing})
+    elif todo:
+        with ProcessPoolExecutor(min(n, len(todo)), mp_context=mp.get_context("spawn"),
+                                 initializer=start_worker) as pool:
+            # the "cross" runs (a fusion model: about 2.5x a dual encoder's time) start first, so the short runs
+            # fill the cores at the end instead of one long run finishing alone
+            futures = {run: pool.submit(_one_variant_run, train, test, run[1], run[0], kwargs)
+                       for run in sorted(todo, key=lambda r: r[1] != "cross")}
+            tables.update({run: f.result() for run, f in futures.items()})
+    return pd.concat([tables[run] for run in runs], ignore_index=True)  # rows by seed, then variant
+
+
+def chapter_variants(cfg, device) -> dict:
+    """The arguments of chapter 2's comparison (:func:`compare_text_attention_seeds`, :func:`ahead_runs`) from its
+    parameters (``cfg.variant_*``, ``cfg.attention_variants``): a small world rendered at the size the models read
+    (``variant_image_size``), split into ``train`` and ``test``, and the runs' settings."""
+    small, _ = build_manifest("world", n_train=cfg.variant_n_train, n_test=cfg.variant_n_test,
+                              image_size=cfg.variant_image_size, seed=cfg.seed + 1)
+    return {"train": small[small["split"] == "train"], "test": small[small["split"] == "test"],
+            "seeds": list(cfg.variant_seeds), "variants": tuple(cfg.attention_variants), "jobs": cfg.variant_jobs,
+            "epochs": cfg.variant_epochs, "device": device, "image_size": cfg.variant_image_size, "progress": False,
+            "train_config": {"warmup_steps": cfg.variant_warmup_steps, "batch_size": cfg.variant_batch_size}}
 
 
 def _cross_modal_variant(cfg, captions, seed: int):

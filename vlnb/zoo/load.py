@@ -92,7 +92,7 @@ _TRAINED_HERE: set[Path] = set()
 
 
 def train_or_load(names, profile: str = "offline", device="auto", retrain: bool = False, side_by_side: bool = True,
-                  on_epoch_end: Callable | None = None, ahead=()):
+                  on_epoch_end: Callable | None = None, ahead=(), side_jobs=()):
     """Yield ``(name, model, history)`` for the reference models ``names``, in order: each one trained now when it is
     missing (or ``retrain``), else loaded, saying which on stdout.
 
@@ -103,10 +103,14 @@ def train_or_load(names, profile: str = "offline", device="auto", retrain: bool 
     ``ahead``: more recipes that a later cell or chapter loads, trained here too when missing (or ``retrain``) but
     not yielded: side by side with ``names`` where that helps (their training fills the cores that would wait while
     the longest model trains: chapter 2's fusion models and chapter 4's NegCLIP pair beside scratch-world), else one
-    at a time after the last yielded model."""
+    at a time after the last yielded model.
+
+    ``side_jobs``: independent one-thread runs (:class:`~vlnb.device.SideJob`) that :func:`train_side_by_side` may
+    take on beside the models (chapter 2: its attention variants' runs); where nothing trains side by side they
+    are not run here (their own cell runs them)."""
     pending = [n for n in names if retrain or not is_trained(n, profile)]
     extra = [n for n in dict.fromkeys(ahead) if n not in names and (retrain or not is_trained(n, profile))]
-    together = train_side_by_side(pending + extra, profile, device=device) if side_by_side else []
+    together = train_side_by_side(pending + extra, profile, device=device, side_jobs=side_jobs) if side_by_side else []
     folder = artifacts_dir(profile)
     _TRAINED_HERE.update(folder / n for n in together)
     for name in names:

@@ -7,13 +7,13 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import pandas as pd
 
-from ..device import resolve_device, side_by_side_jobs, start_worker
+from ..device import SideJob, resolve_device, run_side_job, side_by_side_jobs, start_worker
 from ..models.fusion import FusionConfig, create_fusion, qformer_config
 from ..models.scratch import ScratchDualEncoder, clip_tokenizer
 from ..models.towers import TowersDualEncoder
@@ -154,25 +154,36 @@ def _train_in_worker(name: str, profile: str, device: str, recipes: dict[str, Re
     return name
 
 
-def train_side_by_side(names, profile: str = "offline", device: str = "auto", jobs: int | None = None) -> list[str]:
+def train_side_by_side(names, profile: str = "offline", device: str = "auto", jobs: int | None = None,
+                       side_jobs: Sequence[SideJob] = ()) -> list[str]:
     """Train the reference models ``names`` (each with :func:`train_reference`, saved as usual) in processes side by
-    side; returns the names trained. A model that others of ``names`` need (``uses``/``init_from``) trains first,
-    alone, with as many threads as there are jobs: the ones waiting for it start sooner than if it shared the
-    cores (chapter 2: scratch-world, whose four dependants then train side by side with towers-coco and
-    blip-world). The others start as soon as their parent is saved, one thread each, so a core that finished its
-    models early takes the next ready one instead of waiting for a whole wave; of the ready ones, the longest
-    (:attr:`Recipe.cost`) starts first.
+    side; returns the names trained.
 
-    Returns ``[]`` without training anything when side by side cannot help (fewer than two models, a GPU, or
-    ``jobs=1``): the caller trains them one at a time, as before. No progress or live curves are shown: the
-    histories are saved with the models (:func:`vlnb.zoo.reference_history`).
+    A model that others of ``names`` need (``uses``/``init_from``) starts first; the others start as soon as their
+    parent is saved, one thread each, so a core that finished its models early takes the next ready one instead of
+    waiting for a whole wave; of the ready ones, the longest (:attr:`Recipe.cost`) starts first.
+
+    ``side_jobs``: independent one-thread runs (:class:`~vlnb.device.SideJob`, e.g. chapter 2's attention-variant
+    runs) that fill the cores beside the models; each one's ``done`` gets its result here. When they and the models
+    that wait for nobody hold enough work to keep the other cores busy while the first model trains on one thread,
+    it trains on one thread beside them (chapter 2 on 2 cores: scratch-world beside blip-world, towers-coco and the
+    variants). Otherwise it trains alone with every thread, its dependants waiting for it (as without side jobs):
+    on a machine whose cores are shared with others, two threads in lock-step lose up to a third of their speed
+    (``benchmarks/book_profile.py`` builds: 1.78-1.87x a one-thread epoch on an idle machine, 1.31x on a busy one),
+    two one-thread processes do not.
+
+    Returns ``[]`` without training anything when side by side cannot help (no model to train, fewer than two runs
+    in all, a GPU, or ``jobs=1``): the caller trains them one at a time, as before, and the side jobs are left to
+    their own cell. No progress or live curves are shown: the histories are saved with the models
+    (:func:`vlnb.zoo.reference_history`).
     """
 
     names = list(dict.fromkeys(names))
     for n in names:
         recipe(n)  # an unknown name is a KeyError naming the known ones, before any process starts
-    n_jobs = side_by_side_jobs(len(names), device, jobs)
-    if len(names) < 2 or n_jobs < 2:
+    side = list(side_jobs)
+    n_jobs = side_by_side_jobs(len(names) + len(side), device, jobs)
+    if not names or len(names) + len(side) < 2 or n_jobs < 2:
         return []
     parents = {n: {recipe(n).uses, recipe(n).init_from} & set(names) - {n} for n in names}
     left, done = set(names), set()
@@ -190,25 +201,43 @@ def train_side_by_side(names, profile: str = "offline", device: str = "auto", jo
     feeds = {p for n in names for p in parents[n]}  # models that others wait for
     lead = [n for n in names if n in feeds]
     rest = [n for n in names if n not in feeds]
-    print(f"training {', '.join(lead)} first ({n_jobs} threads), then " if lead else "training ", end="")
-    print(f"{', '.join(rest)} side by side ({n_jobs} processes, one thread each) ...", flush=True)
-    waiting, running = list(names), {}
+    beside = sum(needed[n].cost for n in rest if not parents[n]) + sum(j.cost for j in side)
+    lead_threads = 1 if lead and beside >= (n_jobs - 1) * max(needed[n].cost for n in lead) else n_jobs
+    also = f", and {len(side)} independent runs on the free cores" if side else ""
+    if lead and lead_threads > 1:
+        print(f"training {', '.join(lead)} first ({n_jobs} threads), then {', '.join(rest)} side by side "
+              f"({n_jobs} processes, one thread each){also} ...", flush=True)
+    else:
+        print(f"training {', '.join([*lead, *rest])} side by side ({n_jobs} processes, one thread each){also} ...",
+              flush=True)
+    waiting, running = [*names, *range(len(side))], {}
+    cost = {**{n: needed[n].cost for n in names}, **{i: j.cost for i, j in enumerate(side)}}
     with ProcessPoolExecutor(n_jobs, mp_context=mp.get_context("spawn")) as pool:
         while waiting or running:
             # the longest first (Recipe.cost; ties in the caller's order): the last to start are the short ones, so
             # the processes finish together instead of one waiting for the other's long model
-            ready = sorted((n for n in waiting if parents[n] <= done), key=lambda n: -needed[n].cost)
+            ready = sorted((n for n in waiting if isinstance(n, int) or parents[n] <= done), key=lambda n: -cost[n])
             first = [n for n in ready if n in feeds]
-            if first:  # alone, with every thread, once what is running has finished
+            if lead_threads == 1:  # everything on one thread, what others wait for first, one run per free process
+                start = [*first, *(n for n in ready if n not in feeds)][: n_jobs - len(running)]
+            elif first:  # alone, with every thread, once what is running has finished
                 start = first[:1] if not running else []
             else:
                 start = [] if any(running[f] in feeds for f in running) else ready
             for n in start:
-                threads = n_jobs if n in feeds else 1
-                running[pool.submit(_train_in_worker, n, profile, dev, needed, threads)] = n
+                if isinstance(n, int):
+                    fut = pool.submit(run_side_job, side[n].fn, side[n].args, 1)
+                else:
+                    threads = lead_threads if n in feeds else 1
+                    fut = pool.submit(_train_in_worker, n, profile, dev, needed, threads)
+                running[fut] = n
                 waiting.remove(n)
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for f in finished:
-                f.result()  # a failure raises here, naming the model's own error
-                done.add(running.pop(f))
+                n = running.pop(f)
+                result = f.result()  # a failure raises here, naming the model's (or run's) own error
+                if isinstance(n, int):
+                    side[n].done(result)
+                else:
+                    done.add(n)
     return names
