@@ -114,7 +114,7 @@ def test_side_jobs_fill_the_cores_beside_the_first_model(make_tiny_recipe, monke
         shutil.rmtree(zoo.artifacts_dir() / n)
     assert train_side_by_side([a.name, ft.name], device="cpu", jobs=2, side_jobs=side) == [a.name, ft.name]
     out = capsys.readouterr().out
-    assert sorted(got) == [1, 2] and "first" not in out and "2 independent runs on the free cores" in out
+    assert sorted(got) == [1, 2] and "first" not in out and "2 independent runs beside them (sum 0, …)" in out
     assert all(zoo.is_trained(n) for n in (a.name, ft.name))
     assert train_side_by_side([], device="cpu", jobs=2, side_jobs=side) == []  # no model: the runs stay theirs
 

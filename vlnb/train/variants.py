@@ -315,7 +315,7 @@ def compare_text_attention_seeds(train: pd.DataFrame, test: pd.DataFrame, seeds:
     runs = [(s, v) for s in seeds for v in variants]
     n = variant_jobs(len(runs), kwargs.get("device"), jobs)
     if n > 1:
-        kwargs = {**kwargs, "progress": False}  # (as ahead_runs has it: the same key)
+        kwargs = {**kwargs, "progress": False}
     keys = {run: _run_key(train, test, run[1], run[0], kwargs) for run in runs}
     tables = {run: _FINISHED.pop(keys[run]) for run in runs if keys[run] in _FINISHED}  # trained ahead: ahead_runs
     todo = [run for run in runs if run not in tables]

@@ -167,10 +167,10 @@ def train_side_by_side(names, profile: str = "offline", device: str = "auto", jo
     runs) that fill the cores beside the models; each one's ``done`` gets its result here. When they and the models
     that wait for nobody hold enough work to keep the other cores busy while the first model trains on one thread,
     it trains on one thread beside them (chapter 2 on 2 cores: scratch-world beside blip-world, towers-coco and the
-    variants). Otherwise it trains alone with every thread, its dependants waiting for it (as without side jobs):
-    on a machine whose cores are shared with others, two threads in lock-step lose up to a third of their speed
-    (``benchmarks/book_profile.py`` builds: 1.78-1.87x a one-thread epoch on an idle machine, 1.31x on a busy one),
-    two one-thread processes do not.
+    variants): on a machine whose cores are shared with others, two threads in lock-step lose much of their
+    speed, two one-thread processes do not (six cold book builds, scratch-world's two-thread epoch against the
+    one-thread epoch of its fine-tune scratch-world-ft: 1.78-1.87x faster on a quiet machine, 1.31x on a busy
+    one). Otherwise it trains first, alone, with every thread, its dependants waiting for it.
 
     Returns ``[]`` without training anything when side by side cannot help (no model to train, fewer than two runs
     in all, a GPU, or ``jobs=1``): the caller trains them one at a time, as before, and the side jobs are left to
@@ -203,7 +203,7 @@ def train_side_by_side(names, profile: str = "offline", device: str = "auto", jo
     rest = [n for n in names if n not in feeds]
     beside = sum(needed[n].cost for n in rest if not parents[n]) + sum(j.cost for j in side)
     lead_threads = 1 if lead and beside >= (n_jobs - 1) * max(needed[n].cost for n in lead) else n_jobs
-    also = f", and {len(side)} independent runs on the free cores" if side else ""
+    also = f", and {len(side)} independent runs beside them ({side[0].name}, …)" if side else ""
     if lead and lead_threads > 1:
         print(f"training {', '.join(lead)} first ({n_jobs} threads), then {', '.join(rest)} side by side "
               f"({n_jobs} processes, one thread each){also} ...", flush=True)
