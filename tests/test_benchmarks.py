@@ -78,3 +78,19 @@ def test_towers_speed_times_the_tower_and_its_inference_copy(capsys):
     for copy in ("folded", "onnxruntime"):  # each copy computes the same features (float rounding)
         diff = float(out.split(f"largest |difference| of the pooled features, {copy}: ")[1].split()[0])
         assert diff < 1e-3, copy
+
+
+def test_rerank_speed_scores_both_ways_the_same(capsys):
+    """Re-ranking's ITM scores with each image's keys/values projected once equal those projected per pair, to the
+    bit, for both models that have cross-attention; both ways are timed in the same run."""
+    n = torch.get_num_threads()
+    try:
+        out = load("rerank_speed").main(["--images", "6", "--k", "4", "--repeats", "1"])
+    finally:
+        torch.set_num_threads(n)
+    text = capsys.readouterr().out
+    assert set(out) == {"blip-world", "qformer-world"}
+    for name, r in out.items():
+        assert r["max_diff"] == 0.0 and r["pairs"] > 6, name
+        assert r["indexed pairs/s"] > 0 and r["per pair pairs/s"] > 0
+    assert text.count("ratio indexed / per pair") == 2
