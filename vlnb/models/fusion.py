@@ -320,7 +320,7 @@ class ScratchBLIP(_FusionBase, DualEncoder):
         cross-attention keys and values projected, once."""
         img = self.image_tokens(pixel_values)
         if pair_index is not None:
-            img = IndexedContext(img, pair_index.to(img.device))
+            img = IndexedContext(img, pair_index)  # Attention moves the index to the batch's device
         return _itm_output(self.itm_logits_from_tokens(img, **self._texts_to_tokens(texts)), output)
 
     def cross_encoder(self, output: str = "logit") -> ITMView:
@@ -416,7 +416,7 @@ class ScratchQFormer(_FusionBase, DualEncoder):
         am = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self.device)
         ctx = self.image_in(features.to(self.device, self.dtype))
         if pair_index is not None:
-            ctx = IndexedContext(ctx, pair_index.to(ctx.device))
+            ctx = IndexedContext(ctx, pair_index)
         b, q = len(ctx), self.config.n_queries
         x = torch.cat([self.query_tokens.expand(b, -1, -1), self._embed_text(input_ids)], dim=1)
         keys = torch.cat([torch.ones(b, q, dtype=torch.bool, device=x.device), am.bool()], dim=1)
