@@ -18,8 +18,11 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m pip install -q -e ".[all,test]"
 	@mkdir -p $(dir $@) && touch $@
 
+# Tests: one pytest-xdist worker per core; the tests that read the offline book share one worker (tests/conftest.py),
+# which builds it (on every core) while the others run the rest of the suite (one thread per test) beside it.
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(PYTHON) -m pytest -q -p no:cacheprovider --durations=15
+	$(PYTHON) -m pytest -q -p no:cacheprovider --durations=15 -n $(TEST_WORKERS) --dist loadgroup
 
 book: $(STAMP)
 	$(PYTHON) -m vlnb book --profile $(PROFILE)

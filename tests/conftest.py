@@ -24,6 +24,19 @@ from vlnb.paths import shared_data_dir
 CLIP_SHARED = shared_data_dir() / "clip-vit-base-patch32"
 
 
+#: The xdist group of every test that reads the offline book: with ``pytest -n N --dist loadgroup`` (``make test``)
+#: they all run in one worker, so the session builds the book once, while the other workers run the rest.
+BOOK_GROUP = "offline_book"
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the group marks into the test ids
+def pytest_collection_modifyitems(config, items):
+    """Put every test that requests :func:`offline_book` in one xdist group (:data:`BOOK_GROUP`)."""
+    for item in items:
+        if "offline_book" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group(BOOK_GROUP))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     """Tiny models: one thread is fastest, and far faster than two on a busy shared 2-core CPU."""

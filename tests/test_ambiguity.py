@@ -46,3 +46,21 @@ def test_ceiling_by_hand():
     assert c["t2i_R@1"] == pytest.approx(100 * (1 + 0.5 + 0.25 + 0.1) / 4)
     assert c["t2i_R@5"] == pytest.approx(100 * (1 + 1 + 1 + 0.5) / 4)
     assert "nan" not in str(ambiguity_glue({}, []))
+
+
+def test_ambiguity_is_computed_once_per_manifest_and_handed_out_as_copies(monkeypatch):
+    import vlnb.eval.ambiguity as A
+
+    df, _ = build_manifest("world", n_train=4, n_test=20, seed=4)
+    test, other = df[df["split"] == "test"], df[df["split"] == "train"]
+    calls = []
+    real = A.scenes_of
+    monkeypatch.setattr(A, "scenes_of", lambda m: calls.append(len(m)) or real(m))
+    monkeypatch.setattr(A, "_AMBIGUITY", {})
+    first = caption_ambiguity(test)
+    first.loc[:, "true_of"] = -1  # the caller's copy: the next call is not affected
+    second = caption_ambiguity(test.copy())  # the same content in another frame: not computed again
+    assert calls == [len(test)] and (second["true_of"] >= 1).all()
+    pd.testing.assert_frame_equal(second, A._caption_ambiguity(test))
+    caption_ambiguity(other)  # another manifest is computed
+    assert calls[-1] == len(other) and len(calls) == 3

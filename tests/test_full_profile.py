@@ -52,7 +52,7 @@ def test_resolve_device(monkeypatch):
                                                      ((9, 0), torch.bfloat16, "bf16-autocast")])
 def test_autocast_dtype_follows_compute_capability(monkeypatch, capability, dtype, name):
     from vlnb.device import autocast_dtype
-    from vlnb.eval.features import _precision
+    from vlnb.eval.features import compute_precision
 
     assert autocast_dtype("cpu") is None
     _fake_gpu(monkeypatch, capability)
@@ -62,7 +62,7 @@ def test_autocast_dtype_follows_compute_capability(monkeypatch, capability, dtyp
         device = torch.device("cuda")
         dtype = torch.float32
 
-    assert _precision(OnGPU()) == name  # part of the feature-cache key: a T4 never reuses A100 bf16 features
+    assert compute_precision(OnGPU()) == name  # part of the feature-cache key: a T4 never reuses A100 bf16 features
 
 
 def test_trainer_amp_dtype_auto(monkeypatch):

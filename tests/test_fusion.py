@@ -434,3 +434,43 @@ def test_chapter4_comparison_evaluates_fusion_models(tiny_world):
     assert set(protocols) == set(models)  # the ViLT-like model has rows too: it re-ranks dual's top-k
     assert len(protocols["blip"]) == len(protocols["qformer"]) == 2  # ITC, and ITC top-k re-ranked by own ITM
     assert {"blip", "qformer", "dual"} <= set(zs["model"])
+
+
+def test_chapter4_reads_back_the_pairs_chapter2_scored(tiny_world, tmp_path, monkeypatch):
+    """evaluate_fusion (chapter 2's last evaluation) caches the ITM scores of its re-ranked pairs; chapter 4's
+    evaluate_retrieval of the same model on the same test set re-ranks the same pairs: it reads them back (no pair
+    is scored again) and reports the same recall as scoring them does."""
+    from vlnb.eval import rerank
+    from vlnb.eval.compare import add_rerank, evaluate_retrieval
+    from vlnb.models.scratch import ScratchDualEncoder
+
+    train, test = tiny_world
+    tok = WordTokenizer.fit([c for cs in train["captions"] for c in cs])
+    dual = ScratchDualEncoder.create(ScratchConfig(image_size=16, patch_size=8, width=16, layers=1, heads=2,
+                                                   embed_dim=8, text_width=16, text_layers=1, text_heads=2,
+                                                   context_length=24), tokenizer=tok, seed=0).eval()
+    scored = []
+    real = rerank.score_pixel_text_pairs
+
+    def counting(cross, load, texts, img_idx, txt_idx, *args):
+        scored.append(len(img_idx))
+        return real(cross, load, texts, img_idx, txt_idx, *args)
+
+    monkeypatch.setattr(rerank, "score_pixel_text_pairs", counting)
+    kw = {**TINY, "context_length": 24}
+    for arch in ("blip", "vilt"):
+        model = create_fusion(FusionConfig(arch=arch, **kw), tokenizer=tok, seed=0).eval()
+        dual_encoder, cross = (dual, model) if arch == "vilt" else (model, model.cross_encoder())
+        scored.clear()
+        ch2 = evaluate_fusion(model, test, first_stage=dual if arch == "vilt" else None, k=4, cache_dir=tmp_path / "a")
+        assert scored == [ch2["n_pairs"]]
+        for cache, expected in ((tmp_path / "a", []), (tmp_path / "b", [ch2["n_pairs"]])):  # read back / scored
+            scored.clear()
+            run = evaluate_retrieval(dual_encoder, test, "world", cache_dir=cache, progress=False)
+            row = add_rerank(run, cross, test, arch, "p", k=4, progress=False, cache_dir=cache,
+                             combine="itm" if arch == "vilt" else "itm+itc")
+            assert scored == expected, (arch, cache.name)
+            prefix = "itm_" if arch == "vilt" else ""
+            for key in ("t2i_R@1", "i2t_R@1"):  # R@K for K <= k = 4 only
+                assert row[key] == ch2[prefix + key], (arch, key)
+            assert row["n_pairs"] == ch2["n_pairs"]

@@ -303,3 +303,54 @@ def test_rerank_errors():
 
     with pytest.raises(ValueError, match="one score per pair"):
         rerank_similarity(sim, Bad(t2i), images, texts, k=2, progress=False)
+
+
+class FingerprintedCross(FakeCross):
+    """FakeCross with a weight fingerprint: its pair scores can be cached."""
+
+    def __init__(self, t2i, weights="v1"):
+        super().__init__(t2i)
+        self.weights = weights
+
+    def fingerprint(self):
+        return f"fake-cross-{self.weights}"
+
+
+def test_rerank_pair_scores_are_cached_by_weights_images_texts_and_pairs(tmp_path):
+    k = 4
+    sim, t2i, images, texts = _rerank_setup(k)
+    kw = {"k": k, "batch_size": 5, "progress": False, "cache_dir": tmp_path}
+    first = FingerprintedCross(t2i)
+    itm, n_pairs = rerank_similarity(sim, first, images, texts, combine="itm", images_key="imgs-a", **kw)
+    assert len(first.pairs) == n_pairs > 0
+    # the same pairs of the same images and texts by the same weights: read back, nothing scored, same matrices
+    again = FingerprintedCross(t2i)
+    both, n_again = rerank_similarity(sim, again, images, texts, combine="itm+itc", images_key="imgs-a", **kw)
+    assert again.pairs == [] and n_again == n_pairs
+    fresh, _ = rerank_similarity(sim, FakeCross(t2i), images, texts, k=k, batch_size=5, combine="itm+itc",
+                                 progress=False)
+    assert all(torch.equal(both[d], fresh[d]) for d in ("i2t", "t2i"))
+    assert torch.equal(itm["i2t"], rerank_similarity(sim, FakeCross(t2i), images, texts, k=k, combine="itm",
+                                                     progress=False)[0]["i2t"])
+    # another pair set (k), other images, other texts, other weights, or no key: scored again
+    other_texts = [f"u{t[1:]}" for t in texts]
+    for cross, args in ((FingerprintedCross(t2i), {**kw, "k": k + 1, "images_key": "imgs-a"}),
+                        (FingerprintedCross(t2i), {**kw, "images_key": "imgs-b"}),
+                        (FingerprintedCross(t2i, "v2"), {**kw, "images_key": "imgs-a"}),
+                        (FingerprintedCross(t2i), kw)):
+        rerank_similarity(sim, cross, images, texts, **args)
+        assert cross.pairs, args
+    cross = FingerprintedCross(t2i)
+    rerank_similarity(sim, cross, images, other_texts, images_key="imgs-a", **kw)
+    assert cross.pairs
+    # another first stage: as many pairs (rows and columns shuffled), but other ones, so scored again
+    rng = np.random.default_rng(1)
+    shuffled = sim[rng.permutation(len(sim))][:, rng.permutation(sim.shape[1])]
+    cross = FingerprintedCross(t2i)
+    _, n_shuffled = rerank_similarity(shuffled, cross, images, texts, combine="itm", images_key="imgs-a", **kw)
+    assert n_shuffled == n_pairs and set(cross.pairs) != set(first.pairs) and len(cross.pairs) == n_pairs
+    # a cross encoder without a fingerprint is never cached
+    for _ in range(2):
+        plain = FakeCross(t2i)
+        rerank_similarity(sim, plain, images, texts, images_key="imgs-a", **kw)
+        assert len(plain.pairs) == n_pairs

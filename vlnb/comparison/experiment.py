@@ -96,7 +96,7 @@ def run_comparison(
                 cover.append({"model": name, "dataset": ds, "evaluated": False, "why": "rerank_k is 0"})
                 continue
             add_rerank(base, cross, df, name, rerank_label(f"{first_stage} ITC", k, "ITM", "itm"), k,
-                       progress=progress, combine="itm")
+                       progress=progress, combine="itm", cache_dir=cache_dir)
             cover.append({"model": name, "dataset": ds, "evaluated": True, "why": ""})
     ret_df = tidy_retrieval(list(runs.values()))
     return ret_df, pd.DataFrame(zs), runs, pd.DataFrame(cover)

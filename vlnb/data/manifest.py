@@ -151,19 +151,33 @@ def drop_bad_images(df: pd.DataFrame, workers: int | None = None, progress: bool
     return good, report[REPORT_COLUMNS]
 
 
+def _update_with_image(h, iid, img) -> None:
+    h.update(repr(iid).encode())
+    if isinstance(img, (bytes, bytearray)):
+        h.update(hashlib.sha256(img).digest())
+    else:
+        p = Path(img)
+        st = p.stat() if p.exists() else None
+        h.update(f"{p}|{st.st_size if st else -1}|{int(st.st_mtime) if st else -1}".encode())
+
+
 def fingerprint(df: pd.DataFrame) -> str:
     """A content hash of the manifest: ids, captions, labels and the image bytes (or path + size + mtime)."""
     h = hashlib.sha256()
     for iid, img, caps, labels in zip(df["image_id"], df["image"], df["captions"], df["labels"]):
-        h.update(repr(iid).encode())
-        if isinstance(img, (bytes, bytearray)):
-            h.update(hashlib.sha256(img).digest())
-        else:
-            p = Path(img)
-            st = p.stat() if p.exists() else None
-            h.update(f"{p}|{st.st_size if st else -1}|{int(st.st_mtime) if st else -1}".encode())
+        _update_with_image(h, iid, img)
         h.update("\x1f".join(caps).encode())
         h.update("\x1e".join(labels).encode())
+    return h.hexdigest()[:16]
+
+
+def image_fingerprint(df: pd.DataFrame) -> str:
+    """A content hash of the manifest's images only, in row order: ids and image bytes (or path + size + mtime),
+    as in :func:`fingerprint`; two manifests whose captions or labels differ but whose rows hold the same images
+    get the same one."""
+    h = hashlib.sha256(b"images")
+    for iid, img in zip(df["image_id"], df["image"]):
+        _update_with_image(h, iid, img)
     return h.hexdigest()[:16]
 
 

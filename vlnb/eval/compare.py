@@ -25,7 +25,7 @@ from ..data.hub import CIFAR100_ALIASES, cifar100_fine_names
 from ..data.pixels import pixel_loader
 from ..data.world import WORLD_SHAPES
 from .chance import recall_chance, zeroshot_chance
-from .features import image_features, text_features
+from .features import image_features, pixels_key, text_features
 from .rerank import rerank_similarity, reranked_recall
 from .retrieval import recall_at_k, retrieval_ranks, retrieval_table
 from .templates import get_templates
@@ -132,7 +132,7 @@ def evaluate_retrieval(
                         **recall_at_k(sim, owner, ks)})
     if cross_encoder is not None:
         proto = rerank_protocol or rerank_label(protocol, rerank_k, getattr(cross_encoder, "name", "ITM"), "itm+itc")
-        add_rerank(run, cross_encoder, manifest, name, proto, rerank_k, ks, progress)
+        add_rerank(run, cross_encoder, manifest, name, proto, rerank_k, ks, progress, cache_dir=cache_dir)
     return run
 
 
@@ -150,17 +150,20 @@ def _checkpoint(model) -> str | None:
 
 
 def add_rerank(run: RetrievalRun, cross_encoder, manifest: pd.DataFrame, model_name: str, protocol: str,
-               k: int = 128, ks: Sequence[int] = (1, 5, 10), progress: bool = True, combine: str = "itm+itc") -> dict:
+               k: int = 128, ks: Sequence[int] = (1, 5, 10), progress: bool = True, combine: str = "itm+itc",
+               cache_dir=None) -> dict:
     """Re-rank the top-``k`` of ``run``'s ITC similarities with ``cross_encoder`` and append the result row
     (``model_name``, ``protocol``, the pair count, ``combine``) to ``run.results``; returns that row.
 
     ``combine``: ``"itm+itc"`` (ITM logit + ITC similarity: LAVIS's BLIP / BLIP-2 protocol, for a model
     re-ranking its *own* ITC top-k) or ``"itm"`` (the cross encoder's score alone: a pure cross encoder such
-    as ViLT, whose scores must not be mixed with another model's cosine).
+    as ViLT, whose scores must not be mixed with another model's cosine). The pair scores are cached in
+    ``cache_dir`` (default: vlnb's feature cache): pairs chapter 2 already scored are read back.
     """
     pixels = pixel_loader(cross_encoder.preprocess, manifest, run.image_ids)
     reranked, n_pairs = rerank_similarity(run.similarity, cross_encoder, pixels, run.texts, k=k, combine=combine,
-                                          progress=progress)
+                                          progress=progress, cache_dir=cache_dir,
+                                          images_key=pixels_key(cross_encoder.preprocess, manifest, run.image_ids))
     row = {"model": model_name, "dataset": run.dataset, "n_images": len(run.image_ids), "n_texts": len(run.texts),
            "protocol": protocol, "stage": "itm", "hub_id": _checkpoint(cross_encoder), "rerank_k": int(k),
            "combine": combine, "n_pairs": n_pairs, **reranked_recall(reranked, run.text_to_image, ks)}

@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save_file
 
 from ..data.images import REPORT_COLUMNS, empty_report, try_open_rgb
 from ..data.manifest import fingerprint as manifest_fingerprint
+from ..data.manifest import image_fingerprint, subset
 from ..data.pixels import cacheable, decoded_pixels
 from ..device import autocast, precision_name
 from ..paths import atomic_write, clean_stale_temp, load_sidecar_entry, sidecar_digest
@@ -66,7 +67,8 @@ def autocast_for(model):
     return autocast(model_device(model)) if _uses_autocast(model) else contextlib.nullcontext()
 
 
-def _precision(model) -> str:
+def compute_precision(model) -> str:
+    """The precision ``model`` computes in (the autocast dtype on a GPU, else its dtype): part of every cache key."""
     return precision_name(model_device(model)) if _uses_autocast(model) else str(getattr(model, "dtype", "float32"))
 
 
@@ -136,8 +138,9 @@ def _save_cache(directory: Path, key: str, emb: torch.Tensor, meta: dict) -> Non
         atomic_write(path, write)  # unique temp name; the sidecar is written last: it commits the entry
 
 
-def _cached(kind: str, payload: dict, cache_dir, compute: Callable[[], tuple[torch.Tensor, dict]]):
-    """``compute()`` unless a valid cache entry exists; returns ``(embeddings, meta, key, hit)``."""
+def cached_tensor(kind: str, payload: dict, cache_dir, compute: Callable[[], tuple[torch.Tensor, dict]]):
+    """``compute()`` unless a valid entry of ``kind`` and ``payload`` exists in ``cache_dir`` (default: vlnb's
+    feature cache); returns ``(tensor, meta, key, hit)``. Entries are checksummed and written atomically."""
     key = _cache_key({"kind": kind, "format": FORMAT_VERSION, **payload})
     directory = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "features"
     hit = _load_cache(directory, key)
@@ -243,7 +246,7 @@ def image_features(
         "preprocess": getattr(pre, "config", None),
         "manifest": manifest_fingerprint(manifest),
         "perturbation": None if perturbation is None else perturbation.key,
-        "precision": _precision(model),
+        "precision": compute_precision(model),
     }
     ids = list(manifest["image_id"])
     sources = list(manifest["image"])
@@ -300,9 +303,33 @@ def image_features(
         emb = torch.cat(chunks) if chunks else torch.empty((0, *_embed_dim(model)))
         return emb, {"image_ids": [jsonable(ids[i]) for i in rows], "skipped": skipped}
 
-    emb, meta, key, hit = _cached("image", payload, cache_dir, compute)
+    emb, meta, key, hit = cached_tensor("image", payload, cache_dir, compute)
     skipped = pd.DataFrame(meta["skipped"], columns=REPORT_COLUMNS) if meta["skipped"] else empty_report()
     return FeatureSet(emb, list(meta["image_ids"]), skipped, key, hit)
+
+
+def texts_digest(texts: Sequence[str]) -> str:
+    """SHA-256 of a list of texts, in order (part of a cache key)."""
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode())
+        h.update(b"\x1f")
+    return h.hexdigest()
+
+
+def pixels_key(preprocess, manifest: pd.DataFrame, image_ids: Sequence | None = None, perturbation=None) -> str:
+    """What a batch of preprocessed pixels is, as a cache key: the images of ``manifest``'s rows of ``image_ids``
+    (in that order; None: every row), the preprocessing config and the perturbation's key. Part of the key of
+    re-ranked pair scores (:func:`vlnb.eval.rerank.rerank_similarity`); the images count, not the captions."""
+    if image_ids is not None:
+        pos = {iid: r for r, iid in enumerate(manifest["image_id"])}
+        missing = [i for i in image_ids if i not in pos]
+        if missing:
+            raise KeyError(f"{len(missing)} image id(s) are not in the manifest, e.g. {list(missing)[:5]}")
+        manifest = subset(manifest, [pos[i] for i in image_ids])
+    payload = {"images": image_fingerprint(manifest), "preprocess": getattr(preprocess, "config", None),
+               "perturbation": None if perturbation is None else perturbation.key}
+    return _cache_key(payload)[:32]
 
 
 def text_features(
@@ -316,11 +343,7 @@ def text_features(
     texts = list(texts)
     if any(not isinstance(t, str) for t in texts):
         raise TypeError("texts must be a sequence of str")
-    h = hashlib.sha256()
-    for t in texts:
-        h.update(t.encode())
-        h.update(b"\x1f")
-    payload = {"model": model.fingerprint(), "texts": h.hexdigest(), "n": len(texts), "precision": _precision(model)}
+    payload = {"model": model.fingerprint(), "texts": texts_digest(texts), "n": len(texts), "precision": compute_precision(model)}
 
     def compute():
         if not texts:
@@ -329,4 +352,4 @@ def text_features(
             emb = model.encode_texts(texts, batch_size=batch_size, progress=progress)
         return emb.float().cpu(), {}
 
-    return _cached("text", payload, cache_dir, compute)[0]
+    return cached_tensor("text", payload, cache_dir, compute)[0]

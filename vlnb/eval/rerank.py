@@ -15,17 +15,24 @@ scored once, and so is an image with a text that occurs twice (the world's test 
 captions more than once: the same pair, the same score); the returned count of distinct pairs scored (at most
 ``(N + M) * k``) is the cost. Recall@K is meaningful for
 ``K <= k`` only. Ties in the dual similarity at the k-th place are cut by ``torch.topk``'s order.
+
+With ``images_key`` (:func:`vlnb.eval.features.pixels_key`: which images, preprocessed how, perturbed how) the
+ITM scores of the pairs are cached like features (kind ``"itm_pairs"``, keyed by the cross encoder's weight
+fingerprint, the images, the texts and the exact pair set): a later re-rank of the same pairs -- chapter 4
+re-ranking a model that chapter 2 already evaluated on the same test set, a sweep's second run -- reads them
+back. A different top-k (another first stage, another ``k``, other images) is another pair set and is scored.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 
 import torch
 
 from ..progress import tqdm
 from ..timing import timer
-from .features import autocast_for, model_device
+from .features import autocast_for, cached_tensor, compute_precision, model_device, texts_digest
 from .retrieval import DIRECTIONS, as_tensor, recall_at_k
 
 COMBINE = ("itm+itc", "itm")
@@ -81,6 +88,8 @@ def rerank_similarity(
     batch_size: int = 64,
     combine: str = "itm+itc",
     progress: bool = True,
+    images_key: str | None = None,
+    cache_dir=None,
 ) -> tuple[dict[str, torch.Tensor], int]:
     """Re-rank the dual encoder's top-``k`` candidates with ``cross_encoder.score``.
 
@@ -90,6 +99,11 @@ def rerank_similarity(
 
     Returns ``({"i2t": (N, M), "t2i": (N, M)}, n_pairs)``: float32 CPU matrices (re-ranked scores where
     scored, ``-inf`` elsewhere) and the number of distinct (image, text) pairs scored.
+
+    ``images_key``: what ``images`` are (:func:`vlnb.eval.features.pixels_key`); with it, and a cross encoder that
+    has a ``fingerprint()``, the pair scores are cached in ``cache_dir`` (default: vlnb's feature cache) and read
+    back by a later call that scores the same pairs (see the module docstring). The caller vouches for the key:
+    pixels that are not what it names would read back another set's scores.
     """
     if combine not in COMBINE:
         raise ValueError(f"combine must be one of {COMBINE}, got {combine!r}")
@@ -116,7 +130,16 @@ def rerank_similarity(
     same_text = torch.tensor([first.setdefault(t, j) for j, t in enumerate(texts)], dtype=torch.long)
     # one pair per (image, distinct text): a caption written twice for an image's neighbours is scored once
     pairs, inverse = torch.unique(candidates // m * m + same_text[candidates % m], return_inverse=True)
-    scores = score_pixel_text_pairs(cross_encoder, load, list(texts), pairs // m, pairs % m, batch_size, progress)
+    def score() -> torch.Tensor:
+        return score_pixel_text_pairs(cross_encoder, load, list(texts), pairs // m, pairs % m, batch_size, progress)
+
+    if images_key is not None and callable(getattr(cross_encoder, "fingerprint", None)):
+        payload = {"model": cross_encoder.fingerprint(), "images": images_key, "n_images": n,
+                   "texts": texts_digest(list(texts)), "n_texts": m, "n_pairs": len(pairs),
+                   "pairs": hashlib.sha256(pairs.numpy().tobytes()).hexdigest(), "precision": compute_precision(cross_encoder)}
+        scores = cached_tensor("itm_pairs", payload, cache_dir, lambda: (score(), {}))[0]
+    else:
+        scores = score()
     scores = scores[inverse]  # one per candidate, in the order of `candidates`
     if combine == "itm+itc":
         scores = scores + sim.flatten()[candidates]

@@ -67,7 +67,7 @@ from ..eval import (
 from ..eval.bootstrap import per_image_hits
 from ..eval.chance import recall_chance, zeroshot_chance
 from ..eval.compare import WORLD_TEMPLATES, coco_category_names, rerank_label
-from ..eval.features import autocast_for, jsonable, model_device
+from ..eval.features import autocast_for, jsonable, model_device, pixels_key
 from ..eval.rerank import rerank_similarity
 from ..eval.retrieval import DIRECTIONS, check_ks
 from ..eval.templates import get_templates
@@ -330,12 +330,15 @@ def _subset_similarity(sim: torch.Tensor, image_ids: list, text: _TextSide, task
 
 
 def _rerank_rows(cell: _Cell, dataset: str, cross, pixels: _CrossPixels, first: tuple, perturbation, k: int,
-                 combine: str, ks, batch_size: int) -> None:
+                 combine: str, ks, batch_size: int, cache_dir=None) -> None:
     """Re-rank ``first``'s ITC top-``k`` (:func:`_subset_similarity`) with ``cross`` on the same corrupted
-    images (:func:`vlnb.eval.rerank.rerank_similarity`) and add the :data:`RERANK_TASK` rows to ``cell``."""
+    images (:func:`vlnb.eval.rerank.rerank_similarity`, pair scores cached like the cells' features) and add the
+    :data:`RERANK_TASK` rows to ``cell``."""
     sim, ids, texts, t2i = first
     x = pixels.select(ids, model_device(cross), perturbation, batch_size)
-    reranked, _ = rerank_similarity(sim, cross, x, texts, k=k, batch_size=256, combine=combine, progress=False)
+    key = pixels_key(pixels.preprocess, pixels.manifest, ids, perturbation)
+    reranked, _ = rerank_similarity(sim, cross, x, texts, k=k, batch_size=256, combine=combine, progress=False,
+                                    images_key=key, cache_dir=cache_dir)
     values, hits = _retrieval(reranked, t2i, len(ids), ks)
     chance = recall_chance(t2i, len(ids), ks)
     cell.add(dataset, ids, {(RERANK_TASK, m): v for m, v in values.items()},
@@ -370,7 +373,7 @@ def _dual_cell(model, task, text: _TextSide, perturbation, ks, batch_size, cache
                      {("retrieval", m): v for m, v in chance.items()}, {("retrieval", m): v for m, v in hits.items()})
         if own_itm is not None:
             cross, pixels, k, bs = own_itm
-            _rerank_rows(cell, subset_name, cross, pixels, first, perturbation, k, "itm+itc", ks, bs)
+            _rerank_rows(cell, subset_name, cross, pixels, first, perturbation, k, "itm+itc", ks, bs, cache_dir)
     return cell
 
 
@@ -380,6 +383,7 @@ class _CrossPixels:
 
     def __init__(self, model, task: EvalTask):
         pre = self.preprocess = model.preprocess
+        self.manifest = task.manifest  # what the pixels are (a part of the re-ranked pairs' cache key)
         self._px, self._pixels = None, None
         if cacheable(pre):  # the shared pixel cache (vlnb.data.pixels): decoded once for every cell and chapter
             self._px = decoded_pixels(task.manifest, pre, progress=False)
@@ -738,7 +742,7 @@ def _evaluate(ev: Evaluation, model, corruptions: Sequence[str], cells, seed, ks
         else:
             cell = _Cell()
             _rerank_rows(cell, ev.subset_name, model, pixels, first_cells[(task.dataset, c, s)], p, rerank_k, "itm",
-                         ks, bs)
+                         ks, bs, cache_dir)
         if timings is not None:
             timings.append({"model": mname, "dataset": task.dataset, "corruption": c, "severity": s,
                             "seconds": time.perf_counter() - t0})

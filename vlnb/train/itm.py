@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from ..data.manifest import subset, texts_and_targets
 from ..eval.chance import manifest_recall_chance
+from ..eval.features import pixels_key
 from ..eval.rerank import rerank_similarity, reranked_recall
 from ..eval.retrieval import recall_at_k
 from ..models.base import CrossEncoder
@@ -294,13 +295,14 @@ def train_fusion(model, train: pd.DataFrame, config: TrainConfig | dict | None =
 # ---------------------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def evaluate_fusion(model, manifest: pd.DataFrame, first_stage=None, k: int = 16, ks: Sequence[int] = (1, 5, 10),
-                    batch_size: int = 256, progress: bool = False) -> dict[str, float]:
+                    batch_size: int = 256, progress: bool = False, cache_dir=None) -> dict[str, float]:
     """Retrieval (percent) of a fusion model on all images and captions of ``manifest``.
 
     ``itc_{d}_R@K``: the first-stage ITC ranking (the model's own; for a cross encoder, ``first_stage``'s);
     ``{d}_R@K``: its top-``k`` re-ranked by ITM logit + ITC similarity (LAVIS); ``itm_{d}_R@K``: re-ranked by
     the ITM logit alone (what the fusion head knows by itself); ``n_pairs``: pairs the ITM head scored.
-    Recall@K for ``K > k`` is not reported (the re-ranked list is only ``k`` deep).
+    Recall@K for ``K > k`` is not reported (the re-ranked list is only ``k`` deep). The ITM scores of the pairs
+    are cached in ``cache_dir`` (default: vlnb's feature cache; see :func:`vlnb.eval.rerank.rerank_similarity`).
     """
 
     dual = first_stage if isinstance(model, CrossEncoder) else model
@@ -316,8 +318,10 @@ def evaluate_fusion(model, manifest: pd.DataFrame, first_stage=None, k: int = 16
         sim = dual.similarity(img, txt).float().cpu()
         out = {f"itc_{key}": v for key, v in recall_at_k(sim, t2i, ks).items()}
         pixels = _pixels_all(cross.preprocess, manifest, batch_size)
+        # the pair scores are cached (keyed by the pixels, texts and pairs): chapter 4 re-ranks the same top-k
         itm, n_pairs = rerank_similarity(sim, cross, pixels, texts, k=k, batch_size=batch_size, combine="itm",
-                                         progress=progress)
+                                         progress=progress, images_key=pixels_key(cross.preprocess, manifest),
+                                         cache_dir=cache_dir)
         both = {d: m + sim for d, m in itm.items()}  # -inf stays -inf: LAVIS' ITM logit + ITC similarity
         deep = [x for x in ks if x <= k]
         out.update(reranked_recall(both, t2i, deep))
